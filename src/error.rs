@@ -1,0 +1,172 @@
+//! The error of the layer and of [`Tokens`](crate::Tokens) operations.
+
+use std::fmt;
+
+use crate::provider::{Account, Provider};
+
+/// A boxed error, as tower and hyper use.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong, for mapping errors to responses (the sidecar maps each kind to SPEC 4.4).
+///
+/// ```
+/// use oauth_refresh_proxy::ErrorKind;
+/// assert_ne!(ErrorKind::RefreshRejected, ErrorKind::RefreshUnavailable);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No account was named for the request and there is no default.
+    AccountRequired,
+    /// No token is known for the request's account.
+    UnknownAccount,
+    /// The account's refresh token is dead; it needs re-authorisation.
+    RefreshRejected,
+    /// A refresh failed transiently after its retries.
+    RefreshUnavailable,
+    /// The inner service failed (connect, TLS, protocol).
+    Inner,
+}
+
+/// The error of the layer: a kind, the provider and account it concerns, and a cause.
+///
+/// Its `Display` never contains a token.
+///
+/// ```
+/// use oauth_refresh_proxy::{Error, ErrorKind};
+///
+/// let e = Error::account_required(None);
+/// assert_eq!(e.kind(), ErrorKind::AccountRequired);
+/// assert_eq!(e.to_string(), "no account named for the request and no default account");
+/// ```
+pub struct Error {
+    kind: ErrorKind,
+    provider: Option<Provider>,
+    account: Option<Account>,
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    pub(crate) fn new(
+        kind: ErrorKind,
+        provider: Option<Provider>,
+        account: Option<Account>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error {
+            kind,
+            provider,
+            account,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// No account named for a request of `provider`.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{Error, Provider};
+    /// assert_eq!(Error::account_required(Some(Provider::GitHub)).provider(), Some(Provider::GitHub));
+    /// ```
+    pub fn account_required(provider: Option<Provider>) -> Self {
+        Error::new(
+            ErrorKind::AccountRequired,
+            provider,
+            None,
+            "no account named for the request and no default account",
+        )
+    }
+
+    pub(crate) fn unknown_account(provider: Provider, account: &str) -> Self {
+        Error::new(
+            ErrorKind::UnknownAccount,
+            Some(provider),
+            Some(Account::new(account)),
+            format!("no token for {provider} account {account:?}"),
+        )
+    }
+
+    pub(crate) fn from_refresh(
+        provider: Provider,
+        account: &str,
+        err: &crate::refresh::RefreshError,
+    ) -> Self {
+        let kind = if err.is_rejected() {
+            ErrorKind::RefreshRejected
+        } else {
+            ErrorKind::RefreshUnavailable
+        };
+        Error::new(kind, Some(provider), Some(Account::new(account)), err.to_string())
+    }
+
+    pub(crate) fn inner(
+        provider: Option<Provider>,
+        account: Option<Account>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        let source = source.into();
+        Error {
+            kind: ErrorKind::Inner,
+            provider,
+            account,
+            message: format!("inner service failed: {source}"),
+            source: Some(source),
+        }
+    }
+
+    /// What went wrong.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{Error, ErrorKind};
+    /// assert_eq!(Error::account_required(None).kind(), ErrorKind::AccountRequired);
+    /// ```
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The provider concerned, when known.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::Error;
+    /// assert_eq!(Error::account_required(None).provider(), None);
+    /// ```
+    pub fn provider(&self) -> Option<Provider> {
+        self.provider
+    }
+
+    /// The account concerned, when known.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::Error;
+    /// assert!(Error::account_required(None).account().is_none());
+    /// ```
+    pub fn account(&self) -> Option<&Account> {
+        self.account.as_ref()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("provider", &self.provider)
+            .field("account", &self.account)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

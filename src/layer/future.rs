@@ -1,0 +1,249 @@
+//! The response future of [`Refresh`](super::Refresh): send, and on a 401 refresh and replay.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower::{Service, ServiceExt};
+
+use super::body::{Recording, ReplayBody};
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::provider::{Account, Provider};
+use crate::tokens::{Lease, Tokens};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The header marking a 401 whose refresh token was rejected.
+pub(crate) static X_OAUTH_REFRESH: HeaderName = HeaderName::from_static("x-oauth-refresh");
+
+pin_project! {
+    /// The response future of [`Refresh`](super::Refresh).
+    ///
+    /// On the hot path (a valid cached token) it is the inner service's future plus a status
+    /// check; only a refresh or a 401 moves it onto a boxed slow path.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        state: State<S::Future, S::Response>,
+        retry: Option<Box<Retry<S, B>>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, R> {
+        Sent { #[pin] fut: F },
+        Slow { fut: BoxFuture<Result<R, Error>> },
+        Failed { err: Option<Error> },
+    }
+}
+
+/// What the request was, to send it again.
+pub(crate) struct SavedRequest {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl SavedRequest {
+    pub(crate) fn new(parts: &http::request::Parts) -> Self {
+        SavedRequest {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+        }
+    }
+
+    fn into_request<B>(self, body: B, auth: HeaderValue) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        *req.extensions_mut() = self.extensions;
+        req.headers_mut().insert(AUTHORIZATION, auth);
+        req
+    }
+}
+
+/// Everything needed to handle a 401: the service, the account, and the recorded request.
+pub(crate) struct Retry<S, B> {
+    pub(crate) svc: S,
+    pub(crate) tokens: Tokens,
+    pub(crate) provider: Provider,
+    pub(crate) account: Account,
+    pub(crate) generation: u64,
+    pub(crate) saved: SavedRequest,
+    pub(crate) recording: Recording,
+    pub(crate) _body: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<S, B, ResB> Retry<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    ResB: Send + 'static,
+{
+    fn inner_error(&self, e: S::Error) -> Error {
+        Error::inner(Some(self.provider), Some(self.account.clone()), e)
+    }
+
+    /// The slow start: wait for a refresh, then send.
+    async fn send_after_refresh(
+        mut self: Box<Self>,
+        mut req: Request<ReplayBody<B>>,
+    ) -> Result<Response<ResB>, Error> {
+        let lease = self
+            .tokens
+            .lease(self.provider, self.account.as_str())
+            .await?;
+        self.generation = lease.generation;
+        req.headers_mut().insert(AUTHORIZATION, lease.header);
+        let resp = self.svc.call(req).await.map_err(|e| self.inner_error(e))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return self.after_unauthorized(resp).await;
+        }
+        Ok(resp)
+    }
+
+    /// A 401: refresh (or take the newer generation), then replay once if the body allows.
+    async fn after_unauthorized(self: Box<Self>, mut resp: Response<ResB>) -> Result<Response<ResB>, Error> {
+        let this = *self;
+        let (provider, account) = (this.provider, this.account.as_str());
+        tracing::debug!(%provider, account, generation = this.generation, "upstream answered 401");
+        let lease = match this
+            .tokens
+            .lease_after_unauthorized(provider, account, this.generation)
+            .await
+        {
+            Ok(lease) => lease,
+            Err(e) if e.kind() == ErrorKind::RefreshRejected => {
+                resp.headers_mut()
+                    .insert(X_OAUTH_REFRESH.clone(), HeaderValue::from_static("rejected"));
+                return Ok(resp);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(body) = this.recording.replay::<B>() else {
+            tracing::debug!(%provider, account, "request body not replayable; returning the 401 after the refresh");
+            this.tokens.count_replay(provider, false);
+            return Ok(resp);
+        };
+        drop(resp);
+        this.tokens.count_replay(provider, true);
+        tracing::debug!(%provider, account, generation = lease.generation, "replaying after 401");
+        let req = this.saved.into_request(body, lease.header);
+        let svc = this.svc;
+        svc.oneshot(req)
+            .await
+            .map_err(|e| Error::inner(Some(provider), Some(this.account.clone()), e))
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    pub(crate) fn passthrough(fut: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Sent { fut },
+            retry: None,
+        }
+    }
+
+    pub(crate) fn failed(err: Error) -> Self {
+        ResponseFuture {
+            state: State::Failed { err: Some(err) },
+            retry: None,
+        }
+    }
+}
+
+impl<S, B, ResB> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    ResB: Send + 'static,
+{
+    /// Sends now with `lease`, or — without one — waits for a refresh on the slow path.
+    pub(crate) fn authenticated(
+        mut retry: Retry<S, B>,
+        mut req: Request<ReplayBody<B>>,
+        lease: Option<Lease>,
+    ) -> Self {
+        match lease {
+            Some(lease) => {
+                retry.generation = lease.generation;
+                req.headers_mut().insert(AUTHORIZATION, lease.header);
+                let fut = retry.svc.call(req);
+                ResponseFuture {
+                    state: State::Sent { fut },
+                    retry: Some(Box::new(retry)),
+                }
+            }
+            None => ResponseFuture {
+                state: State::Slow {
+                    fut: Box::pin(Box::new(retry).send_after_refresh(req)),
+                },
+                retry: None,
+            },
+        }
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    ResB: Send + 'static,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Sent { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    let resp = match result {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            let (p, a) = match this.retry.as_ref() {
+                                Some(r) => (Some(r.provider), Some(r.account.clone())),
+                                None => (None, None),
+                            };
+                            return Poll::Ready(Err(Error::inner(p, a, e)));
+                        }
+                    };
+                    if resp.status() != StatusCode::UNAUTHORIZED {
+                        return Poll::Ready(Ok(resp));
+                    }
+                    let Some(retry) = this.retry.take() else {
+                        return Poll::Ready(Ok(resp));
+                    };
+                    let fut = Box::pin(retry.after_unauthorized(resp));
+                    this.state.set(State::Slow { fut });
+                }
+                StateProj::Slow { fut } => return fut.as_mut().poll(cx),
+                StateProj::Failed { err } => {
+                    return Poll::Ready(Err(err.take().expect("polled after completion")))
+                }
+            }
+        }
+    }
+}

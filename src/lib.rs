@@ -1,0 +1,75 @@
+//! Keeps calls to Google and GitHub APIs authenticated.
+//!
+//! `oauth-refresh-proxy` injects the right OAuth access token into each request, refreshes it
+//! before it expires, and — when an API still answers 401 — refreshes once and replays the
+//! request, so the code behind it never sees an expired token.
+//!
+//! * [`Tokens`]: the shared token cache — one refresh per account per token generation,
+//!   refresh-ahead, rotated refresh tokens kept and announced through [`Tokens::events`].
+//! * [`RefreshLayer`] / [`Refresh`]: the tower middleware around any HTTP client service.
+//! * [`refresh`]: how tokens are refreshed ([`BackendRefresher`] talks to a Flashback-compatible
+//!   backend).
+//!
+//! # Example
+//!
+//! The layer around an in-process service standing in for Google's API, with a refresher that
+//! answers at once:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use oauth_refresh_proxy::refresh::{BoxFuture, Refreshed, Refresher};
+//! use oauth_refresh_proxy::{Provider, RefreshError, RefreshLayer, ReplayBody, Secret, TokenSeed, Tokens};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! struct Fresh;
+//! impl Refresher for Fresh {
+//!     fn refresh<'a>(&'a self, _: Provider, _: &'a Secret) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
+//!         Box::pin(async {
+//!             Ok(Refreshed { access_token: Secret::new("ya29.fresh"), refresh_token: None, expires_at: None })
+//!         })
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let tokens = Tokens::builder(Fresh).build();
+//! // An access token that the "API" below no longer accepts.
+//! tokens.insert(Provider::Google, "alice", TokenSeed::new("1//refresh").access_token("ya29.revoked"));
+//!
+//! let api = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
+//!     let ok = req.headers()["authorization"] == "Bearer ya29.fresh";
+//!     let status = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+//!     Ok::<_, Infallible>(Response::builder().status(status).body(()).unwrap())
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(RefreshLayer::new(tokens.clone()).default_account("alice"))
+//!     .service(api);
+//!
+//! let req = Request::get("https://www.googleapis.com/drive/v3/files")
+//!     .body(Full::new(Bytes::new()))
+//!     .unwrap();
+//! let resp = client.oneshot(req).await.unwrap();
+//! assert_eq!(resp.status(), StatusCode::OK); // 401 → refresh → replay, invisibly
+//! assert_eq!(tokens.stats(Provider::Google).replayed, 1);
+//! # });
+//! ```
+#![deny(unsafe_code, missing_docs)]
+#![warn(rust_2018_idioms)]
+
+mod error;
+pub mod layer;
+mod provider;
+pub mod refresh;
+pub mod token;
+mod tokens;
+
+pub use error::{BoxError, Error, ErrorKind};
+pub use layer::{Refresh, RefreshLayer, ReplayBody, ResponseFuture};
+pub use provider::{Account, Provider, UnknownProvider};
+pub use refresh::{BackendRefresher, RefreshError, RetryPolicy};
+pub use token::{Secret, TokenSeed};
+pub use tokens::{
+    AccountInfo, Events, ProviderStats, RefreshEvent, RefreshOutcome, Tokens, TokensBuilder,
+};

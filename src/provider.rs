@@ -1,0 +1,132 @@
+//! The two providers and how a request's provider is found.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An OAuth provider whose APIs the proxy keeps authenticated.
+///
+/// Put one in a request's extensions to choose the provider explicitly; otherwise the layer
+/// detects it from the request's host (see [`Provider::from_host`]).
+///
+/// ```
+/// use oauth_refresh_proxy::Provider;
+///
+/// let p: Provider = "github".parse().unwrap();
+/// assert_eq!(p, Provider::GitHub);
+/// assert_eq!(p.as_str(), "github");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Provider {
+    /// Google APIs (`*.googleapis.com`).
+    Google,
+    /// GitHub APIs (`api.github.com`, `uploads.github.com`).
+    GitHub,
+}
+
+impl Provider {
+    /// Both providers, in a fixed order.
+    pub const ALL: [Provider; 2] = [Provider::Google, Provider::GitHub];
+
+    /// The lowercase name used in URLs, config files and metrics: `google` or `github`.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::Provider;
+    /// assert_eq!(Provider::Google.as_str(), "google");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Google => "google",
+            Provider::GitHub => "github",
+        }
+    }
+
+    /// Detects the provider of an API host (case-insensitive, port ignored):
+    /// `*.googleapis.com` is Google, `api.github.com` and `uploads.github.com` are GitHub.
+    /// Any other host has no provider, and the layer then passes the request through untouched.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::Provider;
+    /// assert_eq!(Provider::from_host("www.googleapis.com"), Some(Provider::Google));
+    /// assert_eq!(Provider::from_host("API.GitHub.com:443"), Some(Provider::GitHub));
+    /// assert_eq!(Provider::from_host("github.com"), None);
+    /// assert_eq!(Provider::from_host("evilgoogleapis.com"), None);
+    /// ```
+    pub fn from_host(host: &str) -> Option<Provider> {
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let host = host.trim_end_matches('.');
+        let lower = host.to_ascii_lowercase();
+        if lower.len() > ".googleapis.com".len() && lower.ends_with(".googleapis.com") {
+            Some(Provider::Google)
+        } else if lower == "api.github.com" || lower == "uploads.github.com" {
+            Some(Provider::GitHub)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a provider name.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown provider {0:?} (expected \"google\" or \"github\")")]
+pub struct UnknownProvider(String);
+
+impl FromStr for Provider {
+    type Err = UnknownProvider;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "google" => Ok(Provider::Google),
+            "github" => Ok(Provider::GitHub),
+            other => Err(UnknownProvider(other.to_string())),
+        }
+    }
+}
+
+/// The account whose token a request should carry; put it in the request's extensions.
+///
+/// ```
+/// use oauth_refresh_proxy::Account;
+///
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(Account::new("alice"));
+/// assert_eq!(req.extensions().get::<Account>().unwrap().as_str(), "alice");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Account(std::sync::Arc<str>);
+
+impl Account {
+    /// Names an account.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::Account;
+    /// assert_eq!(Account::new("bob").as_str(), "bob");
+    /// ```
+    pub fn new(id: impl Into<std::sync::Arc<str>>) -> Self {
+        Account(id.into())
+    }
+
+    /// The account's id.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::Account;
+    /// assert_eq!(Account::new("bob").as_str(), "bob");
+    /// ```
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

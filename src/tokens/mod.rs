@@ -1,0 +1,753 @@
+//! Where tokens live and how refreshes are coalesced.
+//!
+//! [`Tokens`] is a cheap-to-clone handle on one cache shared by every layer and task that uses
+//! it: one `DashMap` per provider from account id to the account's entry. An entry holds the
+//! current access token (with its `Authorization` header value built once), the refresh token,
+//! the expiry, a **generation** counter that grows whenever the access token changes, and —
+//! while a refresh runs — the shared handle of that refresh (the *flight*).
+//!
+//! # Single flight with generations
+//!
+//! A request remembers the generation of the token it sent. When it needs a refresh (before
+//! sending, because the token is expired or within `skew`; or after a 401), it locks the entry
+//! once and decides:
+//!
+//! * a flight is under way ⇒ wait for it (coalesced);
+//! * the entry's generation is newer than the one the request sent and the token is usable ⇒
+//!   use it (someone else refreshed already: the GitHub rotation case of SPEC 3);
+//! * otherwise start the flight, register it in the entry, and wait for it.
+//!
+//! The flight runs in its own task, so a caller that gives up never cancels it for the others.
+//! Its result is published through a `watch` channel and applied to the entry under the same
+//! lock, so for one account and generation there is exactly one call to the refresher. No map
+//! guard is ever held across an `.await`.
+//!
+//! # Refresh ahead
+//!
+//! When a token enters the `refresh_ahead` window (its start jittered by up to 10% of the window
+//! per account, so accounts created together spread out), the request that notices it starts a
+//! background flight and goes on with the still-valid token. A failed background refresh is
+//! tried again after a tenth of the window; once inside `skew`, requests wait for a refresh.
+
+mod events;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use http::HeaderValue;
+use tokio::sync::watch;
+
+pub use events::{Events, RefreshEvent, RefreshOutcome};
+
+use crate::error::Error;
+use crate::provider::{Account, Provider};
+use crate::refresh::{RefreshError, Refreshed, Refresher, RetryPolicy};
+use crate::token::{unix_secs, Secret, TokenSeed};
+
+/// The outcome of a flight, shared with everyone waiting on it.
+#[derive(Clone)]
+enum FlightResult {
+    Ok(Lease),
+    Err(RefreshError),
+}
+
+type Flight = watch::Receiver<Option<FlightResult>>;
+
+/// A token handed to one request: its header value and its generation.
+#[derive(Clone)]
+pub(crate) struct Lease {
+    pub(crate) header: HeaderValue,
+    pub(crate) generation: u64,
+}
+
+struct Entry {
+    refresh_token: Secret,
+    /// The injected header, `None` when there is no usable access token.
+    header: Option<HeaderValue>,
+    /// Effective expiry of `header` (the default lifetime applied when unknown).
+    expires_at: SystemTime,
+    /// Whether `expires_at` came from the provider or from the default lifetime.
+    expiry_known: bool,
+    /// When a background refresh should start.
+    ahead_at: SystemTime,
+    generation: u64,
+    needs_reauth: bool,
+    flight: Option<Flight>,
+    last_refresh_at: Option<SystemTime>,
+    last_error: Option<String>,
+}
+
+/// One account as listed by [`Tokens::list`]: never a token value.
+///
+/// ```
+/// # use oauth_refresh_proxy::AccountInfo;
+/// fn show(a: &AccountInfo) -> String { format!("{}/{} gen {}", a.provider, a.account, a.generation) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// The provider.
+    pub provider: Provider,
+    /// The account id.
+    pub account: String,
+    /// When the access token expires (unix seconds); `None` when there is no access token or
+    /// its expiry is unknown.
+    pub expires_at: Option<u64>,
+    /// The token generation: grows by one whenever the access token changes.
+    pub generation: u64,
+    /// Whether the refresh token was rejected and the account needs new tokens.
+    pub needs_reauth: bool,
+    /// When the last successful refresh happened (unix seconds).
+    pub last_refresh_at: Option<u64>,
+    /// The last refresh error (never a token), cleared by a success.
+    pub last_error: Option<String>,
+}
+
+/// Counters of one provider's refresh traffic, for metrics and tests.
+///
+/// ```
+/// # use oauth_refresh_proxy::ProviderStats;
+/// let s = ProviderStats::default();
+/// assert_eq!(s.refresh_success + s.coalesced, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProviderStats {
+    /// Refreshes that produced a new token.
+    pub refresh_success: u64,
+    /// Refreshes whose refresh token was rejected.
+    pub refresh_rejected: u64,
+    /// Refreshes that failed transiently after their retries.
+    pub refresh_transient_error: u64,
+    /// Requests that waited on a refresh another request had started.
+    pub coalesced: u64,
+    /// Requests replayed after a 401.
+    pub replayed: u64,
+    /// 401s whose request could not be replayed (body too large or not fully sent).
+    pub not_replayable: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    refresh_success: std::sync::atomic::AtomicU64,
+    refresh_rejected: std::sync::atomic::AtomicU64,
+    refresh_transient_error: std::sync::atomic::AtomicU64,
+    coalesced: std::sync::atomic::AtomicU64,
+    replayed: std::sync::atomic::AtomicU64,
+    not_replayable: std::sync::atomic::AtomicU64,
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+struct Inner {
+    maps: [DashMap<Arc<str>, Entry>; 2],
+    counters: [Counters; 2],
+    refresher: Arc<dyn Refresher>,
+    policy: RetryPolicy,
+    skew: Duration,
+    refresh_ahead: Duration,
+    default_lifetime: Duration,
+    subscribers: events::Subscribers,
+}
+
+fn idx(p: Provider) -> usize {
+    match p {
+        Provider::Google => 0,
+        Provider::GitHub => 1,
+    }
+}
+
+/// The token cache shared by layers, the sidecar and the application.
+///
+/// Insert, replace, list and remove accounts; observe refreshes with [`Tokens::events`]; force a
+/// refresh with [`Tokens::refresh_now`]. Clones share one cache.
+///
+/// ```
+/// use std::time::Duration;
+/// use oauth_refresh_proxy::{BackendRefresher, Provider, TokenSeed, Tokens};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap())
+///     .skew(Duration::from_secs(60))
+///     .refresh_ahead(Duration::from_secs(300))
+///     .build();
+/// tokens.insert(Provider::Google, "alice", TokenSeed::new("1//refresh").access_token("ya29.a"));
+/// let listed = tokens.list();
+/// assert_eq!(listed[0].account, "alice");
+/// assert!(tokens.remove(Provider::Google, "alice"));
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Tokens {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("accounts", &(self.inner.maps[0].len() + self.inner.maps[1].len()))
+            .finish()
+    }
+}
+
+/// Builds a [`Tokens`].
+///
+/// ```
+/// # use oauth_refresh_proxy::{BackendRefresher, RetryPolicy, Tokens};
+/// let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap())
+///     .retry(RetryPolicy { max_attempts: 5, ..RetryPolicy::default() })
+///     .default_lifetime(std::time::Duration::from_secs(3300))
+///     .build();
+/// # let _ = tokens;
+/// ```
+pub struct TokensBuilder {
+    refresher: Arc<dyn Refresher>,
+    policy: RetryPolicy,
+    skew: Duration,
+    refresh_ahead: Duration,
+    default_lifetime: Duration,
+}
+
+impl TokensBuilder {
+    /// Refresh before sending when the token expires within `skew` (default 60 s).
+    pub fn skew(mut self, skew: Duration) -> Self {
+        self.skew = skew;
+        self
+    }
+
+    /// Start a background refresh this long before expiry (default 5 min; at most `skew` means
+    /// no background refresh).
+    pub fn refresh_ahead(mut self, ahead: Duration) -> Self {
+        self.refresh_ahead = ahead;
+        self
+    }
+
+    /// The lifetime assumed for an access token whose expiry is unknown (default 55 min).
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = lifetime;
+        self
+    }
+
+    /// Retries, backoff and the per-attempt timeout of refreshes.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> Tokens {
+        Tokens {
+            inner: Arc::new(Inner {
+                maps: [DashMap::new(), DashMap::new()],
+                counters: Default::default(),
+                refresher: self.refresher,
+                policy: self.policy,
+                skew: self.skew,
+                refresh_ahead: self.refresh_ahead,
+                default_lifetime: self.default_lifetime,
+                subscribers: Default::default(),
+            }),
+        }
+    }
+}
+
+/// What to do after looking at an entry that needs a refresh.
+enum Step {
+    Use(Lease),
+    Wait(Flight),
+}
+
+impl Tokens {
+    /// Starts building a cache that refreshes with `refresher`.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{BackendRefresher, Tokens};
+    /// let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// assert!(tokens.list().is_empty());
+    /// ```
+    pub fn builder(refresher: impl Refresher) -> TokensBuilder {
+        Self::builder_arc(Arc::new(refresher))
+    }
+
+    /// Like [`Tokens::builder`] with a shared refresher.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use oauth_refresh_proxy::{BackendRefresher, Tokens, refresh::Refresher};
+    /// let r: Arc<dyn Refresher> = Arc::new(BackendRefresher::new("http://127.0.0.1:9").unwrap());
+    /// let tokens = Tokens::builder_arc(r).build();
+    /// # let _ = tokens;
+    /// ```
+    pub fn builder_arc(refresher: Arc<dyn Refresher>) -> TokensBuilder {
+        TokensBuilder {
+            refresher,
+            policy: RetryPolicy::default(),
+            skew: Duration::from_secs(60),
+            refresh_ahead: Duration::from_secs(300),
+            default_lifetime: Duration::from_secs(55 * 60),
+        }
+    }
+
+    /// Adds an account, or replaces its tokens. Returns `true` when it replaced an account.
+    ///
+    /// Replacing bumps the generation, clears `needs_reauth` and detaches any refresh under way
+    /// (its result is discarded). An access token that is not a valid header value is ignored
+    /// (the first request refreshes).
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, TokenSeed, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// assert!(!tokens.insert(Provider::GitHub, "octo", TokenSeed::new("ghr_1")));
+    /// assert!(tokens.insert(Provider::GitHub, "octo", TokenSeed::new("ghr_2")));
+    /// assert_eq!(tokens.list()[0].generation, 2);
+    /// ```
+    pub fn insert(
+        &self,
+        provider: Provider,
+        account: impl Into<Arc<str>>,
+        seed: TokenSeed,
+    ) -> bool {
+        let account = account.into();
+        let now = SystemTime::now();
+        let header = seed.access_token.as_ref().and_then(Secret::bearer_header);
+        let expiry_known = header.is_some() && seed.expires_at.is_some();
+        let expires_at = match (&header, seed.expires_at) {
+            (Some(_), Some(at)) => at,
+            (Some(_), None) => now + self.inner.default_lifetime,
+            (None, _) => now,
+        };
+        let map = &self.inner.maps[idx(provider)];
+        let mut replaced = false;
+        let mut entry = map.entry(account).or_insert_with(|| Entry {
+            refresh_token: seed.refresh_token.clone(),
+            header: None,
+            expires_at: now,
+            expiry_known: false,
+            ahead_at: now,
+            generation: 0,
+            needs_reauth: false,
+            flight: None,
+            last_refresh_at: None,
+            last_error: None,
+        });
+        if entry.generation > 0 {
+            replaced = true;
+        }
+        entry.refresh_token = seed.refresh_token;
+        entry.header = header;
+        entry.expires_at = expires_at;
+        entry.expiry_known = expiry_known;
+        entry.ahead_at = self.ahead_at(expires_at);
+        entry.generation += 1;
+        entry.needs_reauth = false;
+        entry.flight = None;
+        entry.last_error = None;
+        replaced
+    }
+
+    /// Forgets an account. Returns whether it existed.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// assert!(!tokens.remove(Provider::Google, "nobody"));
+    /// ```
+    pub fn remove(&self, provider: Provider, account: &str) -> bool {
+        self.inner.maps[idx(provider)].remove(account).is_some()
+    }
+
+    /// Lists every account, sorted by provider and account, without any secret.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{BackendRefresher, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// assert!(tokens.list().is_empty());
+    /// ```
+    pub fn list(&self) -> Vec<AccountInfo> {
+        let mut out = Vec::new();
+        for p in Provider::ALL {
+            for e in self.inner.maps[idx(p)].iter() {
+                out.push(info(p, e.key(), e.value()));
+            }
+        }
+        out.sort_by(|a, b| (a.provider, &a.account).cmp(&(b.provider, &b.account)));
+        out
+    }
+
+    /// One account's listing entry.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// assert!(tokens.get(Provider::Google, "nobody").is_none());
+    /// ```
+    pub fn get(&self, provider: Provider, account: &str) -> Option<AccountInfo> {
+        self.inner.maps[idx(provider)]
+            .get(account)
+            .map(|e| info(provider, e.key(), e.value()))
+    }
+
+    /// The refresh counters of `provider`.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// assert_eq!(tokens.stats(Provider::GitHub).refresh_success, 0);
+    /// ```
+    pub fn stats(&self, provider: Provider) -> ProviderStats {
+        let c = &self.inner.counters[idx(provider)];
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        ProviderStats {
+            refresh_success: l(&c.refresh_success),
+            refresh_rejected: l(&c.refresh_rejected),
+            refresh_transient_error: l(&c.refresh_transient_error),
+            coalesced: l(&c.coalesced),
+            replayed: l(&c.replayed),
+            not_replayable: l(&c.not_replayable),
+        }
+    }
+
+    /// Subscribes to refresh events. Every subscriber receives every event after subscribing.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{BackendRefresher, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// let mut events = tokens.events();
+    /// assert!(events.try_recv().is_none());
+    /// ```
+    pub fn events(&self) -> Events {
+        self.inner.subscribers.subscribe()
+    }
+
+    /// Refreshes an account now, whatever its token's expiry (joining a refresh already under
+    /// way), and returns its listing entry afterwards.
+    ///
+    /// ```no_run
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, Tokens};
+    /// # async fn f(tokens: Tokens) {
+    /// let info = tokens.refresh_now(Provider::Google, "alice").await.unwrap();
+    /// println!("generation {}", info.generation);
+    /// # }
+    /// ```
+    pub async fn refresh_now(&self, provider: Provider, account: &str) -> Result<AccountInfo, Error> {
+        let step = self.step(provider, account, None, true)?;
+        self.finish(provider, account, step).await?;
+        self.get(provider, account)
+            .ok_or_else(|| Error::unknown_account(provider, account))
+    }
+
+    /// The token for a request, without waiting: `Ok(None)` when a refresh must be awaited
+    /// first (see [`Tokens::lease`]). Starts a background refresh in the refresh-ahead window.
+    pub(crate) fn try_lease(&self, provider: Provider, account: &str) -> Result<Option<Lease>, Error> {
+        let now = SystemTime::now();
+        let (lease, ahead) = {
+            let Some(e) = self.inner.maps[idx(provider)].get(account) else {
+                return Err(Error::unknown_account(provider, account));
+            };
+            if e.needs_reauth {
+                return Err(rejected_error(provider, account, &e));
+            }
+            match &e.header {
+                Some(h) if now + self.inner.skew < e.expires_at => {
+                    let ahead = now >= e.ahead_at && e.flight.is_none();
+                    (
+                        Lease {
+                            header: h.clone(),
+                            generation: e.generation,
+                        },
+                        ahead,
+                    )
+                }
+                _ => return Ok(None),
+            }
+        };
+        if ahead {
+            self.start_ahead(provider, account, lease.generation);
+        }
+        Ok(Some(lease))
+    }
+
+    /// The token for a request, refreshing first when it is missing, expired or within `skew`.
+    pub(crate) async fn lease(&self, provider: Provider, account: &str) -> Result<Lease, Error> {
+        if let Some(lease) = self.try_lease(provider, account)? {
+            return Ok(lease);
+        }
+        let step = self.step(provider, account, None, false)?;
+        self.finish(provider, account, step).await
+    }
+
+    /// After a 401 for a request sent with `generation`: the token to replay with. Refreshes
+    /// only when the cache still holds that generation (or its token is unusable).
+    pub(crate) async fn lease_after_unauthorized(
+        &self,
+        provider: Provider,
+        account: &str,
+        generation: u64,
+    ) -> Result<Lease, Error> {
+        let step = self.step(provider, account, Some(generation), false)?;
+        self.finish(provider, account, step).await
+    }
+
+    pub(crate) fn count_replay(&self, provider: Provider, replayed: bool) {
+        let c = &self.inner.counters[idx(provider)];
+        bump(if replayed { &c.replayed } else { &c.not_replayable });
+    }
+
+    async fn finish(&self, provider: Provider, account: &str, step: Step) -> Result<Lease, Error> {
+        let mut flight = match step {
+            Step::Use(lease) => return Ok(lease),
+            Step::Wait(flight) => flight,
+        };
+        let result = match flight.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().expect("waited for Some"),
+            Err(_) => FlightResult::Err(RefreshError::transient("refresh task ended")),
+        };
+        match result {
+            FlightResult::Ok(lease) => Ok(lease),
+            FlightResult::Err(err) => {
+                // A transient failure while the token is still valid (only within `skew`)
+                // does not stop the request: it goes out with the current token.
+                if !err.is_rejected() {
+                    if let Some(e) = self.inner.maps[idx(provider)].get(account) {
+                        if let (Some(h), false) = (&e.header, e.needs_reauth) {
+                            if SystemTime::now() < e.expires_at {
+                                return Ok(Lease {
+                                    header: h.clone(),
+                                    generation: e.generation,
+                                });
+                            }
+                        }
+                    }
+                }
+                Err(Error::from_refresh(provider, account, &err))
+            }
+        }
+    }
+
+    /// Decides, under the entry's lock, whether to use the current token, join the flight under
+    /// way, or start one. `seen` is the generation a request was sent with (after a 401);
+    /// `force` refreshes even a valid token.
+    fn step(
+        &self,
+        provider: Provider,
+        account: &str,
+        seen: Option<u64>,
+        force: bool,
+    ) -> Result<Step, Error> {
+        let map = &self.inner.maps[idx(provider)];
+        let Some(mut e) = map.get_mut(account) else {
+            return Err(Error::unknown_account(provider, account));
+        };
+        if e.needs_reauth {
+            return Err(rejected_error(provider, account, &e));
+        }
+        if let Some(flight) = &e.flight {
+            bump(&self.inner.counters[idx(provider)].coalesced);
+            return Ok(Step::Wait(flight.clone()));
+        }
+        if !force {
+            let now = SystemTime::now();
+            let usable = e.header.is_some() && now + self.inner.skew < e.expires_at;
+            let newer = seen.is_none_or(|g| g != e.generation);
+            if usable && newer {
+                return Ok(Step::Use(Lease {
+                    header: e.header.clone().expect("usable"),
+                    generation: e.generation,
+                }));
+            }
+        }
+        let flight = self.launch(provider, account, &mut e, false);
+        Ok(Step::Wait(flight))
+    }
+
+    /// Starts a background refresh for `generation` unless one runs or the generation moved on.
+    fn start_ahead(&self, provider: Provider, account: &str, generation: u64) {
+        if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(account) {
+            if e.flight.is_none()
+                && e.generation == generation
+                && !e.needs_reauth
+                && SystemTime::now() >= e.ahead_at
+            {
+                tracing::debug!(%provider, account, "token in refresh-ahead window, refreshing in the background");
+                self.launch(provider, account, &mut e, true);
+            }
+        }
+    }
+
+    /// Registers a flight in the entry and spawns the task that runs it.
+    fn launch(&self, provider: Provider, account: &str, e: &mut Entry, ahead: bool) -> Flight {
+        let (tx, rx) = watch::channel(None);
+        e.flight = Some(rx.clone());
+        let task = FlightTask {
+            tokens: self.clone(),
+            provider,
+            account: Arc::from(account),
+            generation: e.generation,
+            refresh_token: e.refresh_token.clone(),
+            ahead,
+        };
+        tokio::spawn(task.run(tx));
+        rx
+    }
+
+    fn ahead_at(&self, expires_at: SystemTime) -> SystemTime {
+        let window = self.inner.refresh_ahead;
+        if window <= self.inner.skew {
+            return expires_at; // no background refresh
+        }
+        let jitter = (window / 10).mul_f64(fastrand::f64());
+        (expires_at - window) + jitter
+    }
+
+    /// Applies a flight's result to the entry it was started for.
+    fn apply(
+        &self,
+        task: &FlightTask,
+        result: Result<Refreshed, RefreshError>,
+        duration: Duration,
+    ) -> FlightResult {
+        let provider = task.provider;
+        let counters = &self.inner.counters[idx(provider)];
+        let map = &self.inner.maps[idx(provider)];
+        let now = SystemTime::now();
+        let event;
+        let outcome = {
+            let Some(mut e) = map.get_mut(&*task.account) else {
+                return FlightResult::Err(RefreshError::transient(
+                    "the account was removed during the refresh",
+                ));
+            };
+            if e.generation != task.generation {
+                // Replaced while refreshing: the new tokens win, this result is discarded.
+                return match &e.header {
+                    Some(h) if now < e.expires_at => FlightResult::Ok(Lease {
+                        header: h.clone(),
+                        generation: e.generation,
+                    }),
+                    _ => FlightResult::Err(RefreshError::transient(
+                        "the account was replaced during the refresh",
+                    )),
+                };
+            }
+            e.flight = None;
+            match result {
+                Ok(r) => {
+                    // The refresher checked this; a hand-written refresher might not have.
+                    let Some(header) = r.access_token.bearer_header() else {
+                        let err = RefreshError::transient("refreshed token is not a valid header value");
+                        e.last_error = Some(err.to_string());
+                        bump(&counters.refresh_transient_error);
+                        return FlightResult::Err(err);
+                    };
+                    let rotated = match r.refresh_token {
+                        Some(rt) if rt != e.refresh_token => {
+                            e.refresh_token = rt;
+                            true
+                        }
+                        _ => false,
+                    };
+                    e.expiry_known = r.expires_at.is_some();
+                    e.expires_at = r
+                        .expires_at
+                        .unwrap_or(now + self.inner.default_lifetime);
+                    e.ahead_at = self.ahead_at(e.expires_at);
+                    e.header = Some(header.clone());
+                    e.generation += 1;
+                    e.last_refresh_at = Some(now);
+                    e.last_error = None;
+                    bump(&counters.refresh_success);
+                    event = RefreshOutcome::Refreshed {
+                        refresh_token: e.refresh_token.clone(),
+                        rotated,
+                        expires_at: e.expiry_known.then_some(e.expires_at),
+                    };
+                    FlightResult::Ok(Lease {
+                        header,
+                        generation: e.generation,
+                    })
+                }
+                Err(err) => {
+                    e.last_error = Some(err.to_string());
+                    if err.is_rejected() {
+                        e.needs_reauth = true;
+                        bump(&counters.refresh_rejected);
+                        event = RefreshOutcome::Rejected {
+                            reason: err.to_string(),
+                        };
+                    } else {
+                        if task.ahead {
+                            let retry_in = (self.inner.refresh_ahead / 10).max(Duration::from_secs(1));
+                            e.ahead_at = now + retry_in;
+                        }
+                        bump(&counters.refresh_transient_error);
+                        event = RefreshOutcome::Failed {
+                            reason: err.to_string(),
+                        };
+                    }
+                    FlightResult::Err(err)
+                }
+            }
+        };
+        let generation = match &outcome {
+            FlightResult::Ok(l) => l.generation,
+            FlightResult::Err(_) => task.generation,
+        };
+        self.inner.subscribers.publish(RefreshEvent {
+            provider,
+            account: Account::new(task.account.clone()),
+            generation,
+            duration,
+            outcome: event,
+        });
+        outcome
+    }
+}
+
+struct FlightTask {
+    tokens: Tokens,
+    provider: Provider,
+    account: Arc<str>,
+    generation: u64,
+    refresh_token: Secret,
+    ahead: bool,
+}
+
+impl FlightTask {
+    async fn run(self, tx: watch::Sender<Option<FlightResult>>) {
+        let started = Instant::now();
+        let inner = &self.tokens.inner;
+        tracing::debug!(provider = %self.provider, account = &*self.account, generation = self.generation, "refreshing");
+        let result = inner
+            .policy
+            .run(&*inner.refresher, self.provider, &self.refresh_token)
+            .await;
+        let duration = started.elapsed();
+        match &result {
+            Ok(_) => tracing::info!(provider = %self.provider, account = &*self.account, ?duration, "refreshed"),
+            Err(e) => tracing::warn!(provider = %self.provider, account = &*self.account, error = %e, "refresh failed"),
+        }
+        let outcome = self.tokens.apply(&self, result, duration);
+        let _ = tx.send(Some(outcome));
+    }
+}
+
+fn rejected_error(provider: Provider, account: &str, e: &Entry) -> Error {
+    let reason = e
+        .last_error
+        .clone()
+        .unwrap_or_else(|| "refresh token rejected".into());
+    Error::from_refresh(provider, account, &RefreshError::Rejected(reason.trim_start_matches("refresh token rejected: ").to_string()))
+}
+
+fn info(provider: Provider, account: &str, e: &Entry) -> AccountInfo {
+    AccountInfo {
+        provider,
+        account: account.to_string(),
+        expires_at: (e.header.is_some() && e.expiry_known).then(|| unix_secs(e.expires_at)),
+        generation: e.generation,
+        needs_reauth: e.needs_reauth,
+        last_refresh_at: e.last_refresh_at.map(unix_secs),
+        last_error: e.last_error.clone(),
+    }
+}
