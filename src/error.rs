@@ -97,7 +97,12 @@ impl Error {
         } else {
             ErrorKind::RefreshUnavailable
         };
-        Error::new(kind, Some(provider), Some(Account::new(account)), err.to_string())
+        Error::new(
+            kind,
+            Some(provider),
+            Some(Account::new(account)),
+            err.to_string(),
+        )
     }
 
     pub(crate) fn inner(

@@ -58,9 +58,11 @@
 #![deny(unsafe_code, missing_docs)]
 #![warn(rust_2018_idioms)]
 
+pub mod demo;
 mod error;
 pub mod layer;
 mod provider;
+pub mod proxy;
 pub mod refresh;
 pub mod token;
 mod tokens;

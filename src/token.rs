@@ -69,8 +69,9 @@ impl Secret {
         if self.0.is_empty() || !self.0.bytes().all(|b| (0x21..0x7f).contains(&b)) {
             return None;
         }
-        let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("Bearer {}", self.0)))
-            .ok()?;
+        let mut v =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("Bearer {}", self.0)))
+                .ok()?;
         v.set_sensitive(true);
         Some(v)
     }
@@ -184,7 +185,9 @@ impl TokenSeed {
 
 /// Seconds since the Unix epoch, for listings and wire formats.
 pub(crate) fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Reads an `expiresAt`-style absolute timestamp: values above 10^12 are milliseconds, others

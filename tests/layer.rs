@@ -113,7 +113,12 @@ impl Setup {
         format!("http://{}{path}", self.api)
     }
 
-    async fn send(&self, method: &str, path: &str, body: TestBody) -> Result<Response<Incoming>, Error> {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: TestBody,
+    ) -> Result<Response<Incoming>, Error> {
         let req = Request::builder()
             .method(method)
             .uri(self.url(path))
@@ -166,7 +171,11 @@ async fn account_comes_from_the_extension_else_the_default() {
     let (_, alice) = s.seed(3600);
     let r2 = s.realm.new_refresh_token();
     let bob = s.realm.new_access_token(&r2);
-    s.tokens.insert(Provider::Google, "bob", TokenSeed::new(r2.as_str()).access_token(bob.as_str()));
+    s.tokens.insert(
+        Provider::Google,
+        "bob",
+        TokenSeed::new(r2.as_str()).access_token(bob.as_str()),
+    );
     let mut req = Request::get(s.url("/x")).body(empty()).unwrap();
     req.extensions_mut().insert(Account::new("bob"));
     assert_eq!(s.svc.clone().oneshot(req).await.unwrap().status(), 200);
@@ -189,20 +198,32 @@ async fn provider_is_detected_from_the_host_and_other_hosts_pass_through() {
     let realm = Realm::new("hosts", false);
     let backend = start_backend(realm.clone()).await;
     let api = start_api(realm.clone(), Provider::Google).await;
-    let refresher = BackendRefresher::new(&backend).unwrap().bearer(Secret::new(realm.backend_token.clone().unwrap()));
+    let refresher = BackendRefresher::new(&backend)
+        .unwrap()
+        .bearer(Secret::new(realm.backend_token.clone().unwrap()));
     let tokens = Tokens::builder(refresher).build();
     let refresh = realm.new_refresh_token();
     let google = realm.new_access_token(&refresh);
-    tokens.insert(Provider::Google, "alice", TokenSeed::new(refresh.as_str()).access_token(google.as_str()));
+    tokens.insert(
+        Provider::Google,
+        "alice",
+        TokenSeed::new(refresh.as_str()).access_token(google.as_str()),
+    );
     let gh_refresh = realm.new_refresh_token();
     let github = realm.new_access_token(&gh_refresh);
-    tokens.insert(Provider::GitHub, "alice", TokenSeed::new(gh_refresh.as_str()).access_token(github.as_str()));
+    tokens.insert(
+        Provider::GitHub,
+        "alice",
+        TokenSeed::new(gh_refresh.as_str()).access_token(github.as_str()),
+    );
     // Every name resolves to the fake API, so real API host names reach it.
     let resolver = tower::service_fn(move |_name| async move {
         Ok::<_, std::convert::Infallible>(std::iter::once(api))
     });
     let client = hyper_client(HttpConnector::new_with_resolver(resolver));
-    let svc = RefreshLayer::new(tokens).default_account("alice").layer(client);
+    let svc = RefreshLayer::new(tokens)
+        .default_account("alice")
+        .layer(client);
     let port = api.port();
     for (host, expected) in [
         ("www.googleapis.com", bearer(&google)),
@@ -222,7 +243,11 @@ async fn provider_is_detected_from_the_host_and_other_hosts_pass_through() {
         match expected {
             Some(auth) => assert_eq!(last.authorization, Some(auth), "{host}"),
             // Untouched: the caller's own header, never one of ours.
-            None => assert_eq!(last.authorization.as_deref(), Some("Bearer callers-own"), "{host}"),
+            None => assert_eq!(
+                last.authorization.as_deref(),
+                Some("Bearer callers-own"),
+                "{host}"
+            ),
         }
     }
     assert_eq!(realm.backend_calls.get(), 0);
@@ -249,7 +274,10 @@ async fn expired_token_is_refreshed_before_sending() {
     assert_eq!(path, "/auth/google/refresh");
     assert_eq!(auth, bearer(s.realm.backend_token.as_deref().unwrap()));
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(body["refresh_token"].as_str().unwrap().starts_with("refresh-proactive-"));
+    assert!(body["refresh_token"]
+        .as_str()
+        .unwrap()
+        .starts_with("refresh-proactive-"));
     s.finish();
     s2.finish();
 }
@@ -260,7 +288,10 @@ async fn refresh_ahead_refreshes_in_the_background_while_requests_go_on() {
         "ahead",
         Provider::Google,
         false,
-        |b| b.skew(Duration::from_secs(60)).refresh_ahead(Duration::from_secs(600)),
+        |b| {
+            b.skew(Duration::from_secs(60))
+                .refresh_ahead(Duration::from_secs(600))
+        },
         1 << 20,
     )
     .await;
@@ -272,12 +303,19 @@ async fn refresh_ahead_refreshes_in_the_background_while_requests_go_on() {
         s.get_ok("/a").await;
     }
     s.realm.backend_calls.wait_for(1).await;
-    assert_eq!(s.realm.backend_calls.get(), 1, "one background refresh, not one per request");
+    assert_eq!(
+        s.realm.backend_calls.get(),
+        1,
+        "one background refresh, not one per request"
+    );
     let seen = s.realm.seen();
     assert_eq!(seen.len(), 50);
     assert!(seen.iter().all(|x| x.authorization == bearer(&old)));
     s.realm.release_backend(1);
-    let ev = tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(ev.outcome, RefreshOutcome::Refreshed { .. }));
     s.get_ok("/b").await;
     let last = s.realm.seen().last().unwrap().clone();
@@ -348,7 +386,10 @@ async fn burst(s: &Setup, n: usize) {
         }));
     }
     for t in tasks {
-        assert_eq!(tokio::time::timeout(WAIT, t).await.unwrap().unwrap(), StatusCode::OK);
+        assert_eq!(
+            tokio::time::timeout(WAIT, t).await.unwrap().unwrap(),
+            StatusCode::OK
+        );
     }
 }
 
@@ -388,7 +429,10 @@ async fn github_rotation_in_flight_old_generation_401s_do_not_refresh_again() {
         let svc = s.svc.clone();
         let url = s.url(&format!("/hold/{i}"));
         held.push(tokio::spawn(async move {
-            let resp = svc.oneshot(Request::get(url).body(empty()).unwrap()).await.unwrap();
+            let resp = svc
+                .oneshot(Request::get(url).body(empty()).unwrap())
+                .await
+                .unwrap();
             resp.status()
         }));
     }
@@ -401,12 +445,23 @@ async fn github_rotation_in_flight_old_generation_401s_do_not_refresh_again() {
     // The held requests now get 401 for the old generation: replayed with the new token.
     s.realm.release_api(1000);
     for t in held {
-        assert_eq!(tokio::time::timeout(WAIT, t).await.unwrap().unwrap(), StatusCode::OK);
+        assert_eq!(
+            tokio::time::timeout(WAIT, t).await.unwrap().unwrap(),
+            StatusCode::OK
+        );
     }
-    assert_eq!(s.realm.backend_calls.get(), 1, "no second refresh for an old generation");
+    assert_eq!(
+        s.realm.backend_calls.get(),
+        1,
+        "no second refresh for an old generation"
+    );
     let ev = events.try_recv().unwrap();
     match ev.outcome {
-        RefreshOutcome::Refreshed { refresh_token, rotated, .. } => {
+        RefreshOutcome::Refreshed {
+            refresh_token,
+            rotated,
+            ..
+        } => {
             assert!(rotated);
             assert_ne!(refresh_token.expose(), old_refresh);
         }
@@ -427,27 +482,47 @@ async fn expires_at_in_milliseconds_and_seconds_is_read() {
         *s.realm.lifetime.lock().unwrap() = Duration::from_secs(7200);
         s.seed(-1);
         let before = oauth_refresh_proxy::token::timestamp_to_system_time(
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64,
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64,
         )
         .unwrap();
         s.get_ok("/a").await;
         let info = s.tokens.get(Provider::GitHub, "alice").unwrap();
-        let expected = before.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() + 7200;
+        let expected = before
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 7200;
         let got = info.expires_at.unwrap();
-        assert!(got >= expected && got <= expected + 5, "{name}: {got} vs {expected}");
+        assert!(
+            got >= expected && got <= expected + 5,
+            "{name}: {got} vs {expected}"
+        );
         // And the new token is used without another refresh.
         s.get_ok("/b").await;
         assert_eq!(s.realm.backend_calls.get(), 1);
         s.finish();
     }
     // Absent expiry: the default lifetime applies; the token is still used.
-    let s = setup_with("expiry-absent", Provider::Google, false, |b| b.default_lifetime(Duration::from_secs(3000)), 1 << 20).await;
+    let s = setup_with(
+        "expiry-absent",
+        Provider::Google,
+        false,
+        |b| b.default_lifetime(Duration::from_secs(3000)),
+        1 << 20,
+    )
+    .await;
     *s.realm.expiry.lock().unwrap() = Expiry::Absent;
     s.seed(-1);
     s.get_ok("/a").await;
     s.get_ok("/b").await;
     assert_eq!(s.realm.backend_calls.get(), 1);
-    assert_eq!(s.tokens.get(Provider::Google, "alice").unwrap().expires_at, None);
+    assert_eq!(
+        s.tokens.get(Provider::Google, "alice").unwrap().expires_at,
+        None
+    );
     s.finish();
 }
 
@@ -545,7 +620,11 @@ async fn a_dropped_first_waiter_does_not_cancel_the_refresh() {
     };
     tokio::time::timeout(WAIT, coalesced).await.unwrap();
     s.realm.release_backend(1);
-    let resp = tokio::time::timeout(WAIT, second).await.unwrap().unwrap().unwrap();
+    let resp = tokio::time::timeout(WAIT, second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(s.realm.backend_calls.get(), 1);
     assert_eq!(s.tokens.stats(Provider::Google).refresh_success, 1);
@@ -609,10 +688,16 @@ async fn a_rejection_fails_fast_without_backend_calls_until_tokens_are_replaced(
     assert_eq!(s.realm.api_calls.get(), 1);
     // Replacing the tokens revives the account.
     let r2 = s.realm.new_refresh_token();
-    s.tokens.insert(Provider::Google, "alice", TokenSeed::new(r2.as_str()));
+    s.tokens
+        .insert(Provider::Google, "alice", TokenSeed::new(r2.as_str()));
     s.get_ok("/c").await;
     assert_eq!(s.realm.backend_calls.get(), 2);
-    assert!(!s.tokens.get(Provider::Google, "alice").unwrap().needs_reauth);
+    assert!(
+        !s.tokens
+            .get(Provider::Google, "alice")
+            .unwrap()
+            .needs_reauth
+    );
     s.finish();
 }
 
@@ -620,7 +705,10 @@ async fn a_rejection_fails_fast_without_backend_calls_until_tokens_are_replaced(
 async fn a_rejection_before_sending_is_an_error() {
     let s = setup("rejected-early", Provider::GitHub).await;
     s.seed(-1);
-    s.realm.script([Reply::Status(200, r#"{"success": false, "message": "refresh failed"}"#.into())]);
+    s.realm.script([Reply::Status(
+        200,
+        r#"{"success": false, "message": "refresh failed"}"#.into(),
+    )]);
     let err = s.send("GET", "/a", empty()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RefreshRejected);
     assert_eq!(err.provider(), Some(Provider::GitHub));
@@ -664,7 +752,11 @@ async fn a_hanging_backend_is_bounded_by_the_timeout() {
 async fn forced_refresh_and_listing_never_show_tokens() {
     let s = setup("listing", Provider::GitHub).await;
     let (refresh, access) = s.seed(3600);
-    let info = s.tokens.refresh_now(Provider::GitHub, "alice").await.unwrap();
+    let info = s
+        .tokens
+        .refresh_now(Provider::GitHub, "alice")
+        .await
+        .unwrap();
     assert_eq!(info.generation, 2);
     assert!(info.last_refresh_at.is_some());
     assert_eq!(s.realm.backend_calls.get(), 1);
@@ -674,4 +766,27 @@ async fn forced_refresh_and_listing_never_show_tokens() {
         assert!(!dump.contains(&secret));
     }
     s.finish();
+}
+
+#[test]
+fn the_fakes_answer_with_the_shared_fixture_shapes() {
+    for (answer, file) in [
+        (&GOOGLE_401, "google_api_401.json"),
+        (&GOOGLE_403, "google_api_403_insufficient_scope.json"),
+        (&GITHUB_401, "github_api_401.json"),
+        (&GITHUB_403, "github_api_403_rate_limit.json"),
+    ] {
+        let fx = fixture(file);
+        assert_eq!(
+            u64::from(answer.status),
+            fx["status"].as_u64().unwrap(),
+            "{file}"
+        );
+        let body: serde_json::Value = serde_json::from_str(answer.body).unwrap();
+        assert_eq!(body, fx["body"], "{file}");
+        for (k, v) in fx["headers"].as_object().unwrap() {
+            let ours = answer.headers.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+            assert_eq!(ours, v.as_str(), "{file}: {k}");
+        }
+    }
 }

@@ -118,7 +118,10 @@ where
     }
 
     /// A 401: refresh (or take the newer generation), then replay once if the body allows.
-    async fn after_unauthorized(self: Box<Self>, mut resp: Response<ResB>) -> Result<Response<ResB>, Error> {
+    async fn after_unauthorized(
+        self: Box<Self>,
+        mut resp: Response<ResB>,
+    ) -> Result<Response<ResB>, Error> {
         let this = *self;
         let (provider, account) = (this.provider, this.account.as_str());
         tracing::debug!(%provider, account, generation = this.generation, "upstream answered 401");
@@ -129,8 +132,10 @@ where
         {
             Ok(lease) => lease,
             Err(e) if e.kind() == ErrorKind::RefreshRejected => {
-                resp.headers_mut()
-                    .insert(X_OAUTH_REFRESH.clone(), HeaderValue::from_static("rejected"));
+                resp.headers_mut().insert(
+                    X_OAUTH_REFRESH.clone(),
+                    HeaderValue::from_static("rejected"),
+                );
                 return Ok(resp);
             }
             Err(e) => return Err(e),

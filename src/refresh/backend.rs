@@ -121,11 +121,16 @@ impl BackendRefresher {
             .json(&body);
         if let Some(bearer) = &self.bearer {
             let mut v = http::HeaderValue::from_str(&format!("Bearer {}", bearer.expose()))
-                .map_err(|_| RefreshError::transient("backend token is not a valid header value"))?;
+                .map_err(|_| {
+                    RefreshError::transient("backend token is not a valid header value")
+                })?;
             v.set_sensitive(true);
             req = req.header(http::header::AUTHORIZATION, v);
         }
-        let resp = req.send().await.map_err(|e| transport_error("backend", &e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error("backend", &e))?;
         let status = resp.status();
         let body = read_limited(resp, "backend").await?;
         classify_backend(status, &body)
@@ -172,7 +177,10 @@ pub(crate) async fn read_limited(
     mut resp: reqwest::Response,
     who: &str,
 ) -> Result<Vec<u8>, RefreshError> {
-    if resp.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
         return Err(RefreshError::transient(format!(
             "{who} response body over {MAX_RESPONSE_BYTES} bytes"
         )));
@@ -211,7 +219,9 @@ pub(crate) fn classify_backend(
         || status == http::StatusCode::REQUEST_TIMEOUT
         || status == http::StatusCode::TOO_MANY_REQUESTS
     {
-        return Err(RefreshError::transient(format!("backend answered {status}")));
+        return Err(RefreshError::transient(format!(
+            "backend answered {status}"
+        )));
     }
     if status.is_client_error() {
         let code = serde_json::from_slice::<BackendAnswer>(body)
@@ -228,8 +238,9 @@ pub(crate) fn classify_backend(
             "backend answered {status} (not followed)"
         )));
     }
-    let answer: BackendAnswer = serde_json::from_slice(body)
-        .map_err(|_| RefreshError::transient("backend answered 2xx with a body that is not the expected JSON"))?;
+    let answer: BackendAnswer = serde_json::from_slice(body).map_err(|_| {
+        RefreshError::transient("backend answered 2xx with a body that is not the expected JSON")
+    })?;
     if answer.success == Some(false) {
         return Err(RefreshError::rejected("backend answered success: false"));
     }
@@ -289,12 +300,24 @@ mod tests {
         assert!(!t(429, b"").unwrap_err().is_rejected());
         assert!(!t(408, b"").unwrap_err().is_rejected());
         assert!(!t(302, b"").unwrap_err().is_rejected());
-        assert!(t(200, br#"{"success":false,"message":"x"}"#).unwrap_err().is_rejected());
+        assert!(t(200, br#"{"success":false,"message":"x"}"#)
+            .unwrap_err()
+            .is_rejected());
         assert!(!t(200, b"").unwrap_err().is_rejected());
         assert!(!t(200, b"not json").unwrap_err().is_rejected());
-        assert!(!t(200, br#"{"success":true,"token":""}"#).unwrap_err().is_rejected());
-        assert!(!t(200, br#"{"success":true,"token":"a\r\nb"}"#).unwrap_err().is_rejected());
-        assert!(t(200, br#"{"success":true,"token":"ok"}"#).unwrap().expires_at.is_none());
-        assert!(t(200, br#"{"success":true,"token":"ok","expiresAt":0}"#).unwrap().expires_at.is_none());
+        assert!(!t(200, br#"{"success":true,"token":""}"#)
+            .unwrap_err()
+            .is_rejected());
+        assert!(!t(200, br#"{"success":true,"token":"a\r\nb"}"#)
+            .unwrap_err()
+            .is_rejected());
+        assert!(t(200, br#"{"success":true,"token":"ok"}"#)
+            .unwrap()
+            .expires_at
+            .is_none());
+        assert!(t(200, br#"{"success":true,"token":"ok","expiresAt":0}"#)
+            .unwrap()
+            .expires_at
+            .is_none());
     }
 }

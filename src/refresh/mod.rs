@@ -189,16 +189,18 @@ impl RetryPolicy {
         let attempts = self.max_attempts.max(1);
         let mut attempt = 0;
         loop {
-            let result =
-                match tokio::time::timeout(self.timeout, refresher.refresh(provider, refresh_token))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(RefreshError::transient(format!(
-                        "attempt timed out after {:?}",
-                        self.timeout
-                    ))),
-                };
+            let result = match tokio::time::timeout(
+                self.timeout,
+                refresher.refresh(provider, refresh_token),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(RefreshError::transient(format!(
+                    "attempt timed out after {:?}",
+                    self.timeout
+                ))),
+            };
             match result {
                 Err(RefreshError::Transient(msg)) if attempt + 1 < attempts => {
                     let delay = self.backoff(attempt);

@@ -94,7 +94,10 @@ pub(crate) struct Subscribers {
 impl Subscribers {
     pub(crate) fn subscribe(&self) -> Events {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.senders.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
         Events { rx }
     }
 

@@ -186,7 +186,10 @@ pub struct Tokens {
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokens")
-            .field("accounts", &(self.inner.maps[0].len() + self.inner.maps[1].len()))
+            .field(
+                "accounts",
+                &(self.inner.maps[0].len() + self.inner.maps[1].len()),
+            )
             .finish()
     }
 }
@@ -430,7 +433,11 @@ impl Tokens {
     /// println!("generation {}", info.generation);
     /// # }
     /// ```
-    pub async fn refresh_now(&self, provider: Provider, account: &str) -> Result<AccountInfo, Error> {
+    pub async fn refresh_now(
+        &self,
+        provider: Provider,
+        account: &str,
+    ) -> Result<AccountInfo, Error> {
         let step = self.step(provider, account, None, true)?;
         self.finish(provider, account, step).await?;
         self.get(provider, account)
@@ -439,7 +446,11 @@ impl Tokens {
 
     /// The token for a request, without waiting: `Ok(None)` when a refresh must be awaited
     /// first (see [`Tokens::lease`]). Starts a background refresh in the refresh-ahead window.
-    pub(crate) fn try_lease(&self, provider: Provider, account: &str) -> Result<Option<Lease>, Error> {
+    pub(crate) fn try_lease(
+        &self,
+        provider: Provider,
+        account: &str,
+    ) -> Result<Option<Lease>, Error> {
         let now = SystemTime::now();
         let (lease, ahead) = {
             let Some(e) = self.inner.maps[idx(provider)].get(account) else {
@@ -491,7 +502,11 @@ impl Tokens {
 
     pub(crate) fn count_replay(&self, provider: Provider, replayed: bool) {
         let c = &self.inner.counters[idx(provider)];
-        bump(if replayed { &c.replayed } else { &c.not_replayable });
+        bump(if replayed {
+            &c.replayed
+        } else {
+            &c.not_replayable
+        });
     }
 
     async fn finish(&self, provider: Provider, account: &str, step: Step) -> Result<Lease, Error> {
@@ -635,7 +650,8 @@ impl Tokens {
                 Ok(r) => {
                     // The refresher checked this; a hand-written refresher might not have.
                     let Some(header) = r.access_token.bearer_header() else {
-                        let err = RefreshError::transient("refreshed token is not a valid header value");
+                        let err =
+                            RefreshError::transient("refreshed token is not a valid header value");
                         e.last_error = Some(err.to_string());
                         bump(&counters.refresh_transient_error);
                         return FlightResult::Err(err);
@@ -648,9 +664,7 @@ impl Tokens {
                         _ => false,
                     };
                     e.expiry_known = r.expires_at.is_some();
-                    e.expires_at = r
-                        .expires_at
-                        .unwrap_or(now + self.inner.default_lifetime);
+                    e.expires_at = r.expires_at.unwrap_or(now + self.inner.default_lifetime);
                     e.ahead_at = self.ahead_at(e.expires_at);
                     e.header = Some(header.clone());
                     e.generation += 1;
@@ -677,7 +691,8 @@ impl Tokens {
                         };
                     } else {
                         if task.ahead {
-                            let retry_in = (self.inner.refresh_ahead / 10).max(Duration::from_secs(1));
+                            let retry_in =
+                                (self.inner.refresh_ahead / 10).max(Duration::from_secs(1));
                             e.ahead_at = now + retry_in;
                         }
                         bump(&counters.refresh_transient_error);
@@ -724,8 +739,12 @@ impl FlightTask {
             .await;
         let duration = started.elapsed();
         match &result {
-            Ok(_) => tracing::info!(provider = %self.provider, account = &*self.account, ?duration, "refreshed"),
-            Err(e) => tracing::warn!(provider = %self.provider, account = &*self.account, error = %e, "refresh failed"),
+            Ok(_) => {
+                tracing::info!(provider = %self.provider, account = &*self.account, ?duration, "refreshed")
+            }
+            Err(e) => {
+                tracing::warn!(provider = %self.provider, account = &*self.account, error = %e, "refresh failed")
+            }
         }
         let outcome = self.tokens.apply(&self, result, duration);
         let _ = tx.send(Some(outcome));
@@ -737,7 +756,15 @@ fn rejected_error(provider: Provider, account: &str, e: &Entry) -> Error {
         .last_error
         .clone()
         .unwrap_or_else(|| "refresh token rejected".into());
-    Error::from_refresh(provider, account, &RefreshError::Rejected(reason.trim_start_matches("refresh token rejected: ").to_string()))
+    Error::from_refresh(
+        provider,
+        account,
+        &RefreshError::Rejected(
+            reason
+                .trim_start_matches("refresh token rejected: ")
+                .to_string(),
+        ),
+    )
 }
 
 fn info(provider: Provider, account: &str, e: &Entry) -> AccountInfo {

@@ -1,0 +1,9 @@
+//! The standalone sidecar: a reverse proxy that routes path prefixes to Google and GitHub API
+//! upstreams and keeps every request authenticated through the same [`RefreshLayer`] that Rust
+//! services embed. This module holds the sidecar's building blocks, starting with its TOML
+//! configuration ([`config`], SPEC 4.2): listeners, tokens, refresh settings, store, routes,
+//! seeded accounts and the self-hosted refresh API.
+//!
+//! [`RefreshLayer`]: crate::RefreshLayer
+
+pub mod config;
