@@ -204,8 +204,8 @@ pub struct Realm {
     pub held: Count,
     backend_gate: Semaphore,
     api_gate: Semaphore,
-    /// GitHub-style rotation: every refresh rotates the refresh token and revokes the old
-    /// access token at once.
+    /// GitHub-style rotation: every GitHub refresh (`/auth/github/refresh`) rotates the refresh
+    /// token and revokes the old access token at once. Google refreshes never rotate.
     pub rotate: bool,
     /// How `expiresAt` is written.
     pub expiry: Mutex<Expiry>,
@@ -216,7 +216,7 @@ pub struct Realm {
 }
 
 impl Realm {
-    /// A realm whose tokens are named after `name`; `rotate` makes it GitHub-like.
+    /// A realm whose tokens are named after `name`; `rotate` makes GitHub refreshes rotate.
     pub fn new(name: &str, rotate: bool) -> Arc<Realm> {
         Arc::new(Realm {
             name: name.to_string(),
@@ -306,7 +306,7 @@ impl Realm {
         self.st().backend_requests.clone()
     }
 
-    fn issue(&self, refresh: &str) -> Result<serde_json::Value, (u16, String)> {
+    fn issue(&self, provider: Provider, refresh: &str) -> Result<serde_json::Value, (u16, String)> {
         let mut st = self.st();
         let Some(previous) = st.valid_refresh.get(refresh).cloned() else {
             return Err((
@@ -320,7 +320,7 @@ impl Realm {
         st.valid_access.insert(access.clone());
         st.secrets.push(access.clone());
         let mut body = serde_json::json!({"success": true, "token": access, "accessToken": access});
-        if self.rotate {
+        if self.rotate && provider == Provider::GitHub {
             if let Some(old) = previous {
                 st.valid_access.remove(&old);
             }
@@ -432,7 +432,8 @@ async fn backend(realm: Arc<Realm>, req: Request<Incoming>) -> Response<Full<Byt
         .as_str()
         .unwrap_or_default()
         .to_string();
-    match realm.issue(&refresh) {
+    let provider = if path.contains("github") { Provider::GitHub } else { Provider::Google };
+    match realm.issue(provider, &refresh) {
         Ok(v) => json_response(200, v.to_string()),
         Err((s, b)) => json_response(s, b),
     }

@@ -6,4 +6,11 @@
 //!
 //! [`RefreshLayer`]: crate::RefreshLayer
 
+pub mod admin;
 pub mod config;
+pub mod demo;
+pub mod errors;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod sidecar;

@@ -101,6 +101,9 @@ pub struct AccountInfo {
     pub last_refresh_at: Option<u64>,
     /// The last refresh error (never a token), cleared by a success.
     pub last_error: Option<String>,
+    /// Whether the account holds an access token that has not expired (for the `orp_tokens`
+    /// gauge: `valid`, `expired` or `needs_reauth`).
+    pub valid: bool,
 }
 
 /// Counters of one provider's refresh traffic, for metrics and tests.
@@ -776,5 +779,6 @@ fn info(provider: Provider, account: &str, e: &Entry) -> AccountInfo {
         needs_reauth: e.needs_reauth,
         last_refresh_at: e.last_refresh_at.map(unix_secs),
         last_error: e.last_error.clone(),
+        valid: e.header.is_some() && SystemTime::now() < e.expires_at,
     }
 }

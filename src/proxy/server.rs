@@ -1,0 +1,304 @@
+//! The sidecar's proxy listener: a router in front of the [`RefreshLayer`](crate::RefreshLayer).
+//!
+//! The proxy has no refresh path of its own. For each request it checks the inbound rules
+//! (`client_token`, no absolute-form or CONNECT), finds the route, names the account and the
+//! provider in the request's extensions, rewrites the URI to the route's upstream, drops
+//! hop-by-hop headers, and hands the request to the layer-wrapped hyper-util client (rustls,
+//! HTTP/1.1 and HTTP/2 by ALPN, pooled). Bodies stream both ways; only the layer's
+//! `ReplayBody` keeps up to `max_replay_body` bytes for a replay.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::{Layer, ServiceExt};
+
+use super::config::Config;
+use super::errors::{error_response, from_error, Code};
+use super::metrics::Metrics;
+use super::router::{rewrite_link, rewrite_url, upstream_uri, Router};
+use crate::layer::{Refresh, RefreshLayer, ReplayBody};
+use crate::token::Secret;
+use crate::{Account, BoxError, Tokens};
+
+/// The connector the sidecar uses upstream: rustls (platform verifier), HTTP/1.1 and HTTP/2.
+pub type UpstreamConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The pooled upstream client the layer wraps.
+pub type UpstreamClient = Client<UpstreamConnector, ReplayBody<Incoming>>;
+
+/// The body of the proxy's responses: the upstream's, streamed, or one the proxy made.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The header naming the account of a request.
+pub static X_OAUTH_ACCOUNT: HeaderName = HeaderName::from_static("x-oauth-account");
+
+/// Builds the upstream client: rustls with the platform's roots (honouring `SSL_CERT_FILE`),
+/// HTTP/1.1 and HTTP/2 negotiated by ALPN, pooled connections.
+pub fn upstream_client() -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_platform_verifier()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https)
+}
+
+/// The proxy listener's request handler.
+pub struct Proxy {
+    router: Router,
+    client: Refresh<UpstreamClient>,
+    client_token: Option<Secret>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("routes", &self.router)
+            .field("client_token", &self.client_token)
+            .finish()
+    }
+}
+
+impl Proxy {
+    /// A proxy for `config`'s routes, taking tokens from `tokens`.
+    pub fn new(config: &Config, tokens: Tokens, metrics: Arc<Metrics>) -> Self {
+        let layer = RefreshLayer::new(tokens).max_replay_body(config.max_replay_body);
+        Proxy {
+            router: Router::new(config.routes.clone()),
+            client: layer.layer(upstream_client()),
+            client_token: config.client_token.clone(),
+            metrics,
+        }
+    }
+
+    /// Handles one request from a caller.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (route_label, resp) = self.route(req).await;
+        let status = resp.status().as_u16();
+        self.metrics.observe_request(&route_label, status);
+        tracing::debug!(route = %route_label, status, elapsed = ?started.elapsed(), "proxied");
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> (String, Response<ProxyBody>) {
+        let own = own_response;
+        if req.method() == Method::CONNECT {
+            return (String::new(), own(Code::MethodNotAllowed, "CONNECT is not supported: this is not a forward proxy"));
+        }
+        // HTTP/1 absolute-form (`GET http://host/x`) is a forward-proxy request: refused.
+        // (HTTP/2 requests always carry :authority, which is the proxy's own.)
+        if req.version() < Version::HTTP_2 && req.uri().authority().is_some() {
+            return (String::new(), own(Code::BadRequest, "absolute-form request targets are not supported: send the path only"));
+        }
+        if let Some(expected) = &self.client_token {
+            let presented = req
+                .headers()
+                .get(header::PROXY_AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !presented.is_some_and(|p| expected.constant_time_eq(p)) {
+                return (String::new(), own(Code::Unauthorized, "send Proxy-Authorization: Bearer <client_token>"));
+            }
+        }
+        let path = req.uri().path().to_string();
+        let Some((route, rest)) = self.router.find(&path) else {
+            return (String::new(), own(Code::UnknownRoute, "no route matches this path"));
+        };
+        let label = route.prefix.clone();
+        let account = match req.headers().get(&X_OAUTH_ACCOUNT) {
+            Some(v) => match v.to_str() {
+                Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                _ => {
+                    return (label, own(Code::AccountRequired, "x-oauth-account must be a non-empty ASCII account id"));
+                }
+            },
+            None => route.default_account.clone(),
+        };
+        let Some(account) = account else {
+            let resp = error_response(
+                Code::AccountRequired,
+                "send x-oauth-account or configure the route's default_account",
+                Some(route.provider),
+                None,
+            );
+            return (label, resp.map(Either::Right));
+        };
+        let uri = match upstream_uri(route, rest, req.uri().query()) {
+            Ok(u) => u,
+            Err(_) => return (label, own(Code::BadRequest, "the request path cannot be forwarded")),
+        };
+        let proxy_host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(&X_OAUTH_ACCOUNT);
+        parts.headers.remove(header::HOST);
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        parts.extensions.insert(route.provider);
+        parts.extensions.insert(Account::new(account));
+        let out = Request::from_parts(parts, body);
+
+        let sent = Instant::now();
+        let result = self.client.clone().oneshot(out).await;
+        self.metrics
+            .observe_upstream(&label, sent.elapsed().as_secs_f64());
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                match e.kind() {
+                    crate::ErrorKind::UnknownAccount | crate::ErrorKind::AccountRequired | crate::ErrorKind::RefreshRejected => {
+                        tracing::info!(route = %label, error = %e, "request refused")
+                    }
+                    _ => tracing::warn!(route = %label, error = %e, "request failed"),
+                }
+                return (label, from_error(&e).map(Either::Right));
+            }
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        if let Some(host) = proxy_host {
+            rewrite_location_and_link(resp.headers_mut(), route, &host);
+        }
+        (label, resp.map(Either::Left))
+    }
+}
+
+fn own_response(code: Code, msg: &str) -> Response<ProxyBody> {
+    error_response(code, msg, None, None).map(Either::Right)
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and those `Connection` names).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn rewrite_location_and_link(headers: &mut HeaderMap, route: &super::config::Route, host: &str) {
+    if let Some(new) = headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| rewrite_url(v, route, host))
+    {
+        if let Ok(v) = HeaderValue::try_from(new) {
+            headers.insert(header::LOCATION, v);
+        }
+    }
+    if headers.contains_key(header::LINK) {
+        let values: Vec<HeaderValue> = headers
+            .get_all(header::LINK)
+            .iter()
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .and_then(|s| rewrite_link(s, route, host))
+                    .and_then(|s| HeaderValue::try_from(s).ok())
+                    .unwrap_or_else(|| v.clone())
+            })
+            .collect();
+        headers.remove(header::LINK);
+        for v in values {
+            headers.append(header::LINK, v);
+        }
+    }
+}
+
+/// Serves `handler` on `listener` (HTTP/1.1 and HTTP/2 prior knowledge) until `shutdown`
+/// turns true, then stops accepting and waits up to `drain` for in-flight requests.
+pub async fn serve<H, Fut, B>(
+    listener: TcpListener,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off a moment, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::debug!("connections drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "drain timeout: closing remaining connections"),
+    }
+}
