@@ -441,6 +441,13 @@ async fn backend(realm: Arc<Realm>, req: Request<Incoming>) -> Response<Full<Byt
 
 /// Starts a fake API answering like `provider`; returns its address.
 ///
+/// Every path first checks the bearer token (401 in the provider's shape when it is not
+/// valid), except where noted. With a valid token:
+/// `/user/repos?page=N` → GitHub-style pagination ([`REPO_PAGES`] pages of [`REPOS_PER_PAGE`],
+/// with a `Link` header of absolute URLs on this server); `/redirect` → 302 with an absolute
+/// `Location` on this server; `/download?bytes=N` → N bytes; anything else → 200
+/// `{"sha256","len"}` of the request body.
+///
 /// Paths: `/forbidden` → the provider's 403 fixture; `/early401…` → a 401 before reading the
 /// body when the token is not valid; `/hold…` → wait for `release_api` before looking at the
 /// token; anything else → read the body, then 200 `{"sha256","len"}` or the provider's 401.
@@ -520,8 +527,66 @@ async fn api(
         return from_fixture(f401);
     }
     record(&realm, &body, 200);
-    json_response(
-        200,
-        serde_json::json!({"sha256": sha256_hex(&body), "len": body.len()}).to_string(),
-    )
+    let query = |name: &str| -> Option<u64> {
+        path_and_query
+            .split_once('?')?
+            .1
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    // Absolute URLs back at this server, as the real APIs send them.
+    let own = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!("http://{h}"))
+        .unwrap_or_default();
+    match path.as_str() {
+        "/user/repos" => {
+            let page = query("page").unwrap_or(1).clamp(1, REPO_PAGES);
+            let repos: Vec<_> = (0..REPOS_PER_PAGE)
+                .map(|i| {
+                    let id = (page - 1) * REPOS_PER_PAGE + i + 1;
+                    serde_json::json!({"id": id, "name": format!("repo-{id}"), "full_name": format!("octocat/repo-{id}")})
+                })
+                .collect();
+            let mut links = Vec::new();
+            if page < REPO_PAGES {
+                links.push(format!(r#"<{own}/user/repos?page={}>; rel="next""#, page + 1));
+                links.push(format!(r#"<{own}/user/repos?page={REPO_PAGES}>; rel="last""#));
+            }
+            if page > 1 {
+                links.push(format!(r#"<{own}/user/repos?page=1>; rel="first""#));
+                links.push(format!(r#"<{own}/user/repos?page={}>; rel="prev""#, page - 1));
+            }
+            let mut resp = json_response(200, serde_json::Value::from(repos).to_string());
+            if !links.is_empty() {
+                resp.headers_mut().insert(
+                    http::header::LINK,
+                    links.join(", ").parse().expect("ascii link header"),
+                );
+            }
+            resp
+        }
+        "/redirect" => Response::builder()
+            .status(302)
+            .header(http::header::LOCATION, format!("{own}/after-redirect?from=redirect"))
+            .body(Full::new(Bytes::new()))
+            .expect("static response"),
+        "/download" => {
+            let n = query("bytes").unwrap_or(0).min(1 << 30) as usize;
+            Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/octet-stream")
+                .body(Full::new(Bytes::from(vec![b'x'; n])))
+                .expect("static response")
+        }
+        _ => json_response(
+            200,
+            serde_json::json!({"sha256": sha256_hex(&body), "len": body.len()}).to_string(),
+        ),
+    }
 }
+
+/// Pages of `GET /user/repos` on the fake API.
+pub const REPO_PAGES: u64 = 3;
+/// Repositories per page of `GET /user/repos`.
+pub const REPOS_PER_PAGE: u64 = 2;

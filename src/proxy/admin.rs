@@ -212,11 +212,7 @@ where
                 Err(e) => errors::from_error(&e),
             }
         }
-        _ => json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such admin endpoint",
-        ),
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     }
 }
 
@@ -232,7 +228,12 @@ struct PutBody {
 const PUT_SHAPE: &str =
     "expected a JSON object {\"refresh_token\": string, \"access_token\"?: string, \"expires_at\"?: integer}";
 
-async fn put<B>(state: &AdminState, provider: Provider, account: &str, body: B) -> Response<Full<Bytes>>
+async fn put<B>(
+    state: &AdminState,
+    provider: Provider,
+    account: &str,
+    body: B,
+) -> Response<Full<Bytes>>
 where
     B: Body,
     B::Error: std::fmt::Display,
@@ -439,4 +440,514 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::refresh::{BoxFuture, RefreshError, Refreshed, Refresher, RetryPolicy};
+
+    const ADMIN: &str = "ADMIN-SECRET-xyz";
+    const REFRESH: &str = "REFRESH-SECRET-abc";
+    const ACCESS: &str = "ACCESS-SECRET-def";
+    const NEW_ACCESS: &str = "NEW-ACCESS-SECRET-ghi";
+    const ROTATED: &str = "ROTATED-SECRET-jkl";
+    const SECRETS: [&str; 5] = [ADMIN, REFRESH, ACCESS, NEW_ACCESS, ROTATED];
+
+    #[derive(Default)]
+    struct Script {
+        answers: Mutex<VecDeque<Result<Refreshed, RefreshError>>>,
+        calls: AtomicUsize,
+    }
+
+    struct Scripted(Arc<Script>);
+
+    impl Refresher for Scripted {
+        fn refresh<'a>(
+            &'a self,
+            _: Provider,
+            _: &'a Secret,
+        ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
+            self.0.calls.fetch_add(1, Ordering::SeqCst);
+            let next = self.0.answers.lock().unwrap().pop_front();
+            Box::pin(async move {
+                next.unwrap_or_else(|| {
+                    Ok(Refreshed {
+                        access_token: Secret::new(NEW_ACCESS),
+                        refresh_token: Some(Secret::new(ROTATED)),
+                        expires_at: Some(
+                            SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000),
+                        ),
+                    })
+                })
+            })
+        }
+    }
+
+    struct Fixture {
+        state: AdminState,
+        script: Arc<Script>,
+        ready: Arc<AtomicBool>,
+        /// Every response body seen, for the no-secret check.
+        bodies: Mutex<Vec<String>>,
+    }
+
+    fn fixture(admin_token: Option<&str>) -> Fixture {
+        let script = Arc::new(Script::default());
+        let tokens = Tokens::builder(Scripted(script.clone()))
+            .retry(RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            })
+            .build();
+        let ready = Arc::new(AtomicBool::new(true));
+        let r = ready.clone();
+        Fixture {
+            state: AdminState {
+                metrics: Metrics::new(tokens.clone()),
+                tokens,
+                admin_token: admin_token.map(Secret::new),
+                ready: Arc::new(move || r.load(Ordering::SeqCst)),
+            },
+            script,
+            ready,
+            bodies: Mutex::new(Vec::new()),
+        }
+    }
+
+    struct Answer {
+        status: u16,
+        headers: http::HeaderMap,
+        body: String,
+    }
+
+    impl Answer {
+        fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+        }
+
+        fn code(&self) -> String {
+            self.json()["error"]["code"].as_str().unwrap().to_string()
+        }
+    }
+
+    impl Fixture {
+        async fn send(&self, method: &str, path: &str, auth: Option<&str>, body: &str) -> Answer {
+            let mut b = Request::builder().method(method).uri(path);
+            if let Some(a) = auth {
+                b = b.header("authorization", a);
+            }
+            let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+            self.send_req(req).await
+        }
+
+        async fn send_req<B>(&self, req: Request<B>) -> Answer
+        where
+            B: Body,
+            B::Error: std::fmt::Display,
+        {
+            let resp = handle(&self.state, req).await;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8(bytes.to_vec()).unwrap();
+            self.bodies.lock().unwrap().push(body.clone());
+            Answer {
+                status,
+                headers,
+                body,
+            }
+        }
+
+        fn assert_no_secrets(&self) {
+            for body in self.bodies.lock().unwrap().iter() {
+                for s in SECRETS {
+                    assert!(!body.contains(s), "secret {s} in response body {body}");
+                }
+            }
+            let metrics = self.state.metrics.render();
+            for s in SECRETS {
+                assert!(!metrics.contains(s), "secret {s} in metrics");
+            }
+        }
+    }
+
+    fn bearer() -> Option<&'static str> {
+        Some("Bearer ADMIN-SECRET-xyz")
+    }
+
+    #[tokio::test]
+    async fn health_ready_metrics() {
+        let f = fixture(Some(ADMIN));
+        let a = f.send("GET", "/healthz", None, "").await;
+        assert_eq!((a.status, a.body.as_str()), (200, "ok"));
+        let a = f.send("GET", "/readyz", None, "").await;
+        assert_eq!((a.status, a.body.as_str()), (200, "ready"));
+        f.ready.store(false, Ordering::SeqCst);
+        let a = f.send("GET", "/readyz", None, "").await;
+        assert_eq!((a.status, a.body.as_str()), (503, "not ready"));
+        let a = f.send("GET", "/metrics", None, "").await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.headers["content-type"], metrics::CONTENT_TYPE);
+        assert!(a
+            .body
+            .contains("orp_tokens{provider=\"google\",state=\"valid\"} 0"));
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let a = f.send("POST", path, None, "").await;
+            assert_eq!(a.status, 405, "{path}");
+            assert_eq!(a.headers["allow"], "GET");
+            assert_eq!(a.code(), "method_not_allowed");
+        }
+    }
+
+    #[tokio::test]
+    async fn admin_token_guards_the_token_api() {
+        let f = fixture(Some(ADMIN));
+        for (method, path) in [
+            ("GET", "/tokens"),
+            ("PUT", "/tokens/google/alice"),
+            ("DELETE", "/tokens/google/alice"),
+            ("POST", "/tokens/google/alice/refresh"),
+            ("GET", "/nope"),
+        ] {
+            for auth in [
+                None,
+                Some("Bearer wrong"),
+                Some("Bearer ADMIN-SECRET-xy"),
+                Some("Bearer ADMIN-SECRET-xyzz"),
+                Some("Basic ADMIN-SECRET-xyz"),
+                Some("ADMIN-SECRET-xyz"),
+                Some("Bearer "),
+            ] {
+                let a = f.send(method, path, auth, r#"{"refresh_token":"x"}"#).await;
+                assert_eq!(a.status, 401, "{method} {path} {auth:?}");
+                assert_eq!(a.headers["www-authenticate"], "Bearer");
+                assert_eq!(a.code(), "unauthorized");
+            }
+        }
+        assert!(f.state.tokens.list().is_empty(), "nothing was created");
+        // The scheme is case-insensitive.
+        let a = f
+            .send("GET", "/tokens", Some("bearer ADMIN-SECRET-xyz"), "")
+            .await;
+        assert_eq!(a.status, 200);
+        let a = f.send("GET", "/tokens", bearer(), "").await;
+        assert_eq!((a.status, a.body.as_str()), (200, "[]"));
+        // Public endpoints need no token.
+        assert_eq!(f.send("GET", "/healthz", None, "").await.status, 200);
+        f.assert_no_secrets();
+    }
+
+    #[tokio::test]
+    async fn no_admin_token_means_open() {
+        let f = fixture(None);
+        let a = f.send("GET", "/tokens", None, "").await;
+        assert_eq!(a.status, 200);
+        let a = f.send("GET", "/tokens", Some("Bearer anything"), "").await;
+        assert_eq!(a.status, 200);
+    }
+
+    #[tokio::test]
+    async fn put_list_delete() {
+        let f = fixture(Some(ADMIN));
+        let body = format!(
+            r#"{{"refresh_token": "{REFRESH}", "access_token": "{ACCESS}", "expires_at": 4000000000}}"#
+        );
+        let a = f.send("PUT", "/tokens/google/alice", bearer(), &body).await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        assert_eq!(a.headers["content-type"], "application/json");
+        let entry = a.json();
+        assert_eq!(
+            entry,
+            serde_json::json!({
+                "provider": "google", "account": "alice", "expires_at": 4000000000u64,
+                "generation": 1, "needs_reauth": false, "last_refresh_at": null, "last_error": null,
+            })
+        );
+        // Milliseconds are accepted; 0 means unknown.
+        let ms = format!(
+            r#"{{"refresh_token": "{REFRESH}", "access_token": "{ACCESS}", "expires_at": 4000000000000}}"#
+        );
+        let a = f.send("PUT", "/tokens/google/alice", bearer(), &ms).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()["expires_at"], 4000000000u64);
+        assert_eq!(a.json()["generation"], 2);
+        let zero = format!(r#"{{"refresh_token": "{REFRESH}", "expires_at": 0}}"#);
+        let a = f
+            .send("PUT", "/tokens/github/octo%40home", bearer(), &zero)
+            .await;
+        assert_eq!(a.status, 201);
+        assert_eq!(a.json()["account"], "octo@home");
+        assert_eq!(a.json()["expires_at"], serde_json::Value::Null);
+
+        let a = f.send("GET", "/tokens", bearer(), "").await;
+        assert_eq!(a.status, 200);
+        let list = a.json();
+        let list = list.as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0]["provider"], "google");
+        assert_eq!(list[1]["account"], "octo@home");
+        for e in list {
+            let mut keys: Vec<_> = e.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            assert_eq!(
+                keys,
+                [
+                    "account",
+                    "expires_at",
+                    "generation",
+                    "last_error",
+                    "last_refresh_at",
+                    "needs_reauth",
+                    "provider"
+                ]
+            );
+        }
+
+        let a = f
+            .send("DELETE", "/tokens/github/octo%40home", bearer(), "")
+            .await;
+        assert_eq!((a.status, a.body.as_str()), (204, ""));
+        let a = f
+            .send("DELETE", "/tokens/github/octo%40home", bearer(), "")
+            .await;
+        assert_eq!(a.status, 404);
+        assert_eq!(a.code(), "unknown_account");
+        assert_eq!(a.json()["error"]["account"], "octo@home");
+        assert_eq!(f.state.tokens.list().len(), 1);
+        f.assert_no_secrets();
+    }
+
+    #[tokio::test]
+    async fn put_clears_needs_reauth() {
+        let f = fixture(None);
+        f.state
+            .tokens
+            .insert(Provider::GitHub, "dead", TokenSeed::new(REFRESH));
+        f.script
+            .answers
+            .lock()
+            .unwrap()
+            .push_back(Err(RefreshError::rejected("revoked")));
+        let a = f
+            .send("POST", "/tokens/github/dead/refresh", None, "")
+            .await;
+        assert_eq!(a.status, 401);
+        assert!(
+            f.state
+                .tokens
+                .get(Provider::GitHub, "dead")
+                .unwrap()
+                .needs_reauth
+        );
+        let a = f
+            .send(
+                "PUT",
+                "/tokens/github/dead",
+                None,
+                &format!(r#"{{"refresh_token":"{ROTATED}"}}"#),
+            )
+            .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()["needs_reauth"], false);
+        f.assert_no_secrets();
+    }
+
+    #[tokio::test]
+    async fn bad_put_bodies() {
+        let f = fixture(Some(ADMIN));
+        let cases = [
+            "",
+            "not json REFRESH-SECRET-abc",
+            r#"{"refresh_token": "REFRESH-SECRET-abc""#,
+            r#"{"access_token": "ACCESS-SECRET-def"}"#,
+            r#"{"refresh_token": ""}"#,
+            r#"{"refresh_token": 42}"#,
+            r#"{"refresh_token": "REFRESH-SECRET-abc", "expires_at": "ACCESS-SECRET-def"}"#,
+            r#"{"refresh_token": "REFRESH-SECRET-abc", "expires_at": 1.5}"#,
+            r#"{"refresh_token": "REFRESH-SECRET-abc", "ACCESS-SECRET-def": 1}"#,
+            r#"{"refresh_token": "REFRESH-SECRET-abc", "access_token": "ACCESS-SECRET-def\n"}"#,
+            r#"["REFRESH-SECRET-abc"]"#,
+        ];
+        for body in cases {
+            let a = f.send("PUT", "/tokens/google/alice", bearer(), body).await;
+            assert_eq!(a.status, 400, "{body}: {}", a.body);
+            assert_eq!(a.code(), "bad_request");
+            assert!(!a.body.contains("SECRET"), "echoed: {}", a.body);
+        }
+        // Path problems.
+        for path in [
+            "/tokens/gitlab/alice",
+            "/tokens/google/a%2Fb",
+            "/tokens/google/%ff",
+            "/tokens/google/%zz",
+            "/tokens/google/%4",
+            "/tokens/google/",
+        ] {
+            let a = f
+                .send("PUT", path, bearer(), r#"{"refresh_token":"r"}"#)
+                .await;
+            assert_eq!(a.status, 400, "{path}: {}", a.body);
+            assert_eq!(a.code(), "bad_request");
+        }
+        assert!(f.state.tokens.list().is_empty());
+        f.assert_no_secrets();
+    }
+
+    #[tokio::test]
+    async fn body_limit() {
+        let f = fixture(None);
+        let big = format!(r#"{{"refresh_token": "{}"}}"#, "a".repeat(MAX_BODY));
+        let a = f.send("PUT", "/tokens/google/alice", None, &big).await;
+        assert_eq!(a.status, 413);
+        assert_eq!(a.code(), "payload_too_large");
+        assert!(!a.body.contains("aaaa"));
+
+        // Unknown length (a stream of frames) over the limit.
+        let chunk = Bytes::from(vec![b' '; 16 * 1024]);
+        let body = Chunked((0..5).map(|_| chunk.clone()).collect());
+        let req = Request::put("/tokens/google/alice").body(body).unwrap();
+        let a = f.send_req(req).await;
+        assert_eq!(a.status, 413);
+
+        // Exactly at the limit is fine.
+        let prefix = r#"{"refresh_token": "r"}"#;
+        let exact = format!("{prefix}{}", " ".repeat(MAX_BODY - prefix.len()));
+        let a = f.send("PUT", "/tokens/google/alice", None, &exact).await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        assert!(f.state.tokens.get(Provider::Google, "alice").is_some());
+    }
+
+    /// A body of unknown length, sent frame by frame.
+    struct Chunked(VecDeque<Bytes>);
+
+    impl Body for Chunked {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_endpoint() {
+        let f = fixture(Some(ADMIN));
+        f.state.tokens.insert(
+            Provider::Google,
+            "alice",
+            TokenSeed::new(REFRESH).access_token(ACCESS),
+        );
+        let a = f
+            .send("POST", "/tokens/google/alice/refresh", bearer(), "")
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(
+            a.json(),
+            serde_json::json!({"expires_at": 4000000000u64, "generation": 2})
+        );
+        assert_eq!(f.script.calls.load(Ordering::SeqCst), 1);
+
+        // Transient → 503 refresh_unavailable with Retry-After.
+        f.script
+            .answers
+            .lock()
+            .unwrap()
+            .push_back(Err(RefreshError::transient("backend down")));
+        let a = f
+            .send("POST", "/tokens/google/alice/refresh", bearer(), "")
+            .await;
+        assert_eq!(a.status, 503);
+        assert_eq!(a.code(), "refresh_unavailable");
+        assert!(a.headers.contains_key("retry-after"));
+
+        // Rejected → 401 refresh_rejected; then fail fast with no backend call.
+        f.script
+            .answers
+            .lock()
+            .unwrap()
+            .push_back(Err(RefreshError::rejected("revoked")));
+        let a = f
+            .send("POST", "/tokens/google/alice/refresh", bearer(), "")
+            .await;
+        assert_eq!(a.status, 401);
+        assert_eq!(a.code(), "refresh_rejected");
+        assert_eq!(a.headers["x-oauth-refresh"], "rejected");
+        assert!(a.headers.get("www-authenticate").is_none());
+        let calls = f.script.calls.load(Ordering::SeqCst);
+        let a = f
+            .send("POST", "/tokens/google/alice/refresh", bearer(), "")
+            .await;
+        assert_eq!(a.status, 401);
+        assert_eq!(f.script.calls.load(Ordering::SeqCst), calls);
+
+        // Unknown account → 404.
+        let a = f
+            .send("POST", "/tokens/google/nobody/refresh", bearer(), "")
+            .await;
+        assert_eq!(a.status, 404);
+        assert_eq!(a.code(), "unknown_account");
+
+        let listed = f.send("GET", "/tokens", bearer(), "").await.json();
+        assert_eq!(listed[0]["needs_reauth"], true);
+        assert!(listed[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"));
+        let metrics = f.send("GET", "/metrics", None, "").await.body;
+        assert!(metrics.contains("orp_refresh_total{provider=\"google\",outcome=\"rejected\"} 1"));
+        assert!(metrics.contains("orp_tokens{provider=\"google\",state=\"needs_reauth\"} 1"));
+        f.assert_no_secrets();
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods() {
+        let f = fixture(None);
+        for path in [
+            "/",
+            "/token",
+            "/tokens/",
+            "/tokens/google",
+            "/tokens/google/a/b",
+            "/healthz/",
+            "/tokens/google/a/refresh/x",
+        ] {
+            let a = f.send("GET", path, None, "").await;
+            assert_eq!(a.status, 404, "{path}");
+            assert_eq!(a.code(), "not_found");
+        }
+        for (method, path, allow) in [
+            ("POST", "/tokens", "GET"),
+            ("DELETE", "/tokens", "GET"),
+            ("GET", "/tokens/google/alice", "PUT, DELETE"),
+            ("POST", "/tokens/google/alice", "PUT, DELETE"),
+            ("GET", "/tokens/google/alice/refresh", "POST"),
+            ("PUT", "/tokens/google/alice/refresh", "POST"),
+        ] {
+            let a = f.send(method, path, None, "").await;
+            assert_eq!(a.status, 405, "{method} {path}");
+            assert_eq!(a.headers["allow"], allow);
+            assert_eq!(a.code(), "method_not_allowed");
+        }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("%C3%A9t%c3%a9").as_deref(), Some("été"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%C3"), None);
+    }
 }

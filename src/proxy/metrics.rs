@@ -266,7 +266,10 @@ impl Collector for TokensCollector {
                 refresh.push((vec![("provider", *p), ("outcome", outcome)], v));
             }
             coalesced.push((vec![("provider", *p)], s.coalesced));
-            for (outcome, v) in [("replayed", s.replayed), ("not_replayable", s.not_replayable)] {
+            for (outcome, v) in [
+                ("replayed", s.replayed),
+                ("not_replayable", s.not_replayable),
+            ] {
                 replay.push((vec![("provider", *p), ("outcome", outcome)], v));
             }
         }
@@ -497,11 +500,17 @@ mod tests {
         m.observe_upstream("/github", 0.7);
         let text = m.render();
         assert_eq!(
-            value(&text, "orp_requests_total{route=\"/github\",status=\"200\"}"),
+            value(
+                &text,
+                "orp_requests_total{route=\"/github\",status=\"200\"}"
+            ),
             "2"
         );
         assert_eq!(
-            value(&text, "orp_requests_total{route=\"/github\",status=\"401\"}"),
+            value(
+                &text,
+                "orp_requests_total{route=\"/github\",status=\"401\"}"
+            ),
             "1"
         );
         assert_eq!(
@@ -551,21 +560,9 @@ mod tests {
                 .access_token("ACCESS-SECRET-1")
                 .expires_at(future),
         );
-        tokens.insert(
-            Provider::Google,
-            "bob",
-            TokenSeed::new("REFRESH-SECRET-1"),
-        );
-        tokens.insert(
-            Provider::GitHub,
-            "octo",
-            TokenSeed::new("REFRESH-SECRET-1"),
-        );
-        tokens.insert(
-            Provider::GitHub,
-            "dead",
-            TokenSeed::new("REFRESH-SECRET-1"),
-        );
+        tokens.insert(Provider::Google, "bob", TokenSeed::new("REFRESH-SECRET-1"));
+        tokens.insert(Provider::GitHub, "octo", TokenSeed::new("REFRESH-SECRET-1"));
+        tokens.insert(Provider::GitHub, "dead", TokenSeed::new("REFRESH-SECRET-1"));
         let text = m.render();
         assert_eq!(
             value(&text, "orp_tokens{provider=\"google\",state=\"valid\"}"),
@@ -619,8 +616,14 @@ mod tests {
             "0"
         );
         assert_eq!(get("orp_tokens{provider=\"google\",state=\"valid\"}"), "2");
-        assert_eq!(get("orp_tokens{provider=\"google\",state=\"expired\"}"), "0");
-        assert_eq!(get("orp_tokens{provider=\"github\",state=\"expired\"}"), "1");
+        assert_eq!(
+            get("orp_tokens{provider=\"google\",state=\"expired\"}"),
+            "0"
+        );
+        assert_eq!(
+            get("orp_tokens{provider=\"github\",state=\"expired\"}"),
+            "1"
+        );
         assert_eq!(
             get("orp_tokens{provider=\"github\",state=\"needs_reauth\"}"),
             "1"
@@ -703,6 +706,9 @@ mod tests {
         m.spawn_event_listener();
         let weak = Arc::downgrade(&m);
         drop(m);
-        assert!(weak.upgrade().is_none(), "the task must not keep Metrics alive");
+        assert!(
+            weak.upgrade().is_none(),
+            "the task must not keep Metrics alive"
+        );
     }
 }
