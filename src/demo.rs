@@ -432,7 +432,11 @@ async fn backend(realm: Arc<Realm>, req: Request<Incoming>) -> Response<Full<Byt
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let provider = if path.contains("github") { Provider::GitHub } else { Provider::Google };
+    let provider = if path.contains("github") {
+        Provider::GitHub
+    } else {
+        Provider::Google
+    };
     match realm.issue(provider, &refresh) {
         Ok(v) => json_response(200, v.to_string()),
         Err((s, b)) => json_response(s, b),
@@ -551,12 +555,20 @@ async fn api(
                 .collect();
             let mut links = Vec::new();
             if page < REPO_PAGES {
-                links.push(format!(r#"<{own}/user/repos?page={}>; rel="next""#, page + 1));
-                links.push(format!(r#"<{own}/user/repos?page={REPO_PAGES}>; rel="last""#));
+                links.push(format!(
+                    r#"<{own}/user/repos?page={}>; rel="next""#,
+                    page + 1
+                ));
+                links.push(format!(
+                    r#"<{own}/user/repos?page={REPO_PAGES}>; rel="last""#
+                ));
             }
             if page > 1 {
                 links.push(format!(r#"<{own}/user/repos?page=1>; rel="first""#));
-                links.push(format!(r#"<{own}/user/repos?page={}>; rel="prev""#, page - 1));
+                links.push(format!(
+                    r#"<{own}/user/repos?page={}>; rel="prev""#,
+                    page - 1
+                ));
             }
             let mut resp = json_response(200, serde_json::Value::from(repos).to_string());
             if !links.is_empty() {
@@ -569,7 +581,10 @@ async fn api(
         }
         "/redirect" => Response::builder()
             .status(302)
-            .header(http::header::LOCATION, format!("{own}/after-redirect?from=redirect"))
+            .header(
+                http::header::LOCATION,
+                format!("{own}/after-redirect?from=redirect"),
+            )
             .body(Full::new(Bytes::new()))
             .expect("static response"),
         "/download" => {

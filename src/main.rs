@@ -13,7 +13,11 @@ use oauth_refresh_proxy::proxy::sidecar::{Sidecar, DRAIN_TIMEOUT};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "oauth-refresh-proxy", version, about = "Keeps Google and GitHub API calls authenticated: injects OAuth tokens, refreshes them ahead of expiry, replays once after a 401.")]
+#[command(
+    name = "oauth-refresh-proxy",
+    version,
+    about = "Keeps Google and GitHub API calls authenticated: injects OAuth tokens, refreshes them ahead of expiry, replays once after a 401."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,7 +84,10 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
@@ -145,7 +152,11 @@ async fn serve(cfg: Config, source: &str) -> ExitCode {
     if let Some(Ok(addr)) = admin.as_ref().map(|a| a.local_addr()) {
         println!("admin listening on http://{addr}");
     }
-    tracing::info!(routes = cfg.routes.len(), accounts = cfg.accounts.len(), "serving");
+    tracing::info!(
+        routes = cfg.routes.len(),
+        accounts = cfg.accounts.len(),
+        "serving"
+    );
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -161,13 +172,14 @@ async fn serve(cfg: Config, source: &str) -> ExitCode {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

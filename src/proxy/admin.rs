@@ -340,7 +340,7 @@ fn authorized(token: &Secret, headers: &http::HeaderMap) -> bool {
 }
 
 /// The provider and percent-decoded account of a `/tokens/{provider}/{account}` path.
-#[allow(clippy::result_large_err)]
+#[allow(clippy::result_large_err)] // the error is the response itself, built once
 fn target(provider: &str, account: &str) -> Result<(Provider, String), Response<Full<Bytes>>> {
     let provider: Provider = provider
         .parse()
@@ -869,6 +869,27 @@ mod tests {
         assert_eq!(a.code(), "refresh_unavailable");
         assert!(a.headers.contains_key("retry-after"));
 
+        // The same without a usable access token.
+        f.state
+            .tokens
+            .insert(Provider::GitHub, "octo", TokenSeed::new(REFRESH));
+        f.script
+            .answers
+            .lock()
+            .unwrap()
+            .push_back(Err(RefreshError::transient("backend down")));
+        let a = f
+            .send("POST", "/tokens/github/octo/refresh", bearer(), "")
+            .await;
+        assert_eq!(a.status, 503);
+        assert_eq!(a.code(), "refresh_unavailable");
+        // And a later success is 200 again.
+        let a = f
+            .send("POST", "/tokens/github/octo/refresh", bearer(), "")
+            .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()["generation"], 2);
+
         // Rejected → 401 refresh_rejected; then fail fast with no backend call.
         f.script
             .answers
@@ -897,6 +918,7 @@ mod tests {
         assert_eq!(a.code(), "unknown_account");
 
         let listed = f.send("GET", "/tokens", bearer(), "").await.json();
+        assert_eq!(listed[0]["account"], "alice");
         assert_eq!(listed[0]["needs_reauth"], true);
         assert!(listed[0]["last_error"]
             .as_str()

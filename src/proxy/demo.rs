@@ -51,7 +51,13 @@ impl Demo {
             .sum()
     }
 
-    async fn request(&self, method: &str, path: &str, account: &str, body: &'static [u8]) -> (StatusCode, Duration) {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        account: &str,
+        body: &'static [u8],
+    ) -> (StatusCode, Duration) {
         let req = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.proxy))
@@ -71,7 +77,15 @@ impl Demo {
     }
 
     /// Runs `n` concurrent requests and summarises them as a row.
-    async fn step(&self, step: &'static str, n: usize, method: &str, path: &str, account: &str, body: &'static [u8]) -> Row {
+    async fn step(
+        &self,
+        step: &'static str,
+        n: usize,
+        method: &str,
+        path: &str,
+        account: &str,
+        body: &'static [u8],
+    ) -> Row {
         let calls_before = self.realm.backend_calls.get();
         let replays_before = self.replays();
         let futures = (0..n).map(|_| self.request(method, path, account, body));
@@ -85,7 +99,11 @@ impl Demo {
             step,
             requests: n,
             ok: results.iter().filter(|r| r.0.is_success()).count(),
-            statuses: statuses.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+            statuses: statuses
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             refreshes: self.realm.backend_calls.get() - calls_before,
             replays: self.replays() - replays_before,
             p50: times[times.len() / 2],
@@ -122,10 +140,17 @@ async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
     outputs.into_iter().map(|o| o.expect("completed")).collect()
 }
 
-fn seed(realm: &Realm, provider: Provider, id: &str, valid_for: Option<Duration>) -> (AccountSeed, String, String) {
+fn seed(
+    realm: &Realm,
+    provider: Provider,
+    id: &str,
+    valid_for: Option<Duration>,
+) -> (AccountSeed, String, String) {
     let refresh = realm.new_refresh_token();
     let access = realm.new_access_token(&refresh);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let expires_at = match valid_for {
         Some(d) => (now + d).as_secs(),
         None => now.as_secs().saturating_sub(60),
@@ -151,23 +176,30 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
     let (alice, _, _) = seed(&realm, Provider::Google, "alice", None); // expired
     let (octocat, _, octo_access) = seed(&realm, Provider::GitHub, "octocat", hour);
     let (bob, _, bob_access) = seed(&realm, Provider::Google, "bob", hour);
-    let (mallory, mallory_refresh, mallory_access) = seed(&realm, Provider::GitHub, "mallory", hour);
+    let (mallory, mallory_refresh, mallory_access) =
+        seed(&realm, Provider::GitHub, "mallory", hour);
 
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().expect("static address");
-    config.admin_listen = Some("127.0.0.1:0".parse().expect("static address"));
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("static address"),
+        admin_listen: Some("127.0.0.1:0".parse().expect("static address")),
+        ..Config::default()
+    };
     config.refresh.backend_url = Some(backend_url);
     config.refresh.backend_token = realm.backend_token.clone().map(Secret::new);
     config.routes = vec![
         Route {
             prefix: "/google".into(),
-            upstream: format!("http://{google}").parse().map_err(|e| format!("{e}"))?,
+            upstream: format!("http://{google}")
+                .parse()
+                .map_err(|e| format!("{e}"))?,
             provider: Provider::Google,
             default_account: Some("alice".into()),
         },
         Route {
             prefix: "/github".into(),
-            upstream: format!("http://{github}").parse().map_err(|e| format!("{e}"))?,
+            upstream: format!("http://{github}")
+                .parse()
+                .map_err(|e| format!("{e}"))?,
             provider: Provider::GitHub,
             default_account: None,
         },
@@ -175,14 +207,20 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
     config.accounts = vec![alice, octocat, bob, mallory];
     let sidecar = Sidecar::new(&config).map_err(|e| e.to_string())?;
     let tokens = sidecar.tokens().clone();
-    let (proxy_listener, admin_listener) = Sidecar::bind(&config).await.map_err(|e| e.to_string())?;
+    let (proxy_listener, admin_listener) =
+        Sidecar::bind(&config).await.map_err(|e| e.to_string())?;
     let proxy = proxy_listener.local_addr().map_err(|e| e.to_string())?;
     let admin = admin_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .ok_or("admin listener")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(sidecar.run(proxy_listener, admin_listener, stop_rx, Duration::from_secs(5)));
+    let server = tokio::spawn(sidecar.run(
+        proxy_listener,
+        admin_listener,
+        stop_rx,
+        Duration::from_secs(5),
+    ));
 
     let demo = Demo {
         client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
@@ -193,23 +231,93 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     println!("oauth-refresh-proxy demo: fake Google API {google}, fake GitHub API {github}, fake refresh backend, proxy {proxy}\n");
     let mut rows = Vec::new();
-    rows.push(demo.step("valid token injected (github/octocat)", 1, "GET", "/github/user", "octocat", b"").await);
-    rows.push(demo.step("expired token: refreshed before sending", 1, "GET", "/google/drive/v3/files", "alice", b"").await);
+    rows.push(
+        demo.step(
+            "valid token injected (github/octocat)",
+            1,
+            "GET",
+            "/github/user",
+            "octocat",
+            b"",
+        )
+        .await,
+    );
+    rows.push(
+        demo.step(
+            "expired token: refreshed before sending",
+            1,
+            "GET",
+            "/google/drive/v3/files",
+            "alice",
+            b"",
+        )
+        .await,
+    );
     realm.revoke_access(&bob_access);
-    rows.push(demo.step("revoked token: 401, refresh, replay POST", 1, "POST", "/google/drive/v3/files", "bob", br#"{"name":"report.txt"}"#).await);
+    rows.push(
+        demo.step(
+            "revoked token: 401, refresh, replay POST",
+            1,
+            "POST",
+            "/google/drive/v3/files",
+            "bob",
+            br#"{"name":"report.txt"}"#,
+        )
+        .await,
+    );
     // Revoke bob's current token again and send a burst.
     if let Some(current) = realm.seen().last().and_then(|s| s.authorization.clone()) {
         realm.revoke_access(current.trim_start_matches("Bearer "));
     }
-    rows.push(demo.step("burst: 200 concurrent on a revoked token", 200, "GET", "/google/drive/v3/about", "bob", b"").await);
+    rows.push(
+        demo.step(
+            "burst: 200 concurrent on a revoked token",
+            200,
+            "GET",
+            "/google/drive/v3/about",
+            "bob",
+            b"",
+        )
+        .await,
+    );
     // GitHub rotation: the refresh rotates the refresh token and kills the old access token;
     // requests still carrying it are replayed with the new one, never refreshed again.
     realm.revoke_access(&octo_access);
-    rows.push(demo.step("github rotation: 100 concurrent, old token", 100, "GET", "/github/user/repos", "octocat", b"").await);
+    rows.push(
+        demo.step(
+            "github rotation: 100 concurrent, old token",
+            100,
+            "GET",
+            "/github/user/repos",
+            "octocat",
+            b"",
+        )
+        .await,
+    );
     realm.revoke_refresh(&mallory_refresh);
     realm.revoke_access(&mallory_access);
-    rows.push(demo.step("dead refresh token: rejected", 1, "GET", "/github/user", "mallory", b"").await);
-    rows.push(demo.step("dead refresh token: fails fast, no refresh", 20, "GET", "/github/user", "mallory", b"").await);
+    rows.push(
+        demo.step(
+            "dead refresh token: rejected",
+            1,
+            "GET",
+            "/github/user",
+            "mallory",
+            b"",
+        )
+        .await,
+    );
+    rows.push(
+        demo.step(
+            "dead refresh token: fails fast, no refresh",
+            20,
+            "GET",
+            "/github/user",
+            "mallory",
+            b"",
+        )
+        .await,
+    );
 
     println!(
         "{:<44} {:>5} {:>5} {:>9} {:>9} {:>7} {:>9} {:>9}",
@@ -225,7 +333,9 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
     println!(
         "\noctocat's refresh token rotated: generation {}; mallory needs re-authorisation: {}",
         octo.map(|i| i.generation).unwrap_or_default(),
-        tokens.get(Provider::GitHub, "mallory").is_some_and(|i| i.needs_reauth),
+        tokens
+            .get(Provider::GitHub, "mallory")
+            .is_some_and(|i| i.needs_reauth),
     );
     let expected = [0, 1, 1, 1, 1, 1, 0];
     let healthy = rows.iter().zip(expected).all(|(r, e)| r.refreshes == e)
@@ -245,7 +355,9 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
         println!("  curl -s http://{proxy}/google/drive/v3/files -H 'x-oauth-account: alice'");
         println!("  curl -s http://{proxy}/github/user -H 'x-oauth-account: octocat'");
         println!("  curl -s http://{proxy}/github/user -H 'x-oauth-account: mallory'   # dead refresh token");
-        println!("  curl -s http://{proxy}/nowhere                                     # unknown route");
+        println!(
+            "  curl -s http://{proxy}/nowhere                                     # unknown route"
+        );
         println!("  curl -s http://{admin}/tokens");
         println!("  curl -s -X POST http://{admin}/tokens/github/octocat/refresh");
         println!("  curl -s http://{admin}/metrics | grep orp_");

@@ -118,7 +118,10 @@ pub fn error_response(
             h.insert("x-oauth-refresh", HeaderValue::from_static("rejected"));
         }
         Code::RefreshUnavailable => {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER_SECS),
+            );
         }
         Code::Unauthorized => {
             h.insert(

@@ -96,7 +96,7 @@ impl Metrics {
         let refresh: HistogramFamily<ProviderLabels> = Family::new_with_constructor(new_histogram);
         for p in Provider::ALL {
             // Present (at zero) for both providers from the start.
-            refresh.get_or_create(&ProviderLabels {
+            let _ = refresh.get_or_create(&ProviderLabels {
                 provider: p.as_str(),
             });
         }
@@ -414,9 +414,8 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .collect();
+        // Families without any label set yet (requests, upstream) are left out entirely.
         for t in [
-            "orp_requests counter",
-            "orp_upstream_request_duration_seconds histogram",
             "orp_refresh_duration_seconds histogram",
             "orp_refresh counter",
             "orp_refresh_coalesced counter",
@@ -499,6 +498,8 @@ mod tests {
         m.observe_upstream("/github", 0.003);
         m.observe_upstream("/github", 0.7);
         let text = m.render();
+        assert!(text.contains("# TYPE orp_requests counter\n"));
+        assert!(text.contains("# TYPE orp_upstream_request_duration_seconds histogram\n"));
         assert_eq!(
             value(
                 &text,

@@ -25,7 +25,7 @@ pub struct Router {
 impl Router {
     /// A router over `routes`.
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Router { routes }
     }
 
@@ -58,7 +58,8 @@ impl Router {
 /// ```
 pub fn upstream_uri(route: &Route, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
     let base = route.upstream.path().trim_end_matches('/');
-    let mut pq = String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    let mut pq =
+        String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
     pq.push_str(base);
     pq.push_str(if rest.is_empty() { "/" } else { rest });
     if let Some(q) = query {
@@ -129,7 +130,11 @@ pub fn rewrite_url(url: &str, route: &Route, proxy_host: &str) -> Option<String>
         }
         rest
     };
-    let prefix = if route.prefix == "/" { "" } else { route.prefix.as_str() };
+    let prefix = if route.prefix == "/" {
+        ""
+    } else {
+        route.prefix.as_str()
+    };
     let mut out = format!("http://{proxy_host}{prefix}{rest}");
     if let Some(q) = uri.query() {
         out.push('?');
@@ -191,7 +196,10 @@ mod tests {
 
     #[test]
     fn prefixes_match_on_segment_boundaries() {
-        let r = Router::new(vec![route("/g", "https://a.googleapis.com"), route("/g/v2", "https://b.googleapis.com")]);
+        let r = Router::new(vec![
+            route("/g", "https://a.googleapis.com"),
+            route("/g/v2", "https://b.googleapis.com"),
+        ]);
         assert_eq!(r.find("/g").unwrap().1, "");
         assert_eq!(r.find("/g/").unwrap().1, "/");
         assert_eq!(r.find("/g/v2/x").unwrap().0.prefix, "/g/v2");
@@ -214,7 +222,13 @@ mod tests {
             "http://h:1/drive/files?p=2"
         );
         assert!(rewrite_url("https://www.googleapis.com/upload/x", &r, "h:1").is_none());
-        assert!(rewrite_url("http://www.googleapis.com/drive/v3/files", &r, "h:1").is_none(), "scheme differs");
-        assert!(rewrite_url("https://www.googleapis.com:8443/drive/v3/files", &r, "h:1").is_none(), "port differs");
+        assert!(
+            rewrite_url("http://www.googleapis.com/drive/v3/files", &r, "h:1").is_none(),
+            "scheme differs"
+        );
+        assert!(
+            rewrite_url("https://www.googleapis.com:8443/drive/v3/files", &r, "h:1").is_none(),
+            "port differs"
+        );
     }
 }

@@ -107,12 +107,24 @@ impl Proxy {
     async fn route(&self, req: Request<Incoming>) -> (String, Response<ProxyBody>) {
         let own = own_response;
         if req.method() == Method::CONNECT {
-            return (String::new(), own(Code::MethodNotAllowed, "CONNECT is not supported: this is not a forward proxy"));
+            return (
+                String::new(),
+                own(
+                    Code::MethodNotAllowed,
+                    "CONNECT is not supported: this is not a forward proxy",
+                ),
+            );
         }
         // HTTP/1 absolute-form (`GET http://host/x`) is a forward-proxy request: refused.
         // (HTTP/2 requests always carry :authority, which is the proxy's own.)
         if req.version() < Version::HTTP_2 && req.uri().authority().is_some() {
-            return (String::new(), own(Code::BadRequest, "absolute-form request targets are not supported: send the path only"));
+            return (
+                String::new(),
+                own(
+                    Code::BadRequest,
+                    "absolute-form request targets are not supported: send the path only",
+                ),
+            );
         }
         if let Some(expected) = &self.client_token {
             let presented = req
@@ -121,19 +133,34 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             if !presented.is_some_and(|p| expected.constant_time_eq(p)) {
-                return (String::new(), own(Code::Unauthorized, "send Proxy-Authorization: Bearer <client_token>"));
+                return (
+                    String::new(),
+                    own(
+                        Code::Unauthorized,
+                        "send Proxy-Authorization: Bearer <client_token>",
+                    ),
+                );
             }
         }
         let path = req.uri().path().to_string();
         let Some((route, rest)) = self.router.find(&path) else {
-            return (String::new(), own(Code::UnknownRoute, "no route matches this path"));
+            return (
+                String::new(),
+                own(Code::UnknownRoute, "no route matches this path"),
+            );
         };
         let label = route.prefix.clone();
         let account = match req.headers().get(&X_OAUTH_ACCOUNT) {
             Some(v) => match v.to_str() {
                 Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
                 _ => {
-                    return (label, own(Code::AccountRequired, "x-oauth-account must be a non-empty ASCII account id"));
+                    return (
+                        label,
+                        own(
+                            Code::AccountRequired,
+                            "x-oauth-account must be a non-empty ASCII account id",
+                        ),
+                    );
                 }
             },
             None => route.default_account.clone(),
@@ -149,7 +176,12 @@ impl Proxy {
         };
         let uri = match upstream_uri(route, rest, req.uri().query()) {
             Ok(u) => u,
-            Err(_) => return (label, own(Code::BadRequest, "the request path cannot be forwarded")),
+            Err(_) => {
+                return (
+                    label,
+                    own(Code::BadRequest, "the request path cannot be forwarded"),
+                )
+            }
         };
         let proxy_host = req
             .headers()
@@ -176,7 +208,9 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 match e.kind() {
-                    crate::ErrorKind::UnknownAccount | crate::ErrorKind::AccountRequired | crate::ErrorKind::RefreshRejected => {
+                    crate::ErrorKind::UnknownAccount
+                    | crate::ErrorKind::AccountRequired
+                    | crate::ErrorKind::RefreshRejected => {
                         tracing::info!(route = %label, error = %e, "request refused")
                     }
                     _ => tracing::warn!(route = %label, error = %e, "request failed"),

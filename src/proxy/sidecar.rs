@@ -33,7 +33,9 @@ pub struct Sidecar {
 
 impl std::fmt::Debug for Sidecar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sidecar").field("proxy", &self.proxy).finish()
+        f.debug_struct("Sidecar")
+            .field("proxy", &self.proxy)
+            .finish()
     }
 }
 
@@ -119,12 +121,13 @@ impl Sidecar {
         let proxy = TcpListener::bind(config.listen)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", config.listen)))?;
-        let admin = match config.admin_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("admin_listen {addr}: {e}"))
-            })?),
-            None => None,
-        };
+        let admin =
+            match config.admin_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("admin_listen {addr}: {e}"))
+                })?),
+                None => None,
+            };
         Ok((proxy, admin))
     }
 

@@ -442,7 +442,7 @@ impl Tokens {
         account: &str,
     ) -> Result<AccountInfo, Error> {
         let step = self.step(provider, account, None, true)?;
-        self.finish(provider, account, step).await?;
+        self.finish(provider, account, step, false).await?;
         self.get(provider, account)
             .ok_or_else(|| Error::unknown_account(provider, account))
     }
@@ -488,7 +488,7 @@ impl Tokens {
             return Ok(lease);
         }
         let step = self.step(provider, account, None, false)?;
-        self.finish(provider, account, step).await
+        self.finish(provider, account, step, true).await
     }
 
     /// After a 401 for a request sent with `generation`: the token to replay with. Refreshes
@@ -500,7 +500,7 @@ impl Tokens {
         generation: u64,
     ) -> Result<Lease, Error> {
         let step = self.step(provider, account, Some(generation), false)?;
-        self.finish(provider, account, step).await
+        self.finish(provider, account, step, false).await
     }
 
     pub(crate) fn count_replay(&self, provider: Provider, replayed: bool) {
@@ -512,7 +512,15 @@ impl Tokens {
         });
     }
 
-    async fn finish(&self, provider: Provider, account: &str, step: Step) -> Result<Lease, Error> {
+    /// Waits for the flight of `step`. With `fallback`, a transient failure while the current
+    /// token has not actually expired yet (it is only within `skew`) returns that token.
+    async fn finish(
+        &self,
+        provider: Provider,
+        account: &str,
+        step: Step,
+        fallback: bool,
+    ) -> Result<Lease, Error> {
         let mut flight = match step {
             Step::Use(lease) => return Ok(lease),
             Step::Wait(flight) => flight,
@@ -526,7 +534,7 @@ impl Tokens {
             FlightResult::Err(err) => {
                 // A transient failure while the token is still valid (only within `skew`)
                 // does not stop the request: it goes out with the current token.
-                if !err.is_rejected() {
+                if fallback && !err.is_rejected() {
                     if let Some(e) = self.inner.maps[idx(provider)].get(account) {
                         if let (Some(h), false) = (&e.header, e.needs_reauth) {
                             if SystemTime::now() < e.expires_at {

@@ -1,0 +1,367 @@
+//! A real SDK through the real sidecar: the `oauth-refresh-proxy` binary in front of the
+//! in-process fake GitHub API and refresh backend, driven by octokit (npm) with only `baseUrl`
+//! pointing at the proxy — no auth in the SDK, then a bogus caller token the proxy must replace.
+//! The account's access token is revoked before the start, so the SDK's first call takes the
+//! 401 → refresh → replay path, and `octokit.paginate` follows the `Link` headers the proxy
+//! rewrote to itself.
+//!
+//! Needs Node.js and `tests/sdk/node_modules` (`cd tests/sdk && npm install`; `.ci/run` does
+//! it). Without them, plain `cargo test` skips this test with a note on stderr; with `CI=true`
+//! it fails instead — CI never skips it.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use oauth_refresh_proxy::Provider;
+use support::{start_api, start_backend, Realm, REPOS_PER_PAGE, REPO_PAGES};
+
+/// Bound on the proxy's start-up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on the whole node run (both SDK runs).
+const NODE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("sdk")
+}
+
+/// `Some(reason)` when Node.js or the installed octokit package is missing.
+fn missing_prerequisite() -> Option<String> {
+    match Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => return Some(format!("`node --version` failed ({})", out.status)),
+        Err(e) => return Some(format!("Node.js not found (`node`: {e})")),
+    }
+    let octokit = sdk_dir()
+        .join("node_modules")
+        .join("octokit")
+        .join("package.json");
+    if !octokit.is_file() {
+        return Some(format!(
+            "octokit is not installed ({} is absent)",
+            octokit.display()
+        ));
+    }
+    None
+}
+
+/// A child process killed (and reaped) on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads a pipe to the end on a thread, into a shared buffer.
+fn drain(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    let handle = std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    (buf, handle)
+}
+
+fn text(buf: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+/// Waits for `child` at most `timeout`; kills it when the time is up.
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The config file of this test, removed on drop.
+struct TempConfig(PathBuf);
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn octokit_paginates_through_the_sidecar() {
+    if let Some(reason) = missing_prerequisite() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true: the SDK test must not be skipped: {reason} (run: cd tests/sdk && npm install)");
+        }
+        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests, and
+        // this note must be visible in a plain `cargo test`.
+        let note = format!(
+            "\nSKIPPED: sdk::octokit_paginates_through_the_sidecar: {reason} (run: cd tests/sdk && npm install)\n"
+        );
+        let _ = std::io::stderr().write_all(note.as_bytes());
+        return;
+    }
+
+    // The fakes live on this runtime's worker threads for the whole test.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let realm = Realm::new("sdk", true);
+    let (backend_url, api) = rt.block_on(async {
+        (
+            start_backend(realm.clone()).await,
+            start_api(realm.clone(), Provider::GitHub).await,
+        )
+    });
+    let refresh = realm.new_refresh_token();
+    let stale = realm.new_access_token(&refresh);
+    realm.revoke_access(&stale);
+    let backend_token = realm.backend_token.clone().expect("the realm has a bearer");
+
+    let expires_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let config = TempConfig(std::env::temp_dir().join(format!(
+        "orp-sdk-test-{}-{}.toml",
+        std::process::id(),
+        expires_at
+    )));
+    std::fs::write(
+        &config.0,
+        format!(
+            r#"listen = "127.0.0.1:0"
+admin_listen = ""
+
+[refresh]
+mode = "backend"
+backend_url = "{backend_url}"
+backend_token = "env:ORP_SDK_BACKEND_TOKEN"
+
+[[route]]
+prefix = "/github"
+upstream = "http://{api}"
+provider = "github"
+default_account = "octocat"
+
+[[account]]
+provider = "github"
+id = "octocat"
+refresh_token = "env:ORP_SDK_REFRESH_TOKEN"
+access_token = "env:ORP_SDK_ACCESS_TOKEN"
+expires_at = {expires_at}
+"#
+        ),
+    )
+    .unwrap();
+
+    // The real binary.
+    let mut proxy = Killed(
+        Command::new(env!("CARGO_BIN_EXE_oauth-refresh-proxy"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config.0)
+            .env("RUST_LOG", "trace")
+            .env("ORP_SDK_BACKEND_TOKEN", &backend_token)
+            .env("ORP_SDK_REFRESH_TOKEN", &refresh)
+            .env("ORP_SDK_ACCESS_TOKEN", &stale)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the proxy"),
+    );
+    let (proxy_stderr, proxy_stderr_done) = drain(proxy.0.stderr.take().unwrap());
+    let stdout = proxy.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.strip_prefix("proxy listening on ") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let proxy_url = match rx.recv_timeout(START_TIMEOUT) {
+        Ok(url) => url,
+        Err(e) => panic!(
+            "the proxy did not report its address within {START_TIMEOUT:?} ({e}); status {:?}; stderr:\n{}",
+            proxy.0.try_wait(),
+            text(&proxy_stderr)
+        ),
+    };
+    assert!(proxy_url.starts_with("http://127.0.0.1:"), "{proxy_url}");
+
+    // The SDK, unchanged.
+    let mut node = Killed(
+        Command::new("node")
+            .arg("octokit_pagination.mjs")
+            .current_dir(sdk_dir())
+            .env("PROXY_URL", &proxy_url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start node"),
+    );
+    let (node_stdout, out_done) = drain(node.0.stdout.take().unwrap());
+    let (node_stderr, err_done) = drain(node.0.stderr.take().unwrap());
+    let status = wait_bounded(&mut node.0, NODE_TIMEOUT);
+    let _ = out_done.join();
+    let _ = err_done.join();
+    let (out, err) = (text(&node_stdout), text(&node_stderr));
+    let context = || {
+        format!(
+            "node stdout:\n{out}\nnode stderr:\n{err}\nproxy stderr (tail):\n{}",
+            tail(&text(&proxy_stderr), 60)
+        )
+    };
+    let Some(status) = status else {
+        panic!("node did not finish within {NODE_TIMEOUT:?}\n{}", context());
+    };
+    assert!(status.success(), "node exited with {status}\n{}", context());
+
+    // Both runs: GET /user answered 200, then three pages of repositories, in order, each page
+    // fetched from the proxy (octokit followed the rewritten `Link` headers).
+    let expected: Vec<String> = (1..=REPO_PAGES * REPOS_PER_PAGE)
+        .map(|i| format!("repo-{i}"))
+        .collect();
+    let runs: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{}", context())))
+        .collect();
+    assert_eq!(runs.len(), 2, "{}", context());
+    for (run, label) in runs.iter().zip(["no-auth", "caller-token"]) {
+        assert_eq!(run["run"], label, "{}", context());
+        assert_eq!(run["user_status"], 200, "{label}\n{}", context());
+        let repos: Vec<String> = run["repos"]
+            .as_array()
+            .expect("repos")
+            .iter()
+            .map(|r| r.as_str().expect("a name").to_string())
+            .collect();
+        assert_eq!(repos, expected, "{label}\n{}", context());
+        assert_eq!(run["pages"], REPO_PAGES, "{label}\n{}", context());
+        let urls = run["urls"].as_array().expect("urls");
+        assert_eq!(urls.len() as u64, REPO_PAGES, "{label}");
+        for url in urls {
+            let url = url.as_str().expect("a url");
+            assert!(
+                url.starts_with(&format!("{proxy_url}/github/user/repos")),
+                "{label}: page {url} was not fetched through the proxy\n{}",
+                context()
+            );
+        }
+    }
+
+    // What the fake GitHub API saw: the stale token once (the 401 that triggered the refresh),
+    // then only the refreshed token — every request came through the proxy, which injected it
+    // (the SDK had no token, or a bogus one that never reached the API).
+    let seen = realm.seen();
+    let per_run = 1 + REPO_PAGES as usize;
+    assert_eq!(seen.len(), 1 + 2 * per_run, "{seen:#?}");
+    assert_eq!(realm.api_calls.get(), seen.len() as u64);
+    assert_eq!(seen[0].status, 401, "{seen:#?}");
+    assert_eq!(seen[0].path, "/user");
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(format!("Bearer {stale}").as_str())
+    );
+    let fresh = seen[1]
+        .authorization
+        .clone()
+        .expect("the replay carries a token");
+    assert_ne!(fresh, format!("Bearer {stale}"));
+    assert!(
+        realm.is_valid_access(fresh.strip_prefix("Bearer ").expect("a bearer token")),
+        "{fresh:?} is not a token the realm issued"
+    );
+    for s in &seen[1..] {
+        assert_eq!(s.status, 200, "{s:#?}");
+        assert_eq!(s.authorization.as_ref(), Some(&fresh), "{s:#?}");
+    }
+    let paths: Vec<&str> = seen.iter().map(|s| s.path_and_query.as_str()).collect();
+    let one_run = [
+        "/user",
+        "/user/repos?per_page=2",
+        "/user/repos?page=2",
+        "/user/repos?page=3",
+    ];
+    let mut expected_paths = vec!["/user"];
+    expected_paths.extend(one_run);
+    expected_paths.extend(one_run);
+    assert_eq!(paths, expected_paths);
+    for s in &seen {
+        let agent = s
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(
+            agent.contains("orp-sdk-test"),
+            "not the SDK's request: {s:#?}"
+        );
+        assert!(!s.headers.contains_key("x-oauth-account"), "{s:#?}");
+        for (name, value) in &s.headers {
+            let value = value.to_str().unwrap_or_default();
+            assert!(
+                !value.contains("caller-token"),
+                "the caller's token reached the API in {name}: {s:#?}"
+            );
+        }
+    }
+
+    // One refresh for everything, authenticated with the backend bearer.
+    assert_eq!(realm.backend_calls.get(), 1);
+    let backend = realm.backend_requests();
+    assert_eq!(backend.len(), 1);
+    assert_eq!(backend[0].0, "/auth/github/refresh");
+    assert_eq!(
+        backend[0].1.as_deref(),
+        Some(format!("Bearer {backend_token}").as_str())
+    );
+
+    // No secret in the proxy's trace-level log or in anything node printed.
+    drop(proxy);
+    let _ = proxy_stderr_done.join();
+    let log = text(&proxy_stderr);
+    assert!(!log.is_empty(), "the proxy logged nothing at trace level");
+    for secret in realm.secrets() {
+        assert!(
+            !log.contains(&secret),
+            "secret {secret:?} in the proxy's stderr"
+        );
+        assert!(!out.contains(&secret), "secret {secret:?} in node's stdout");
+        assert!(!err.contains(&secret), "secret {secret:?} in node's stderr");
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
