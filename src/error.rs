@@ -26,6 +26,8 @@ pub enum ErrorKind {
     RefreshUnavailable,
     /// The inner service failed (connect, TLS, protocol).
     Inner,
+    /// The token store could not be reached or written.
+    StoreUnavailable,
 }
 
 /// The error of the layer: a kind, the provider and account it concerns, and a cause.
@@ -99,6 +101,19 @@ impl Error {
         };
         Error::new(
             kind,
+            Some(provider),
+            Some(Account::new(account)),
+            err.to_string(),
+        )
+    }
+
+    pub(crate) fn store(
+        provider: Provider,
+        account: &str,
+        err: &crate::tokens::store::StoreError,
+    ) -> Self {
+        Error::new(
+            ErrorKind::StoreUnavailable,
             Some(provider),
             Some(Account::new(account)),
             err.to_string(),

@@ -8,7 +8,8 @@
 //!   refresh-ahead, rotated refresh tokens kept and announced through [`Tokens::events`].
 //! * [`RefreshLayer`] / [`Refresh`]: the tower middleware around any HTTP client service.
 //! * [`refresh`]: how tokens are refreshed ([`BackendRefresher`] talks to a Flashback-compatible
-//!   backend).
+//!   backend; [`DirectRefresher`] to Google's and GitHub's own token endpoints through
+//!   [`GoogleRefresher`] and [`GitHubRefresher`]).
 //!
 //! # Example
 //!
@@ -70,8 +71,11 @@ mod tokens;
 pub use error::{BoxError, Error, ErrorKind};
 pub use layer::{Refresh, RefreshLayer, ReplayBody, ResponseFuture};
 pub use provider::{Account, Provider, UnknownProvider};
-pub use refresh::{BackendRefresher, RefreshError, RetryPolicy};
+pub use refresh::{
+    BackendRefresher, DirectRefresher, GitHubRefresher, GoogleRefresher, RefreshError, RetryPolicy,
+};
 pub use token::{Secret, TokenSeed};
+pub use tokens::store;
 pub use tokens::{
     AccountInfo, Events, ProviderStats, RefreshEvent, RefreshOutcome, Tokens, TokensBuilder,
 };

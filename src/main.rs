@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(cfg) => match runtime.block_on(async { Sidecar::new(&cfg).map(|_| ()) }) {
+            Ok(cfg) => match oauth_refresh_proxy::proxy::sidecar::refresher(&cfg).map(|_| ()) {
                 Ok(()) => {
                     println!("{}", cfg.summary());
                     ExitCode::SUCCESS
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cfg: Config, source: &str) -> ExitCode {
-    let sidecar = match Sidecar::new(&cfg) {
+    let sidecar = match Sidecar::new(&cfg).await {
         Ok(s) => s,
         Err(e) => return fail(format!("{source}: {e}")),
     };

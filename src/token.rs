@@ -183,6 +183,23 @@ impl TokenSeed {
     }
 }
 
+/// A stable fingerprint of a secret (hex SHA-256), to recognise a token without keeping or
+/// logging it.
+///
+/// ```
+/// use oauth_refresh_proxy::{token::fingerprint, Secret};
+/// assert_eq!(fingerprint(&Secret::new("a")), fingerprint(&Secret::new("a")));
+/// assert_ne!(fingerprint(&Secret::new("a")), fingerprint(&Secret::new("b")));
+/// assert!(!fingerprint(&Secret::new("ghr_abc")).contains("ghr_abc"));
+/// ```
+pub fn fingerprint(secret: &Secret) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.expose().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Seconds since the Unix epoch, for listings and wire formats.
 pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

@@ -46,7 +46,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// When set, the `/tokens` endpoints require `Authorization: Bearer <admin_token>`.
     pub admin_token: Option<Secret>,
-    /// Whether the store is reachable (`/readyz`); the memory store is always ready.
+    /// An extra readiness condition for `/readyz`, on top of the token store's own health
+    /// ([`Tokens::ready`]); the sidecar passes `|| true`.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
@@ -128,7 +129,9 @@ where
         }
         "/readyz" => {
             return match *req.method() {
-                Method::GET if (state.ready)() => text(StatusCode::OK, "ready"),
+                Method::GET if (state.ready)() && state.tokens.ready().await => {
+                    text(StatusCode::OK, "ready")
+                }
                 Method::GET => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
                 _ => method_not_allowed("GET"),
             }

@@ -291,7 +291,6 @@ impl Default for RefreshSettings {
 
 /// Where tokens are kept: the `[store]` table.
 ///
-/// All three kinds parse, but only [`StoreSettings::Memory`] passes [`Config::validate`] for now.
 /// `Debug` hides any password in a Redis URL.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub enum StoreSettings {
@@ -307,8 +306,16 @@ pub enum StoreSettings {
     Redis {
         /// The Redis URL.
         url: String,
+        /// How long a replica's refresh lock lives (`lock_ttl`, default `"30s"`): when its holder
+        /// dies mid-refresh, another replica takes over after this long. It must exceed
+        /// `refresh.timeout × refresh.max_attempts` plus backoff, or a slow refresh could outlive
+        /// its lock.
+        lock_ttl: Duration,
     },
 }
+
+/// The default `store.lock_ttl`.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
 
 impl StoreSettings {
     /// The `kind` name: `memory`, `file` or `redis`.
@@ -331,9 +338,10 @@ impl fmt::Debug for StoreSettings {
         match self {
             StoreSettings::Memory => f.write_str("Memory"),
             StoreSettings::File { path } => f.debug_struct("File").field("path", path).finish(),
-            StoreSettings::Redis { url } => f
+            StoreSettings::Redis { url, lock_ttl } => f
                 .debug_struct("Redis")
                 .field("url", &redact_userinfo(url))
+                .field("lock_ttl", lock_ttl)
                 .finish(),
         }
     }
@@ -596,11 +604,17 @@ impl Config {
         }
 
         // Store.
-        if self.store != StoreSettings::Memory {
-            return Err(format!(
-                "store kind {:?} is not supported yet (only \"memory\")",
-                self.store.kind()
-            ));
+        if let StoreSettings::Redis { lock_ttl, .. } = &self.store {
+            let r = &self.refresh;
+            if lock_ttl.is_zero() {
+                return Err("store.lock_ttl: must be above zero".into());
+            }
+            if *lock_ttl <= r.timeout {
+                return Err(format!(
+                    "store.lock_ttl: {lock_ttl:?} must exceed refresh.timeout ({:?})",
+                    r.timeout
+                ));
+            }
         }
 
         // Routes.
@@ -746,8 +760,12 @@ impl Config {
             StoreSettings::File { path } => {
                 writeln!(out, "store:           file {}", path.display())
             }
-            StoreSettings::Redis { url } => {
-                writeln!(out, "store:           redis {}", redact_userinfo(url))
+            StoreSettings::Redis { url, lock_ttl } => {
+                writeln!(
+                    out,
+                    "store:           redis {} (lock_ttl {lock_ttl:?})",
+                    redact_userinfo(url)
+                )
             }
         };
         let _ = match &self.refresh_api {
@@ -1186,9 +1204,10 @@ impl Parser<'_> {
 fn store(t: &Tbl<'_>) -> Result<StoreSettings, String> {
     // `path` and `url` are accepted whatever the kind (SPEC 4.2's example lists all three);
     // only the one the kind uses is read.
-    t.only(&["kind", "path", "url"])?;
+    t.only(&["kind", "path", "url", "lock_ttl"])?;
     let path = t.str("path")?;
     let url = t.str("url")?;
+    let lock_ttl = t.duration("lock_ttl")?.unwrap_or(DEFAULT_LOCK_TTL);
     match t.str("kind")?.unwrap_or("memory") {
         "memory" => Ok(StoreSettings::Memory),
         "file" => match path {
@@ -1198,7 +1217,10 @@ fn store(t: &Tbl<'_>) -> Result<StoreSettings, String> {
             _ => Err("store.path: required when store.kind = \"file\"".into()),
         },
         "redis" => match url {
-            Some(u) if !u.is_empty() => Ok(StoreSettings::Redis { url: u.to_string() }),
+            Some(u) if !u.is_empty() => Ok(StoreSettings::Redis {
+                url: u.to_string(),
+                lock_ttl,
+            }),
             _ => Err("store.url: required when store.kind = \"redis\"".into()),
         },
         other => Err(format!(
@@ -1580,6 +1602,7 @@ token   = "env:ORP_REFRESH_API_TOKEN"
     fn redis_password_hidden_in_debug() {
         let s = StoreSettings::Redis {
             url: "redis://:pa55word@redis:6379/0".into(),
+            lock_ttl: DEFAULT_LOCK_TTL,
         };
         let d = format!("{s:?}");
         assert!(!d.contains("pa55word"), "{d}");
@@ -2066,17 +2089,36 @@ token   = "env:ORP_REFRESH_API_TOKEN"
 
     #[test]
     fn store_kinds() {
+        let c = Config::from_toml_str_with_env(
+            &format!("{BACKEND}[store]\nkind = \"file\"\npath = \"tokens.db\""),
+            "proxy.toml",
+            &|_| None,
+        )
+        .unwrap();
         assert_eq!(
-            err(&format!(
-                "{BACKEND}[store]\nkind = \"file\"\npath = \"tokens.db\""
-            )),
-            "proxy.toml: store kind \"file\" is not supported yet (only \"memory\")"
+            c.store,
+            StoreSettings::File {
+                path: "tokens.db".into()
+            }
+        );
+        let c = Config::from_toml_str_with_env(
+            &format!("{BACKEND}[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nlock_ttl = \"45s\""),
+            "proxy.toml",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.store,
+            StoreSettings::Redis {
+                url: "redis://127.0.0.1:6379".into(),
+                lock_ttl: Duration::from_secs(45)
+            }
         );
         assert_eq!(
             err(&format!(
-                "{BACKEND}[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\""
+                "{BACKEND}[store]\nkind = \"redis\"\nurl = \"redis://r\"\nlock_ttl = \"5s\""
             )),
-            "proxy.toml: store kind \"redis\" is not supported yet (only \"memory\")"
+            "proxy.toml: store.lock_ttl: 5s must exceed refresh.timeout (10s)"
         );
         assert_eq!(
             err(&format!("{BACKEND}[store]\nkind = \"file\"")),
@@ -2102,7 +2144,8 @@ token   = "env:ORP_REFRESH_API_TOKEN"
         assert_eq!(
             c.store,
             StoreSettings::Redis {
-                url: "redis://r".into()
+                url: "redis://r".into(),
+                lock_ttl: DEFAULT_LOCK_TTL,
             }
         );
     }

@@ -205,7 +205,7 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
         },
     ];
     config.accounts = vec![alice, octocat, bob, mallory];
-    let sidecar = Sidecar::new(&config).map_err(|e| e.to_string())?;
+    let sidecar = Sidecar::new(&config).await.map_err(|e| e.to_string())?;
     let tokens = sidecar.tokens().clone();
     let (proxy_listener, admin_listener) =
         Sidecar::bind(&config).await.map_err(|e| e.to_string())?;

@@ -34,6 +34,8 @@ pub enum Code {
     BadRequest,
     /// CONNECT (405).
     MethodNotAllowed,
+    /// The token store could not be reached or written (503).
+    StoreUnavailable,
 }
 
 impl Code {
@@ -49,6 +51,7 @@ impl Code {
             Code::UpstreamUnavailable => "upstream_unavailable",
             Code::BadRequest => "bad_request",
             Code::MethodNotAllowed => "method_not_allowed",
+            Code::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -59,7 +62,7 @@ impl Code {
             Code::AccountRequired | Code::BadRequest => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Code::RefreshRejected => StatusCode::UNAUTHORIZED,
-            Code::RefreshUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::RefreshUnavailable | Code::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -72,6 +75,7 @@ impl Code {
             ErrorKind::UnknownAccount => Code::UnknownAccount,
             ErrorKind::RefreshRejected => Code::RefreshRejected,
             ErrorKind::RefreshUnavailable => Code::RefreshUnavailable,
+            ErrorKind::StoreUnavailable => Code::StoreUnavailable,
             _ => Code::UpstreamUnavailable,
         }
     }

@@ -2,7 +2,7 @@
 //! upstreams and keeps every request authenticated through the same [`RefreshLayer`] that Rust
 //! services embed. This module holds the sidecar's building blocks, starting with its TOML
 //! configuration ([`config`], SPEC 4.2): listeners, tokens, refresh settings, store, routes,
-//! seeded accounts and the self-hosted refresh API.
+//! seeded accounts and the self-hosted refresh API ([`refresh_api`], SPEC 4.9).
 //!
 //! [`RefreshLayer`]: crate::RefreshLayer
 
@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod metrics;
+pub mod refresh_api;
 pub mod router;
 pub mod server;
 pub mod sidecar;

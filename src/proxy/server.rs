@@ -1,7 +1,9 @@
 //! The sidecar's proxy listener: a router in front of the [`RefreshLayer`](crate::RefreshLayer).
 //!
 //! The proxy has no refresh path of its own. For each request it checks the inbound rules
-//! (`client_token`, no absolute-form or CONNECT), finds the route, names the account and the
+//! (no absolute-form or CONNECT), hands `/auth/{provider}/refresh` to the served
+//! [`RefreshApi`] when `[refresh_api]` is enabled (before `client_token`, which does not apply
+//! there: the API has its own bearer, SPEC 4.9), checks `client_token`, finds the route, names the account and the
 //! provider in the request's extensions, rewrites the URI to the route's upstream, drops
 //! hop-by-hop headers, and hands the request to the layer-wrapped hyper-util client (rustls,
 //! HTTP/1.1 and HTTP/2 by ALPN, pooled). Bodies stream both ways; only the layer's
@@ -29,6 +31,7 @@ use tower::{Layer, ServiceExt};
 use super::config::Config;
 use super::errors::{error_response, from_error, Code};
 use super::metrics::Metrics;
+use super::refresh_api::{self, RefreshApi};
 use super::router::{rewrite_link, rewrite_url, upstream_uri, Router};
 use crate::layer::{Refresh, RefreshLayer, ReplayBody};
 use crate::token::Secret;
@@ -71,6 +74,7 @@ pub struct Proxy {
     client: Refresh<UpstreamClient>,
     client_token: Option<Secret>,
     metrics: Arc<Metrics>,
+    refresh_api: Option<RefreshApi>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -78,6 +82,7 @@ impl std::fmt::Debug for Proxy {
         f.debug_struct("Proxy")
             .field("routes", &self.router)
             .field("client_token", &self.client_token)
+            .field("refresh_api", &self.refresh_api)
             .finish()
     }
 }
@@ -91,7 +96,15 @@ impl Proxy {
             client: layer.layer(upstream_client()),
             client_token: config.client_token.clone(),
             metrics,
+            refresh_api: None,
         }
+    }
+
+    /// Serves `api` on this listener: `POST /auth/{provider}/refresh` (SPEC 4.9) is answered
+    /// by it instead of being routed. Without it those paths are routed like any other.
+    pub fn with_refresh_api(mut self, api: RefreshApi) -> Self {
+        self.refresh_api = Some(api);
+        self
     }
 
     /// Handles one request from a caller.
@@ -125,6 +138,12 @@ impl Proxy {
                     "absolute-form request targets are not supported: send the path only",
                 ),
             );
+        }
+        // The served refresh API has its own bearer: client_token does not apply (SPEC 4.9).
+        if let Some(api) = &self.refresh_api {
+            if let Some(label) = refresh_api::route_label(req.uri().path()) {
+                return (label, api.handle(req).await.map(Either::Right));
+            }
         }
         if let Some(expected) = &self.client_token {
             let presented = req

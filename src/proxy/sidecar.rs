@@ -9,11 +9,30 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::admin::{self, AdminState};
-use super::config::{Config, RefreshMode};
+use super::config::{Config, RefreshMode, RefreshSettings, StoreSettings};
 use super::metrics::Metrics;
+use super::refresh_api::RefreshApi;
 use super::server::{serve, Proxy};
-use crate::refresh::{BackendRefresher, Refresher, RetryPolicy};
-use crate::Tokens;
+use crate::refresh::{
+    BackendRefresher, DirectRefresher, GitHubRefresher, GoogleRefresher, Refresher, RetryPolicy,
+};
+use crate::store::{file::FileStore, redis::RedisStore, Store};
+use crate::{Provider, Tokens};
+
+/// Opens the store `settings` names; `None` for the memory store.
+pub async fn open_store(settings: &StoreSettings) -> Result<Option<Arc<dyn Store>>, SetupError> {
+    Ok(match settings {
+        StoreSettings::Memory => None,
+        StoreSettings::File { path } => Some(Arc::new(
+            FileStore::open(path).map_err(|e| SetupError(format!("store.path: {e}")))?,
+        )),
+        StoreSettings::Redis { url, lock_ttl } => Some(Arc::new(
+            RedisStore::connect(url, *lock_ttl)
+                .await
+                .map_err(|e| SetupError(format!("store.url: {e}")))?,
+        )),
+    })
+}
 
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,7 +67,29 @@ pub struct Bound {
     pub admin: Option<SocketAddr>,
 }
 
-/// The refresher `config` asks for.
+/// The refresher `config` asks for: a [`BackendRefresher`] in `backend` mode, a
+/// [`DirectRefresher`] over the configured `[refresh.google]` / `[refresh.github]` credentials
+/// in `direct` mode.
+///
+/// In `direct` mode, an `[[account]]` of a provider without credentials is an error here (its
+/// tokens could never be refreshed). Routes of such a provider are allowed (the default routes
+/// name both providers); an account added for it later through the admin API gets a
+/// `refresh_rejected` naming the missing credentials when its token needs a refresh.
+///
+/// ```
+/// use oauth_refresh_proxy::proxy::{config::Config, sidecar::refresher};
+///
+/// let config = Config::from_toml_str(
+///     "[refresh]\nmode = \"direct\"\n[refresh.github]\nclient_id = \"Iv1.a\"\nclient_secret = \"s\"\n\
+///      [[account]]\nprovider = \"google\"\nid = \"alice\"\nrefresh_token = \"1//r\"",
+///     "proxy.toml",
+/// )
+/// .unwrap();
+/// assert_eq!(
+///     refresher(&config).unwrap_err().to_string(),
+///     "account[0]: google account \"alice\" cannot be refreshed: refresh.mode = \"direct\" needs [refresh.google] credentials"
+/// );
+/// ```
 pub fn refresher(config: &Config) -> Result<Arc<dyn Refresher>, SetupError> {
     let r = &config.refresh;
     match r.mode {
@@ -65,33 +106,124 @@ pub fn refresher(config: &Config) -> Result<Arc<dyn Refresher>, SetupError> {
             }
             Ok(Arc::new(b))
         }
-        RefreshMode::Direct => Err(SetupError(
-            "refresh.mode = \"direct\" is not supported yet (use \"backend\")".into(),
-        )),
+        RefreshMode::Direct => {
+            let direct = direct_refresher(r)?;
+            for (i, a) in config.accounts.iter().enumerate() {
+                if !direct.supports(a.provider) {
+                    return Err(SetupError(format!(
+                        "account[{i}]: {p} account {id:?} cannot be refreshed: refresh.mode = \"direct\" needs [refresh.{p}] credentials",
+                        p = a.provider,
+                        id = a.id
+                    )));
+                }
+            }
+            Ok(Arc::new(direct))
+        }
+    }
+}
+
+/// The [`DirectRefresher`] of the `[refresh.google]` / `[refresh.github]` credentials (each
+/// bounded by `refresh.timeout`), used by `direct` mode and by the served refresh API.
+///
+/// ```
+/// use oauth_refresh_proxy::proxy::{config::Config, sidecar::direct_refresher};
+/// use oauth_refresh_proxy::Provider;
+///
+/// let config = Config::from_toml_str(
+///     "[refresh]\nmode = \"direct\"\n[refresh.google]\nclient_id = \"c\"\nclient_secret = \"s\"",
+///     "proxy.toml",
+/// )
+/// .unwrap();
+/// let direct = direct_refresher(&config.refresh).unwrap();
+/// assert!(direct.supports(Provider::Google) && !direct.supports(Provider::GitHub));
+/// ```
+pub fn direct_refresher(r: &RefreshSettings) -> Result<DirectRefresher, SetupError> {
+    let mut direct = DirectRefresher::new();
+    for provider in Provider::ALL {
+        let Some(c) = r.credentials(provider) else {
+            continue;
+        };
+        let bad = |e: crate::refresh::InvalidUrl| {
+            SetupError(format!("refresh.{provider}.token_url: {e}"))
+        };
+        direct = match provider {
+            Provider::Google => direct.google(
+                GoogleRefresher::new(c.client_id.clone(), c.client_secret.clone())
+                    .token_url(&c.token_url)
+                    .map_err(bad)?
+                    .timeout(r.timeout),
+            ),
+            Provider::GitHub => direct.github(
+                GitHubRefresher::new(c.client_id.clone(), c.client_secret.clone())
+                    .token_url(&c.token_url)
+                    .map_err(bad)?
+                    .timeout(r.timeout),
+            ),
+        };
+    }
+    Ok(direct)
+}
+
+/// The retry policy of `[refresh]` (`max_attempts`, `timeout`), shared by the token cache and
+/// the served refresh API.
+///
+/// ```
+/// use oauth_refresh_proxy::proxy::{config::Config, sidecar::retry_policy};
+///
+/// let config = Config::from_toml_str(
+///     "[refresh]\nbackend_url = \"http://127.0.0.1:1\"\nmax_attempts = 5",
+///     "proxy.toml",
+/// )
+/// .unwrap();
+/// assert_eq!(retry_policy(&config.refresh).max_attempts, 5);
+/// ```
+pub fn retry_policy(r: &RefreshSettings) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: r.max_attempts,
+        timeout: r.timeout,
+        ..RetryPolicy::default()
     }
 }
 
 impl Sidecar {
-    /// Builds the token cache (seeded with `[[account]]`), the proxy and the admin state.
+    /// Builds the token cache (seeded with `[[account]]`), the proxy (with the served refresh
+    /// API when `[refresh_api]` is enabled) and the admin state.
     /// Needs a tokio runtime (refreshes run as tasks).
-    pub fn new(config: &Config) -> Result<Self, SetupError> {
+    ///
+    /// With a durable or shared `[store]`, the store is opened first and its accounts are merged
+    /// with `[[account]]` by [`Tokens::restore`] (a restart never rolls a rotation back).
+    pub async fn new(config: &Config) -> Result<Self, SetupError> {
         let r = &config.refresh;
-        let tokens = Tokens::builder_arc(refresher(config)?)
+        let mut builder = Tokens::builder_arc(refresher(config)?)
             .skew(r.skew)
             .refresh_ahead(r.refresh_ahead)
             .default_lifetime(r.default_lifetime)
-            .retry(RetryPolicy {
-                max_attempts: r.max_attempts,
-                timeout: r.timeout,
-                ..RetryPolicy::default()
-            })
-            .build();
-        for a in &config.accounts {
-            tokens.insert(a.provider, a.id.as_str(), a.token_seed());
+            .retry(retry_policy(r));
+        if let Some(store) = open_store(&config.store).await? {
+            builder = builder.store(store);
         }
+        let tokens = builder.build();
+        tokens
+            .restore(
+                config
+                    .accounts
+                    .iter()
+                    .map(|a| (a.provider, a.id.clone(), a.token_seed())),
+            )
+            .await
+            .map_err(|e| SetupError(e.to_string()))?;
         let metrics = Metrics::new(tokens.clone());
         metrics.spawn_event_listener();
-        let proxy = Arc::new(Proxy::new(config, tokens.clone(), metrics.clone()));
+        let mut proxy = Proxy::new(config, tokens.clone(), metrics.clone());
+        if let Some(api) = &config.refresh_api {
+            // SPEC 4.9: the same refreshers and retries as the proxy, whatever refresh.mode is.
+            proxy = proxy.with_refresh_api(RefreshApi::new(
+                api.token.clone(),
+                direct_refresher(r)?,
+                retry_policy(r),
+            ));
+        }
+        let proxy = Arc::new(proxy);
         let admin = Arc::new(AdminState {
             tokens: tokens.clone(),
             metrics: metrics.clone(),

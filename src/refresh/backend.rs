@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::http::{
+    build_client, check_url, loggable_code, read_limited, transient_status, transport_error,
+    InvalidUrl,
+};
 use super::{BoxFuture, RefreshError, Refreshed, Refresher};
 use crate::provider::Provider;
 use crate::token::{timestamp_to_system_time, Secret};
-
-/// The largest backend answer read; a longer one is a transient error.
-pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// Refreshes through a Flashback-compatible backend.
 ///
@@ -44,38 +45,16 @@ impl std::fmt::Debug for BackendRefresher {
     }
 }
 
-/// The backend URL could not be used.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid backend url {url:?}: {reason}")]
-pub struct InvalidBackendUrl {
-    url: String,
-    reason: String,
-}
-
 impl BackendRefresher {
-    /// A refresher for the backend at `backend_url` (`http` or `https`), with a 10 s request
-    /// timeout.
+    /// A refresher for the backend at `backend_url` (`http` or `https`, no query, no
+    /// credentials in the URL), with a 10 s request timeout.
     ///
     /// ```
     /// # use oauth_refresh_proxy::BackendRefresher;
     /// assert!(BackendRefresher::new("ftp://nope").is_err());
     /// ```
-    pub fn new(backend_url: &str) -> Result<Self, InvalidBackendUrl> {
-        let err = |reason: &str| InvalidBackendUrl {
-            url: backend_url.to_string(),
-            reason: reason.to_string(),
-        };
-        let uri: http::Uri = backend_url.parse().map_err(|_| err("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => return Err(err("scheme must be http or https")),
-        }
-        if uri.host().is_none() {
-            return Err(err("no host"));
-        }
-        if uri.query().is_some() {
-            return Err(err("a query is not allowed"));
-        }
+    pub fn new(backend_url: &str) -> Result<Self, InvalidUrl> {
+        check_url(backend_url, "backend")?;
         Ok(BackendRefresher {
             client: build_client(Duration::from_secs(10)),
             base: backend_url.trim_end_matches('/').to_string(),
@@ -120,11 +99,9 @@ impl BackendRefresher {
             .header(http::header::ACCEPT, "application/json")
             .json(&body);
         if let Some(bearer) = &self.bearer {
-            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", bearer.expose()))
-                .map_err(|_| {
-                    RefreshError::transient("backend token is not a valid header value")
-                })?;
-            v.set_sensitive(true);
+            let v = bearer.bearer_header().ok_or_else(|| {
+                RefreshError::transient("backend token is not a valid header value")
+            })?;
             req = req.header(http::header::AUTHORIZATION, v);
         }
         let resp = req
@@ -147,56 +124,6 @@ impl Refresher for BackendRefresher {
     }
 }
 
-/// A reqwest client for refresh calls: bounded time, no redirects, no proxy from the environment.
-pub(crate) fn build_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .expect("reqwest client with static options")
-}
-
-/// Describes a transport error without the URL's query or any header (no secret can be in it).
-pub(crate) fn transport_error(who: &str, e: &reqwest::Error) -> RefreshError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "broken response body"
-    } else {
-        "request failed"
-    };
-    RefreshError::transient(format!("{who} {what}"))
-}
-
-/// Reads at most [`MAX_RESPONSE_BYTES`] of a response body.
-pub(crate) async fn read_limited(
-    mut resp: reqwest::Response,
-    who: &str,
-) -> Result<Vec<u8>, RefreshError> {
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
-        return Err(RefreshError::transient(format!(
-            "{who} response body over {MAX_RESPONSE_BYTES} bytes"
-        )));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(who, &e))? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(RefreshError::transient(format!(
-                "{who} response body over {MAX_RESPONSE_BYTES} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 #[derive(Deserialize)]
 struct BackendAnswer {
     success: Option<bool>,
@@ -215,10 +142,7 @@ pub(crate) fn classify_backend(
     status: http::StatusCode,
     body: &[u8],
 ) -> Result<Refreshed, RefreshError> {
-    if status.is_server_error()
-        || status == http::StatusCode::REQUEST_TIMEOUT
-        || status == http::StatusCode::TOO_MANY_REQUESTS
-    {
+    if transient_status(status) {
         return Err(RefreshError::transient(format!(
             "backend answered {status}"
         )));
@@ -227,7 +151,7 @@ pub(crate) fn classify_backend(
         let code = serde_json::from_slice::<BackendAnswer>(body)
             .ok()
             .and_then(|a| a.error_code)
-            .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+            .filter(|c| loggable_code(c).is_some());
         return Err(RefreshError::rejected(match code {
             Some(code) => format!("backend answered {status} ({code})"),
             None => format!("backend answered {status}"),

@@ -5,6 +5,26 @@
 //! or [`RefreshError::Transient`] (try again later). Retrying, backoff and the per-attempt time
 //! bound are not the refresher's business: [`RetryPolicy::run`] wraps every refresher the same
 //! way, so all refreshers share one mechanism.
+//!
+//! Three refreshers ship, on one HTTP plumbing (client without redirects or environment proxy,
+//! bounded body, transport errors that never name a URL or header):
+//!
+//! * [`BackendRefresher`]: a Flashback-compatible backend (`refresh.mode = "backend"`);
+//! * [`GoogleRefresher`] and [`GitHubRefresher`]: the providers' own token endpoints, combined
+//!   per provider by [`DirectRefresher`] (`refresh.mode = "direct"`).
+//!
+//! # Reading a token endpoint (direct mode)
+//!
+//! * 5xx, 408, 429, 1xx/3xx, timeouts and connection errors ⇒ transient;
+//! * an `error` member — in a 4xx **or in a 2xx**, since GitHub answers errors with HTTP 200 —
+//!   decides next: `temporarily_unavailable`, `server_error`, `slow_down` ⇒ transient;
+//!   `invalid_client` / `incorrect_client_credentials` ⇒ transient too (the proxy's client
+//!   credentials are wrong, the refresh token is not to blame, so the account is not marked
+//!   for re-authorisation); any other code (`invalid_grant`, `bad_refresh_token`, …) ⇒ rejected;
+//! * any other 4xx ⇒ rejected;
+//! * a 2xx without a usable `access_token` (empty, unparseable, over 1 MiB, not a header
+//!   value) ⇒ transient; `expires_in` (seconds) gives the expiry; a non-empty `refresh_token`
+//!   is a rotation, else the old refresh token is kept.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,8 +34,14 @@ use crate::provider::Provider;
 use crate::token::Secret;
 
 mod backend;
+mod github;
+mod google;
+mod http;
 
 pub use backend::BackendRefresher;
+pub use github::GitHubRefresher;
+pub use google::GoogleRefresher;
+pub use http::InvalidUrl;
 
 /// A boxed, sendable future, as returned by [`Refresher::refresh`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -96,7 +122,7 @@ impl RefreshError {
 /// Trades a refresh token for a new access token: one attempt, no retries.
 ///
 /// Implement it to refresh from somewhere else; [`BackendRefresher`] is the Flashback-compatible
-/// implementation.
+/// implementation, [`DirectRefresher`] the one that talks to Google and GitHub themselves.
 ///
 /// ```
 /// use oauth_refresh_proxy::refresh::{BoxFuture, Refreshed, Refresher};
@@ -121,6 +147,96 @@ pub trait Refresher: Send + Sync + 'static {
         provider: Provider,
         refresh_token: &'a Secret,
     ) -> BoxFuture<'a, Result<Refreshed, RefreshError>>;
+}
+
+/// Refreshes at the providers' own token endpoints: Google tokens with a [`GoogleRefresher`],
+/// GitHub tokens with a [`GitHubRefresher`] (`refresh.mode = "direct"`).
+///
+/// A provider without a refresher is refused: its refresh is [`RefreshError::Rejected`] with a
+/// message naming the missing `[refresh.{provider}]` credentials, and its refresh token is
+/// never sent anywhere.
+///
+/// ```
+/// use oauth_refresh_proxy::{DirectRefresher, GitHubRefresher, GoogleRefresher, Provider, Secret, Tokens};
+///
+/// let direct = DirectRefresher::new()
+///     .google(GoogleRefresher::new("id.apps.googleusercontent.com", Secret::new("google-secret")))
+///     .github(GitHubRefresher::new("Iv1.abc", Secret::new("github-secret")));
+/// assert!(direct.supports(Provider::Google) && direct.supports(Provider::GitHub));
+/// let tokens = Tokens::builder(direct).build();
+/// # let _ = tokens;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct DirectRefresher {
+    google: Option<GoogleRefresher>,
+    github: Option<GitHubRefresher>,
+}
+
+impl DirectRefresher {
+    /// A refresher for no provider yet.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{DirectRefresher, Provider};
+    /// assert!(!DirectRefresher::new().supports(Provider::Google));
+    /// ```
+    pub fn new() -> Self {
+        DirectRefresher::default()
+    }
+
+    /// Refreshes Google tokens with `google`.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{DirectRefresher, GoogleRefresher, Provider, Secret};
+    /// let d = DirectRefresher::new().google(GoogleRefresher::new("id", Secret::new("s")));
+    /// assert!(d.supports(Provider::Google));
+    /// ```
+    pub fn google(mut self, google: GoogleRefresher) -> Self {
+        self.google = Some(google);
+        self
+    }
+
+    /// Refreshes GitHub tokens with `github`.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{DirectRefresher, GitHubRefresher, Provider, Secret};
+    /// let d = DirectRefresher::new().github(GitHubRefresher::new("id", Secret::new("s")));
+    /// assert!(d.supports(Provider::GitHub));
+    /// ```
+    pub fn github(mut self, github: GitHubRefresher) -> Self {
+        self.github = Some(github);
+        self
+    }
+
+    /// Whether tokens of `provider` can be refreshed (its client credentials were given).
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{DirectRefresher, Provider};
+    /// assert!(!DirectRefresher::new().supports(Provider::GitHub));
+    /// ```
+    pub fn supports(&self, provider: Provider) -> bool {
+        match provider {
+            Provider::Google => self.google.is_some(),
+            Provider::GitHub => self.github.is_some(),
+        }
+    }
+}
+
+impl Refresher for DirectRefresher {
+    fn refresh<'a>(
+        &'a self,
+        provider: Provider,
+        refresh_token: &'a Secret,
+    ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
+        match (provider, &self.google, &self.github) {
+            (Provider::Google, Some(g), _) => g.refresh(provider, refresh_token),
+            (Provider::GitHub, _, Some(g)) => g.refresh(provider, refresh_token),
+            _ => Box::pin(async move {
+                Err(RefreshError::rejected(format!(
+                    "no {provider} client credentials for direct refresh (configure [refresh.{provider}])"
+                )))
+            }),
+        }
+    }
 }
 
 /// Bounded retries of transient refresh failures, with exponential backoff and jitter.

@@ -30,6 +30,7 @@
 //! tried again after a tenth of the window; once inside `skew`, requests wait for a refresh.
 
 mod events;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -42,8 +43,9 @@ pub use events::{Events, RefreshEvent, RefreshOutcome};
 
 use crate::error::Error;
 use crate::provider::{Account, Provider};
-use crate::refresh::{RefreshError, Refreshed, Refresher, RetryPolicy};
-use crate::token::{unix_secs, Secret, TokenSeed};
+use crate::refresh::{RefreshError, Refresher, RetryPolicy};
+use crate::token::{fingerprint, timestamp_to_system_time, unix_secs, Secret, TokenSeed};
+use store::{RefreshFn, Store, StoreUpdate, StoredAccount};
 
 /// The outcome of a flight, shared with everyone waiting on it.
 #[derive(Clone)]
@@ -63,6 +65,10 @@ pub(crate) struct Lease {
 
 struct Entry {
     refresh_token: Secret,
+    /// The access token behind `header`, kept for the store.
+    access: Option<Secret>,
+    /// Fingerprint of the configured refresh token the account started from.
+    seed_fingerprint: Option<String>,
     /// The injected header, `None` when there is no usable access token.
     header: Option<HeaderValue>,
     /// Effective expiry of `header` (the default lifetime applied when unknown).
@@ -152,6 +158,7 @@ struct Inner {
     refresh_ahead: Duration,
     default_lifetime: Duration,
     subscribers: events::Subscribers,
+    store: Option<Arc<dyn Store>>,
 }
 
 fn idx(p: Provider) -> usize {
@@ -208,6 +215,7 @@ impl std::fmt::Debug for Tokens {
 /// # let _ = tokens;
 /// ```
 pub struct TokensBuilder {
+    store: Option<Arc<dyn Store>>,
     refresher: Arc<dyn Refresher>,
     policy: RetryPolicy,
     skew: Duration,
@@ -241,10 +249,21 @@ impl TokensBuilder {
         self
     }
 
-    /// Builds the cache.
+    /// Keeps accounts in `store` as well (durable or shared; see [`store`]). Without one,
+    /// accounts live in memory only. With a store, add accounts with [`Tokens::put`] or
+    /// [`Tokens::restore`] so they are persisted.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Builds the cache. With a store that announces changes from other processes, this
+    /// spawns the task applying them, so it must run inside a tokio runtime.
     pub fn build(self) -> Tokens {
-        Tokens {
+        let updates = self.store.as_ref().and_then(|s| s.updates());
+        let tokens = Tokens {
             inner: Arc::new(Inner {
+                store: self.store,
                 maps: [DashMap::new(), DashMap::new()],
                 counters: Default::default(),
                 refresher: self.refresher,
@@ -254,7 +273,17 @@ impl TokensBuilder {
                 default_lifetime: self.default_lifetime,
                 subscribers: Default::default(),
             }),
+        };
+        if let Some(mut updates) = updates {
+            let weak = Arc::downgrade(&tokens.inner);
+            tokio::spawn(async move {
+                while let Some(update) = updates.recv().await {
+                    let Some(inner) = weak.upgrade() else { break };
+                    Tokens { inner }.apply_update(update);
+                }
+            });
         }
+        tokens
     }
 }
 
@@ -287,6 +316,7 @@ impl Tokens {
     /// ```
     pub fn builder_arc(refresher: Arc<dyn Refresher>) -> TokensBuilder {
         TokensBuilder {
+            store: None,
             refresher,
             policy: RetryPolicy::default(),
             skew: Duration::from_secs(60),
@@ -315,41 +345,242 @@ impl Tokens {
         seed: TokenSeed,
     ) -> bool {
         let account = account.into();
+        let state = self.state_from_seed(provider, &account, seed, None);
+        self.set_state(account, state, true)
+    }
+
+    /// Adds or replaces an account like [`Tokens::insert`], after writing it to the store (when
+    /// there is one). Returns `true` when it replaced an account. The account keeps the
+    /// fingerprint of the configured refresh token it started from, if any.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, TokenSeed, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// assert!(!tokens.put(Provider::GitHub, "octo", TokenSeed::new("ghr_1")).await.unwrap());
+    /// # });
+    /// ```
+    pub async fn put(
+        &self,
+        provider: Provider,
+        account: &str,
+        seed: TokenSeed,
+    ) -> Result<bool, Error> {
+        let fp = self.inner.maps[idx(provider)]
+            .get(account)
+            .and_then(|e| e.seed_fingerprint.clone());
+        let state = self.state_from_seed(provider, account, seed, fp);
+        if let Some(store) = &self.inner.store {
+            store
+                .save(state.clone())
+                .await
+                .map_err(|e| Error::store(provider, account, &e))?;
+        }
+        Ok(self.set_state(Arc::from(account), state, true))
+    }
+
+    /// Forgets an account, in the store first (when there is one). Returns whether it existed.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// assert!(!tokens.forget(Provider::Google, "nobody").await.unwrap());
+    /// # });
+    /// ```
+    pub async fn forget(&self, provider: Provider, account: &str) -> Result<bool, Error> {
+        if let Some(store) = &self.inner.store {
+            store
+                .remove(provider, account)
+                .await
+                .map_err(|e| Error::store(provider, account, &e))?;
+        }
+        Ok(self.remove(provider, account))
+    }
+
+    /// Loads the store's accounts and merges the configured `seeds` into them (SPEC 4.2): a
+    /// stored account whose recorded seed fingerprint matches the configured refresh token keeps
+    /// its stored (possibly rotated) tokens — a restart never rolls a rotation back; a
+    /// configured refresh token the store has never seen replaces the stored account (it was
+    /// re-authorised) and is saved with its fingerprint; stored accounts absent from the seeds
+    /// stay. Without a store, the seeds are simply inserted.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, TokenSeed, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// tokens.restore(vec![(Provider::Google, "alice".to_string(), TokenSeed::new("1//r"))]).await.unwrap();
+    /// assert_eq!(tokens.list().len(), 1);
+    /// # });
+    /// ```
+    pub async fn restore(
+        &self,
+        seeds: impl IntoIterator<Item = (Provider, String, TokenSeed)>,
+    ) -> Result<(), Error> {
+        let Some(store) = self.inner.store.clone() else {
+            for (p, a, seed) in seeds {
+                let fp = fingerprint(&seed.refresh_token);
+                let state = self.state_from_seed(p, &a, seed, Some(fp));
+                self.set_state(Arc::from(a.as_str()), state, true);
+            }
+            return Ok(());
+        };
+        let mut stored: std::collections::HashMap<(Provider, String), StoredAccount> = store
+            .load()
+            .await
+            .map_err(|e| {
+                Error::new(
+                    crate::ErrorKind::StoreUnavailable,
+                    None,
+                    None,
+                    e.to_string(),
+                )
+            })?
+            .into_iter()
+            .map(|a| ((a.provider, a.account.clone()), a))
+            .collect();
+        for (p, a, seed) in seeds {
+            let fp = fingerprint(&seed.refresh_token);
+            match stored.remove(&(p, a.clone())) {
+                Some(s) if s.seed_fingerprint.as_deref() == Some(fp.as_str()) => {
+                    tracing::debug!(provider = %p, account = %a, generation = s.generation, "stored tokens kept");
+                    self.set_state(Arc::from(a.as_str()), s, false);
+                }
+                previous => {
+                    let mut state = self.state_from_seed(p, &a, seed, Some(fp));
+                    state.generation = previous.map_or(1, |s| s.generation + 1);
+                    store
+                        .save(state.clone())
+                        .await
+                        .map_err(|e| Error::store(p, &a, &e))?;
+                    self.set_state(Arc::from(a.as_str()), state, false);
+                }
+            }
+        }
+        for (_, s) in stored {
+            self.set_state(Arc::from(s.account.as_str()), s, false);
+        }
+        Ok(())
+    }
+
+    /// Whether the store (if any) is reachable now.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// # use oauth_refresh_proxy::{BackendRefresher, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
+    /// assert!(tokens.ready().await);
+    /// # });
+    /// ```
+    pub async fn ready(&self) -> bool {
+        match &self.inner.store {
+            Some(store) => store.ready().await,
+            None => true,
+        }
+    }
+
+    /// The store's kind, or `"memory"`.
+    pub fn store_kind(&self) -> &'static str {
+        self.inner.store.as_ref().map_or("memory", |s| s.kind())
+    }
+
+    /// The state a seed gives an account, one generation past its current one.
+    fn state_from_seed(
+        &self,
+        provider: Provider,
+        account: &str,
+        seed: TokenSeed,
+        seed_fingerprint: Option<String>,
+    ) -> StoredAccount {
+        let generation = self.inner.maps[idx(provider)]
+            .get(account)
+            .map_or(0, |e| e.generation)
+            + 1;
+        let access_token = seed.access_token.filter(|a| a.bearer_header().is_some());
+        StoredAccount {
+            provider,
+            account: account.to_string(),
+            expires_at: access_token.as_ref().and(seed.expires_at).map(unix_secs),
+            access_token,
+            refresh_token: seed.refresh_token,
+            generation,
+            needs_reauth: false,
+            last_refresh_at: None,
+            last_error: None,
+            seed_fingerprint,
+        }
+    }
+
+    /// Sets an account's entry from `state`. With `local`, the change is this process's own
+    /// (any refresh under way is detached); otherwise it came from the store and is applied
+    /// only if newer. Returns whether an entry existed.
+    fn set_state(&self, account: Arc<str>, state: StoredAccount, local: bool) -> bool {
         let now = SystemTime::now();
-        let header = seed.access_token.as_ref().and_then(Secret::bearer_header);
-        let expiry_known = header.is_some() && seed.expires_at.is_some();
-        let expires_at = match (&header, seed.expires_at) {
-            (Some(_), Some(at)) => at,
+        let header = state.access_token.as_ref().and_then(Secret::bearer_header);
+        let known = header.is_some() && state.expires_at.is_some();
+        let expires_at = match (&header, state.expires_at) {
+            (Some(_), Some(at)) => timestamp_to_system_time(at as i64).unwrap_or(now),
             (Some(_), None) => now + self.inner.default_lifetime,
             (None, _) => now,
         };
-        let map = &self.inner.maps[idx(provider)];
-        let mut replaced = false;
-        let mut entry = map.entry(account).or_insert_with(|| Entry {
-            refresh_token: seed.refresh_token.clone(),
-            header: None,
-            expires_at: now,
-            expiry_known: false,
-            ahead_at: now,
-            generation: 0,
-            needs_reauth: false,
-            flight: None,
-            last_refresh_at: None,
-            last_error: None,
+        let map = &self.inner.maps[idx(state.provider)];
+        let mut existed = true;
+        let mut e = map.entry(account).or_insert_with(|| {
+            existed = false;
+            Entry {
+                refresh_token: state.refresh_token.clone(),
+                access: None,
+                seed_fingerprint: None,
+                header: None,
+                expires_at: now,
+                expiry_known: false,
+                ahead_at: now,
+                generation: 0,
+                needs_reauth: false,
+                flight: None,
+                last_refresh_at: None,
+                last_error: None,
+            }
         });
-        if entry.generation > 0 {
-            replaced = true;
+        if !local && existed && e.generation >= state.generation {
+            return existed;
         }
-        entry.refresh_token = seed.refresh_token;
-        entry.header = header;
-        entry.expires_at = expires_at;
-        entry.expiry_known = expiry_known;
-        entry.ahead_at = self.ahead_at(expires_at);
-        entry.generation += 1;
-        entry.needs_reauth = false;
-        entry.flight = None;
-        entry.last_error = None;
-        replaced
+        e.refresh_token = state.refresh_token;
+        e.access = if header.is_some() {
+            state.access_token
+        } else {
+            None
+        };
+        e.seed_fingerprint = state.seed_fingerprint;
+        e.header = header;
+        e.expires_at = expires_at;
+        e.expiry_known = known;
+        e.ahead_at = self.ahead_at(expires_at);
+        e.generation = if local {
+            state.generation.max(e.generation + 1)
+        } else {
+            state.generation
+        };
+        e.needs_reauth = state.needs_reauth;
+        e.flight = None;
+        e.last_refresh_at = state
+            .last_refresh_at
+            .and_then(|t| timestamp_to_system_time(t as i64));
+        e.last_error = state.last_error;
+        existed
+    }
+
+    /// Applies a change another process made (announced by a shared store).
+    fn apply_update(&self, update: StoreUpdate) {
+        match update {
+            StoreUpdate::Changed(state) => {
+                tracing::debug!(provider = %state.provider, account = %state.account, generation = state.generation, "account changed elsewhere");
+                self.set_state(Arc::from(state.account.as_str()), state, false);
+            }
+            StoreUpdate::Removed { provider, account } => {
+                self.inner.maps[idx(provider)].remove(account.as_str());
+            }
+        }
     }
 
     /// Forgets an account. Returns whether it existed.
@@ -610,7 +841,7 @@ impl Tokens {
             provider,
             account: Arc::from(account),
             generation: e.generation,
-            refresh_token: e.refresh_token.clone(),
+            snapshot: snapshot(provider, account, e),
             ahead,
         };
         tokio::spawn(task.run(tx));
@@ -630,7 +861,7 @@ impl Tokens {
     fn apply(
         &self,
         task: &FlightTask,
-        result: Result<Refreshed, RefreshError>,
+        result: Result<StoredAccount, RefreshError>,
         duration: Duration,
     ) -> FlightResult {
         let provider = task.provider;
@@ -658,27 +889,27 @@ impl Tokens {
             }
             e.flight = None;
             match result {
-                Ok(r) => {
+                Ok(next) => {
                     // The refresher checked this; a hand-written refresher might not have.
-                    let Some(header) = r.access_token.bearer_header() else {
+                    let Some(header) = next.access_token.as_ref().and_then(Secret::bearer_header)
+                    else {
                         let err =
                             RefreshError::transient("refreshed token is not a valid header value");
                         e.last_error = Some(err.to_string());
                         bump(&counters.refresh_transient_error);
                         return FlightResult::Err(err);
                     };
-                    let rotated = match r.refresh_token {
-                        Some(rt) if rt != e.refresh_token => {
-                            e.refresh_token = rt;
-                            true
-                        }
-                        _ => false,
-                    };
-                    e.expiry_known = r.expires_at.is_some();
-                    e.expires_at = r.expires_at.unwrap_or(now + self.inner.default_lifetime);
+                    let rotated = next.refresh_token != e.refresh_token;
+                    e.refresh_token = next.refresh_token;
+                    e.access = next.access_token;
+                    let expires = next
+                        .expires_at
+                        .and_then(|t| timestamp_to_system_time(t as i64));
+                    e.expiry_known = expires.is_some();
+                    e.expires_at = expires.unwrap_or(now + self.inner.default_lifetime);
                     e.ahead_at = self.ahead_at(e.expires_at);
                     e.header = Some(header.clone());
-                    e.generation += 1;
+                    e.generation = next.generation.max(e.generation + 1);
                     e.last_refresh_at = Some(now);
                     e.last_error = None;
                     bump(&counters.refresh_success);
@@ -735,7 +966,7 @@ struct FlightTask {
     provider: Provider,
     account: Arc<str>,
     generation: u64,
-    refresh_token: Secret,
+    snapshot: StoredAccount,
     ahead: bool,
 }
 
@@ -744,10 +975,34 @@ impl FlightTask {
         let started = Instant::now();
         let inner = &self.tokens.inner;
         tracing::debug!(provider = %self.provider, account = &*self.account, generation = self.generation, "refreshing");
-        let result = inner
-            .policy
-            .run(&*inner.refresher, self.provider, &self.refresh_token)
-            .await;
+        let result = match &inner.store {
+            None => {
+                let r = inner
+                    .policy
+                    .run(
+                        &*inner.refresher,
+                        self.provider,
+                        &self.snapshot.refresh_token,
+                    )
+                    .await;
+                let next = self.snapshot.after_refresh(&r, store::now_secs());
+                r.map(|_| next)
+            }
+            Some(store) => {
+                let tokens = self.tokens.clone();
+                let provider = self.provider;
+                let refresh: RefreshFn = Box::new(move |refresh_token| {
+                    Box::pin(async move {
+                        let inner = &tokens.inner;
+                        inner
+                            .policy
+                            .run(&*inner.refresher, provider, &refresh_token)
+                            .await
+                    })
+                });
+                store.refresh(self.snapshot.clone(), refresh).await
+            }
+        };
         let duration = started.elapsed();
         match &result {
             Ok(_) => {
@@ -776,6 +1031,21 @@ fn rejected_error(provider: Provider, account: &str, e: &Entry) -> Error {
                 .to_string(),
         ),
     )
+}
+
+fn snapshot(provider: Provider, account: &str, e: &Entry) -> StoredAccount {
+    StoredAccount {
+        provider,
+        account: account.to_string(),
+        refresh_token: e.refresh_token.clone(),
+        access_token: e.access.clone(),
+        expires_at: (e.header.is_some() && e.expiry_known).then(|| unix_secs(e.expires_at)),
+        generation: e.generation,
+        needs_reauth: e.needs_reauth,
+        last_refresh_at: e.last_refresh_at.map(unix_secs),
+        last_error: e.last_error.clone(),
+        seed_fingerprint: e.seed_fingerprint.clone(),
+    }
 }
 
 fn info(provider: Provider, account: &str, e: &Entry) -> AccountInfo {
