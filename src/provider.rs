@@ -56,11 +56,16 @@ impl Provider {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => host,
         };
-        let host = host.trim_end_matches('.');
-        let lower = host.to_ascii_lowercase();
-        if lower.len() > ".googleapis.com".len() && lower.ends_with(".googleapis.com") {
+        let host = host.trim_end_matches('.').as_bytes();
+        // Case-insensitive without allocating: this runs on every request of the layer.
+        const GOOGLE: &[u8] = b".googleapis.com";
+        let ends_with_google = host.len() > GOOGLE.len()
+            && host[host.len() - GOOGLE.len()..].eq_ignore_ascii_case(GOOGLE);
+        if ends_with_google {
             Some(Provider::Google)
-        } else if lower == "api.github.com" || lower == "uploads.github.com" {
+        } else if host.eq_ignore_ascii_case(b"api.github.com")
+            || host.eq_ignore_ascii_case(b"uploads.github.com")
+        {
             Some(Provider::GitHub)
         } else {
             None

@@ -30,7 +30,7 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, S::Response>,
-        retry: Option<Box<Retry<S, B>>>,
+        retry: Option<Retry<S, B>>,
     }
 }
 
@@ -101,7 +101,7 @@ where
 
     /// The slow start: wait for a refresh, then send.
     async fn send_after_refresh(
-        mut self: Box<Self>,
+        mut self,
         mut req: Request<ReplayBody<B>>,
     ) -> Result<Response<ResB>, Error> {
         let lease = self
@@ -118,11 +118,8 @@ where
     }
 
     /// A 401: refresh (or take the newer generation), then replay once if the body allows.
-    async fn after_unauthorized(
-        self: Box<Self>,
-        mut resp: Response<ResB>,
-    ) -> Result<Response<ResB>, Error> {
-        let this = *self;
+    async fn after_unauthorized(self, mut resp: Response<ResB>) -> Result<Response<ResB>, Error> {
+        let this = self;
         let (provider, account) = (this.provider, this.account.as_str());
         tracing::debug!(%provider, account, generation = this.generation, "upstream answered 401");
         let lease = match this
@@ -196,12 +193,12 @@ where
                 let fut = retry.svc.call(req);
                 ResponseFuture {
                     state: State::Sent { fut },
-                    retry: Some(Box::new(retry)),
+                    retry: Some(retry),
                 }
             }
             None => ResponseFuture {
                 state: State::Slow {
-                    fut: Box::pin(Box::new(retry).send_after_refresh(req)),
+                    fut: Box::pin(retry.send_after_refresh(req)),
                 },
                 retry: None,
             },

@@ -187,13 +187,16 @@ where
                 Err(resp) => return resp,
             };
             if *req.method() == Method::PUT {
-                put(state, provider, &account, req.into_body()).await
-            } else if state.tokens.remove(provider, &account) {
-                let mut resp = Response::new(Full::new(Bytes::new()));
-                *resp.status_mut() = StatusCode::NO_CONTENT;
-                resp
-            } else {
-                unknown_account(provider, &account)
+                return put(state, provider, &account, req.into_body()).await;
+            }
+            match state.tokens.forget(provider, &account).await {
+                Ok(true) => {
+                    let mut resp = Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                    resp
+                }
+                Ok(false) => unknown_account(provider, &account),
+                Err(e) => errors::from_error(&e),
             }
         }
         ["tokens", provider, account, "refresh"] => {
@@ -277,7 +280,10 @@ where
     if let Some(at) = body.expires_at.and_then(timestamp_to_system_time) {
         seed = seed.expires_at(at);
     }
-    let replaced = state.tokens.insert(provider, account, seed);
+    let replaced = match state.tokens.put(provider, account, seed).await {
+        Ok(replaced) => replaced,
+        Err(e) => return errors::from_error(&e),
+    };
     match state.tokens.get(provider, account) {
         Some(info) => json(
             if replaced {

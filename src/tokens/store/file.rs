@@ -13,7 +13,10 @@ pub struct FileStore(());
 impl FileStore {
     /// Opens (or creates, mode 0600) the store file at `path`.
     pub fn open(path: &Path) -> Result<FileStore, StoreError> {
-        Err(StoreError(format!("{}: the file store is not available yet", path.display())))
+        Err(StoreError(format!(
+            "{}: the file store is not available yet",
+            path.display()
+        )))
     }
 }
 
