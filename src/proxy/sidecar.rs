@@ -86,7 +86,7 @@ pub struct Bound {
 /// )
 /// .unwrap();
 /// assert_eq!(
-///     refresher(&config).unwrap_err().to_string(),
+///     refresher(&config).err().unwrap().to_string(),
 ///     "account[0]: google account \"alice\" cannot be refreshed: refresh.mode = \"direct\" needs [refresh.google] credentials"
 /// );
 /// ```
@@ -297,5 +297,35 @@ impl Sidecar {
         if let Some(t) = admin_task {
             let _ = t.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::{GITHUB_TOKEN_URL, GOOGLE_TOKEN_URL};
+    use super::*;
+
+    #[test]
+    fn default_token_urls_agree_with_the_config() {
+        assert_eq!(GoogleRefresher::TOKEN_URL, GOOGLE_TOKEN_URL);
+        assert_eq!(GitHubRefresher::TOKEN_URL, GITHUB_TOKEN_URL);
+    }
+
+    #[test]
+    fn direct_mode_allows_routes_but_not_accounts_without_credentials() {
+        let base = "[refresh]\nmode = \"direct\"\n[refresh.google]\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+        // The default routes name GitHub too: fine.
+        let config = Config::from_toml_str(base, "t").unwrap();
+        assert!(refresher(&config).is_ok());
+        let with_account = format!(
+            "{base}[[account]]\nprovider = \"github\"\nid = \"octocat\"\nrefresh_token = \"ghr_x\""
+        );
+        let config = Config::from_toml_str(&with_account, "t").unwrap();
+        let e = refresher(&config).err().unwrap().to_string();
+        assert!(
+            e.starts_with("account[0]: github account \"octocat\""),
+            "{e}"
+        );
+        assert!(!e.contains("ghr_x"));
     }
 }

@@ -176,8 +176,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<StoredAccount, RefreshError>> {
         Box::pin(async move {
             let result = refresh(current.refresh_token.clone()).await;
-            if matches!(result, Err(RefreshError::Transient(_))) {
-                return Err(result.err().expect("checked"));
+            if let Err(e @ RefreshError::Transient(_)) = result {
+                return Err(e);
             }
             let next = current.after_refresh(&result, now_secs());
             let mut saved = Err(StoreError("not attempted".into()));
