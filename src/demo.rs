@@ -453,7 +453,7 @@ async fn backend(realm: Arc<Realm>, req: Request<Incoming>) -> Response<Full<Byt
 /// `{"sha256","len"}` of the request body.
 ///
 /// Paths: `/forbidden` → the provider's 403 fixture; `/early401…` → a 401 before reading the
-/// body when the token is not valid; `/hold…` → wait for `release_api` before looking at the
+/// body when the token is not valid (the body is then drained in the background); `/hold…` → wait for `release_api` before looking at the
 /// token; anything else → read the body, then 200 `{"sha256","len"}` or the provider's 401.
 pub async fn start_api(realm: Arc<Realm>, provider: Provider) -> SocketAddr {
     serve(move |req: Request<Incoming>| {
@@ -520,6 +520,12 @@ async fn api(
     }
     if path.starts_with("/early401") && !token_ok(&realm) {
         record(&realm, b"", 401);
+        // Answer before reading the body, then keep draining it in the background, as real
+        // front ends do (nginx's lingering close): closing with unread data would make the
+        // kernel reset the connection and discard the 401 before the client reads it.
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(WAIT, req.into_body().collect()).await;
+        });
         return from_fixture(f401);
     }
     let body = match req.into_body().collect().await {
