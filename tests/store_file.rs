@@ -1,36 +1,1190 @@
-use oauth_refresh_proxy::store::{file::FileStore, Store, StoredAccount};
-use oauth_refresh_proxy::{Provider, Secret};
+//! Black-box tests of the embedded durable store (`store.kind = "file"`): a rotated refresh
+//! token is durable before the new access token is used, survives `kill -9` and a restart with
+//! the original configuration, the file is created with mode 0600, and a corrupted or unreadable
+//! file is a clear one-line start-up error. Against the crate's in-process fakes; calls are
+//! counted at the fakes; logs (captured, and the child's at `RUST_LOG=trace`) hold no secret.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use oauth_refresh_proxy::refresh::BoxFuture;
+use oauth_refresh_proxy::store::{file::FileStore, Store, StoreError, StoredAccount};
+use oauth_refresh_proxy::{
+    Account, BackendRefresher, Error, ErrorKind, Provider, RefreshLayer, ReplayBody, RetryPolicy,
+    Secret, TokenSeed, Tokens,
+};
+use support::*;
+use tokio::sync::{oneshot, Semaphore};
+use tower::util::BoxCloneService;
+use tower::{Layer, ServiceExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_oauth-refresh-proxy");
+const BACKEND_ENV: &str = "ORP_STORE_FILE_TEST_BACKEND_TOKEN";
+
+// ---------------------------------------------------------------------------------------------
+// Plumbing.
+// ---------------------------------------------------------------------------------------------
+
+/// A unique directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "orp-store-file-test-{}-{name}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The names in the directory (to spot stray temporary files).
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Undo a chmod 000 of a test, so the directory can be removed.
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o700));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn bearer(t: &str) -> Option<String> {
+    Some(format!("Bearer {t}"))
+}
+
+/// The refresh token of a backend request body.
+fn sent_refresh_token(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["refresh_token"].as_str().unwrap().to_string()
+}
+
+/// The rotated refresh tokens the backend issued, oldest first.
+fn rotated(realm: &Realm) -> Vec<String> {
+    realm
+        .secrets()
+        .into_iter()
+        .filter(|s| s.starts_with("refresh-") && s.ends_with('r'))
+        .collect()
+}
+
+/// The fakes: a rotating realm (GitHub refreshes rotate), its backend and a fake GitHub API.
+struct World {
+    realm: Arc<Realm>,
+    backend: String,
+    api: SocketAddr,
+}
+
+impl World {
+    async fn new(name: &str) -> World {
+        capture_logs();
+        let realm = Realm::new(name, true);
+        let backend = start_backend(realm.clone()).await;
+        let api = start_api(realm.clone(), Provider::GitHub).await;
+        World {
+            realm,
+            backend,
+            api,
+        }
+    }
+
+    /// A refresh token the backend accepts and an access token the API accepts.
+    fn credentials(&self) -> (String, String) {
+        let refresh = self.realm.new_refresh_token();
+        let access = self.realm.new_access_token(&refresh);
+        (refresh, access)
+    }
+
+    /// The `Authorization` of the last request the API answered with 200.
+    fn last_ok_authorization(&self) -> String {
+        self.realm
+            .seen()
+            .iter()
+            .rev()
+            .find(|s| s.status == 200)
+            .and_then(|s| s.authorization.clone())
+            .expect("a request succeeded")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer-level plumbing.
+// ---------------------------------------------------------------------------------------------
+
+type Svc = BoxCloneService<Request<TestBody>, Response<Incoming>, Error>;
+
+fn seeds(refresh: &str, access: &str) -> Vec<(Provider, String, TokenSeed)> {
+    vec![(
+        Provider::GitHub,
+        "octo".to_string(),
+        TokenSeed::new(refresh)
+            .access_token(access)
+            .expires_at(SystemTime::now() + Duration::from_secs(3600)),
+    )]
+}
+
+fn tokens_with(w: &World, store: Arc<dyn Store>) -> Tokens {
+    let refresher = BackendRefresher::new(&w.backend)
+        .unwrap()
+        .bearer(Secret::new(w.realm.backend_token.clone().unwrap()))
+        .timeout(Duration::from_secs(5));
+    Tokens::builder(refresher)
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            timeout: Duration::from_secs(5),
+            base_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        })
+        .store(store)
+        .build()
+}
+
+fn client(tokens: &Tokens) -> Svc {
+    let hyper: Client<HttpConnector, ReplayBody<TestBody>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let svc = RefreshLayer::new(tokens.clone())
+        .default_account("octo")
+        .layer(hyper);
+    let svc = tower::ServiceBuilder::new()
+        .map_request(|mut req: Request<TestBody>| {
+            req.extensions_mut().insert(Provider::GitHub);
+            req
+        })
+        .service(svc);
+    BoxCloneService::new(svc)
+}
+
+/// `GET path` on the fake API through the layer, as `account` (else the default account).
+async fn get(svc: &Svc, w: &World, path: &str, account: Option<&str>) -> Result<StatusCode, Error> {
+    let mut req = Request::builder()
+        .uri(format!("http://{}{path}", w.api))
+        .body(empty())
+        .unwrap();
+    if let Some(a) = account {
+        req.extensions_mut().insert(Account::new(a));
+    }
+    let resp = tokio::time::timeout(WAIT, svc.clone().oneshot(req))
+        .await
+        .expect("bounded request")?;
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    Ok(status)
+}
+
+/// A [`FileStore`] that reports when it has been closed (dropped by its last user).
+struct Tracked {
+    // Dropped first (fields drop in order), so the signal means the database is closed.
+    store: FileStore,
+    _closed: Closed,
+}
+
+struct Closed(Option<oneshot::Sender<()>>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Store for Tracked {
+    fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+    fn load(&self) -> BoxFuture<'_, Result<Vec<StoredAccount>, StoreError>> {
+        self.store.load()
+    }
+    fn save(&self, a: StoredAccount) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.store.save(a)
+    }
+    fn remove<'a>(&'a self, p: Provider, a: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.store.remove(p, a)
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        self.store.ready()
+    }
+}
+
+/// Opens the store file at `path`; the receiver fires once the store is closed.
+fn open_tracked(path: &Path) -> (Arc<dyn Store>, oneshot::Receiver<()>) {
+    let (tx, rx) = oneshot::channel();
+    let store = Tracked {
+        store: FileStore::open(path).unwrap(),
+        _closed: Closed(Some(tx)),
+    };
+    (Arc::new(store), rx)
+}
+
+/// Waits (bounded) until the store behind `closed` is closed.
+async fn wait_closed(closed: oneshot::Receiver<()>) {
+    tokio::time::timeout(WAIT, closed)
+        .await
+        .expect("the store was not released in time")
+        .unwrap();
+}
+
+/// A process's run of the layer against the store at `path`: opens it, restores `seeds`, and
+/// hands the tokens and a client to `body`; closes the store before returning.
+async fn run<T>(
+    w: &World,
+    path: &Path,
+    seeds: Vec<(Provider, String, TokenSeed)>,
+    body: impl AsyncFnOnce(&Tokens, &Svc) -> T,
+) -> T {
+    let (store, closed) = open_tracked(path);
+    let tokens = tokens_with(w, store);
+    tokens.restore(seeds).await.unwrap();
+    assert!(tokens.ready().await);
+    assert_eq!(tokens.store_kind(), "file");
+    let svc = client(&tokens);
+    let out = body(&tokens, &svc).await;
+    drop(svc);
+    drop(tokens);
+    wait_closed(closed).await;
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer level: restarts, re-authorisation, put and forget.
+// ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
-async fn experiment() {
-    let dir = std::path::PathBuf::from("/tmp/exp");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("t.db");
+async fn a_rotation_survives_a_restart_with_the_original_seed() {
+    let w = World::new("fsrestart").await;
+    let dir = TempDir::new("restart");
+    let path = dir.path("tokens.db");
+    let (r0, a0) = w.credentials();
+
+    // First run: the access token is revoked, a request refreshes (rotating) and is replayed.
+    run(&w, &path, seeds(&r0, &a0), async |_, svc| {
+        assert_eq!(mode(&path), 0o600);
+        w.realm.revoke_access(&a0);
+        assert_eq!(get(svc, &w, "/user", None).await.unwrap(), 200);
+    })
+    .await;
+    assert_eq!(w.realm.backend_calls.get(), 1);
+    let r1 = rotated(&w.realm);
+    assert_eq!(r1.len(), 1);
+    let r1 = r1[0].clone();
+    let a1 = w.last_ok_authorization();
+    assert_ne!(Some(a1.clone()), bearer(&a0));
+    assert_eq!(dir.names(), ["tokens.db"], "no stray temporary file");
+
+    // Restart with the ORIGINAL seed: the stored access token is used as is …
+    run(&w, &path, seeds(&r0, &a0), async |_, svc| {
+        assert_eq!(get(svc, &w, "/user", None).await.unwrap(), 200);
+        assert_eq!(w.realm.backend_calls.get(), 1, "no refresh needed");
+        assert_eq!(w.last_ok_authorization(), a1);
+        // … and the next refresh spends the rotated refresh token, not the original one.
+        w.realm.revoke_access(a1.strip_prefix("Bearer ").unwrap());
+        assert_eq!(get(svc, &w, "/user", None).await.unwrap(), 200);
+    })
+    .await;
+    assert_eq!(w.realm.backend_calls.get(), 2);
+    let sent: Vec<String> = w
+        .realm
+        .backend_requests()
+        .iter()
+        .map(|(_, _, body)| sent_refresh_token(body))
+        .collect();
+    assert_eq!(sent, [r0.clone(), r1.clone()]);
+
+    // A third start with the original seed continues the chain again.
+    let r2 = rotated(&w.realm)[1].clone();
+    run(&w, &path, seeds(&r0, &a0), async |tokens, _| {
+        tokens.refresh_now(Provider::GitHub, "octo").await.unwrap();
+    })
+    .await;
+    let last = w.realm.backend_requests().last().unwrap().2.clone();
+    assert_eq!(sent_refresh_token(&last), r2);
+    assert_eq!(w.realm.backend_calls.get(), 3);
+    assert_eq!(mode(&path), 0o600);
+    assert_no_secret_logged(&w.realm.secrets());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_refresh_token_in_the_seeds_replaces_the_stored_one() {
+    let w = World::new("fsreauth").await;
+    let dir = TempDir::new("reauth");
+    let path = dir.path("tokens.db");
+    let (r0, a0) = w.credentials();
+    run(&w, &path, seeds(&r0, &a0), async |tokens, _| {
+        tokens.refresh_now(Provider::GitHub, "octo").await.unwrap();
+    })
+    .await;
+    assert_eq!(w.realm.backend_calls.get(), 1);
+
+    // The operator re-authorised the account: the configured tokens win.
+    let (rn, an) = w.credentials();
+    run(&w, &path, seeds(&rn, &an), async |tokens, svc| {
+        assert_eq!(get(svc, &w, "/user", None).await.unwrap(), 200);
+        assert_eq!(w.last_ok_authorization(), bearer(&an).unwrap());
+        tokens.refresh_now(Provider::GitHub, "octo").await.unwrap();
+    })
+    .await;
+    assert_eq!(w.realm.backend_calls.get(), 2);
+    let last = w.realm.backend_requests().last().unwrap().2.clone();
+    assert_eq!(sent_refresh_token(&last), rn);
+
+    // And from then on the new seed's rotation is kept across restarts.
+    run(&w, &path, seeds(&rn, &an), async |_, svc| {
+        assert_eq!(get(svc, &w, "/user", None).await.unwrap(), 200);
+    })
+    .await;
+    assert_eq!(
+        w.realm.backend_calls.get(),
+        2,
+        "the stored, rotated tokens were used"
+    );
+    assert_ne!(w.last_ok_authorization(), bearer(&an).unwrap());
+    assert_no_secret_logged(&w.realm.secrets());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_put_at_run_time_survive_a_restart_and_forget_is_durable() {
+    let w = World::new("fsput").await;
+    let dir = TempDir::new("put");
+    let path = dir.path("tokens.db");
+    let (r, a) = w.credentials();
+    run(&w, &path, vec![], async |tokens, _| {
+        let seed = TokenSeed::new(r.as_str())
+            .access_token(a.as_str())
+            .expires_at(SystemTime::now() + Duration::from_secs(3600));
+        assert!(!tokens.put(Provider::GitHub, "runtime", seed).await.unwrap());
+    })
+    .await;
+    run(&w, &path, vec![], async |tokens, svc| {
+        let listed = tokens.list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].account, "runtime");
+        assert_eq!(get(svc, &w, "/user", Some("runtime")).await.unwrap(), 200);
+        assert_eq!(w.last_ok_authorization(), bearer(&a).unwrap());
+        assert!(tokens.forget(Provider::GitHub, "runtime").await.unwrap());
+        assert!(!tokens.forget(Provider::GitHub, "nobody").await.unwrap());
+    })
+    .await;
+    run(&w, &path, vec![], async |tokens, svc| {
+        assert!(tokens.list().is_empty());
+        let err = get(svc, &w, "/user", Some("runtime")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownAccount);
+    })
+    .await;
+    assert_eq!(w.realm.backend_calls.get(), 0);
+    assert_no_secret_logged(&w.realm.secrets());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_round_trips_every_field_and_a_second_open_is_refused() {
+    capture_logs();
+    let dir = TempDir::new("fields");
+    let path = dir.path("tokens.db");
+    let account = StoredAccount {
+        provider: Provider::Google,
+        account: "a/b c".into(),
+        refresh_token: Secret::new("1//fields-refresh"),
+        access_token: Some(Secret::new("ya29.fields-access")),
+        expires_at: Some(1_900_000_000),
+        generation: 7,
+        needs_reauth: true,
+        last_refresh_at: Some(1_800_000_000),
+        last_error: Some("refresh token rejected: gone".into()),
+        seed_fingerprint: Some("ab".repeat(32)),
+    };
     {
-        let s = FileStore::open(&p).unwrap();
+        let store = FileStore::open(&path).unwrap();
+        assert_eq!(store.kind(), "file");
+        assert!(store.ready().await);
+        store.save(account.clone()).await.unwrap();
+        let mut other = StoredAccount::new(Provider::GitHub, "octo", Secret::new("ghr_x"));
+        store.save(other.clone()).await.unwrap();
+        other.generation = 3;
+        store.save(other.clone()).await.unwrap();
+        // The same file cannot be opened twice at once.
+        let err = FileStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("in use"), "{err}");
+        let mut loaded = store.load().await.unwrap();
+        loaded.sort_by(|a, b| a.account.cmp(&b.account));
+        assert_eq!(loaded, vec![account.clone(), other.clone()]);
+        store.remove(Provider::GitHub, "octo").await.unwrap();
+        store.remove(Provider::GitHub, "octo").await.unwrap();
+    }
+    let store = FileStore::open(&path).unwrap();
+    assert_eq!(store.load().await.unwrap(), vec![account]);
+    assert_eq!(mode(&path), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_existing_file_with_wider_permissions_is_narrowed_to_0600() {
+    capture_logs();
+    let dir = TempDir::new("perm");
+    let path = dir.path("tokens.db");
+    drop(FileStore::open(&path).unwrap());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = FileStore::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    assert!(store.ready().await);
+    drop(store);
+    // An empty file prepared by the operator becomes a store, 0600 as well.
+    let empty = dir.write("empty.db", "");
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let store = FileStore::open(&empty).unwrap();
+    assert!(store.load().await.unwrap().is_empty());
+    assert_eq!(mode(&empty), 0o600);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persist before use.
+// ---------------------------------------------------------------------------------------------
+
+/// A [`FileStore`] whose saves, once armed, wait for a permit before writing.
+struct Gated {
+    store: FileStore,
+    armed: AtomicBool,
+    gate: Semaphore,
+    saving: Count,
+    held: Mutex<Vec<StoredAccount>>,
+}
+
+impl Store for Gated {
+    fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+    fn load(&self) -> BoxFuture<'_, Result<Vec<StoredAccount>, StoreError>> {
+        self.store.load()
+    }
+    fn save(&self, a: StoredAccount) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if self.armed.load(Ordering::SeqCst) {
+                self.held.lock().unwrap().push(a.clone());
+                self.saving.bump();
+                self.gate.acquire().await.unwrap().forget();
+            }
+            self.store.save(a).await
+        })
+    }
+    fn remove<'a>(&'a self, p: Provider, a: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.store.remove(p, a)
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        self.store.ready()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_new_access_token_is_used_only_after_the_rotation_is_durable() {
+    const N: u64 = 8;
+    let w = World::new("fsorder").await;
+    let dir = TempDir::new("order");
+    let path = dir.path("tokens.db");
+    let (r0, a0) = w.credentials();
+    let gated = Arc::new(Gated {
+        store: FileStore::open(&path).unwrap(),
+        armed: AtomicBool::new(false),
+        gate: Semaphore::new(0),
+        saving: Count::default(),
+        held: Mutex::new(Vec::new()),
+    });
+    let tokens = tokens_with(&w, gated.clone());
+    tokens.restore(seeds(&r0, &a0)).await.unwrap();
+    let svc = client(&tokens);
+    gated.armed.store(true, Ordering::SeqCst);
+    w.realm.revoke_access(&a0);
+
+    let tasks: Vec<_> = (0..N)
+        .map(|_| {
+            let svc = svc.clone();
+            let url = format!("http://{}/user", w.api);
+            tokio::spawn(async move {
+                let req = Request::builder().uri(url).body(empty()).unwrap();
+                let resp = svc.oneshot(req).await.unwrap();
+                resp.status()
+            })
+        })
+        .collect();
+    // Every request went out with the old token and got its 401; the refresh happened and its
+    // result is being written.
+    w.realm.api_calls.wait_for(N).await;
+    gated.saving.wait_for(1).await;
+    assert_eq!(w.realm.backend_calls.get(), 1);
+    let held = gated.held.lock().unwrap().clone();
+    assert_eq!(held.len(), 1);
+    let pending = &held[0];
+    assert_ne!(
+        pending.refresh_token.expose(),
+        r0,
+        "the rotated refresh token"
+    );
+    let new_access = pending.access_token.clone().unwrap();
+    let new_bearer = bearer(new_access.expose());
+    // While the write is held, nobody has used the new access token.
+    assert!(w.realm.is_valid_access(new_access.expose()));
+    assert!(w.realm.seen().iter().all(|s| s.authorization != new_bearer));
+    assert!(tasks.iter().all(|t| !t.is_finished()));
+    assert_eq!(tokens.get(Provider::GitHub, "octo").unwrap().generation, 1);
+
+    gated.gate.add_permits(1);
+    for t in tasks {
+        let status = tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+        assert_eq!(status, 200);
+    }
+    assert_eq!(w.realm.backend_calls.get(), 1);
+    assert_eq!(gated.saving.get(), 1);
+    let seen = w.realm.seen();
+    assert_eq!(seen.len() as u64, 2 * N);
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.authorization == new_bearer)
+            .count() as u64,
+        N
+    );
+    assert!(seen
+        .iter()
+        .filter(|s| s.authorization == new_bearer)
+        .all(|s| s.status == 200));
+    drop(svc);
+    drop(tokens);
+    assert_no_secret_logged(&w.realm.secrets());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process level: the real binary, SIGKILL, restarts, start-up errors.
+// ---------------------------------------------------------------------------------------------
+
+fn config(w: &World, store: &Path, admin: bool, refresh: &str, access: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+admin_listen = "{admin}"
+
+[refresh]
+backend_url = "{backend}"
+backend_token = "env:{BACKEND_ENV}"
+
+[store]
+kind = "file"
+path = "{store}"
+
+[[route]]
+prefix = "/github"
+upstream = "http://{api}"
+provider = "github"
+default_account = "octo"
+
+[[account]]
+provider = "github"
+id = "octo"
+refresh_token = "{refresh}"
+access_token = "{access}"
+expires_at = {expires}
+"#,
+        admin = if admin { "127.0.0.1:0" } else { "" },
+        backend = w.backend,
+        store = store.display(),
+        api = w.api,
+        expires = now_secs() + 3600,
+    )
+}
+
+/// The running binary; SIGKILLed on drop.
+struct Proc {
+    child: Child,
+    proxy: SocketAddr,
+    admin: Option<SocketAddr>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    async fn start(cfg: &Path, realm: &Realm, admin: bool) -> Proc {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(cfg)
+            .env("RUST_LOG", "trace")
+            .env(BACKEND_ENV, realm.backend_token.clone().unwrap())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        let stderr_thread = std::thread::spawn(move || {
+            let mut chunk = [0u8; 16384];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut p = Proc {
+            child,
+            proxy: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: None,
+            stderr,
+            stderr_thread: Some(stderr_thread),
+        };
+        let mut proxy = None;
+        while proxy.is_none() || (admin && p.admin.is_none()) {
+            let line = match tokio::time::timeout(WAIT, rx.recv()).await {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    let _ = p.child.wait();
+                    if let Some(t) = p.stderr_thread.take() {
+                        t.join().unwrap();
+                    }
+                    panic!(
+                        "the proxy exited before listening: {}",
+                        String::from_utf8_lossy(&p.stderr.lock().unwrap())
+                    )
+                }
+                Err(_) => panic!("the proxy did not report its addresses within {WAIT:?}"),
+            };
+            if let Some(a) = line.strip_prefix("proxy listening on http://") {
+                proxy = Some(a.parse().unwrap());
+            } else if let Some(a) = line.strip_prefix("admin listening on http://") {
+                p.admin = Some(a.parse().unwrap());
+            }
+        }
+        p.proxy = proxy.unwrap();
+        p
+    }
+
+    /// SIGKILL, then the process's stderr.
+    fn kill9(mut self) -> String {
+        self.child.kill().unwrap();
+        let status = self.child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        if let Some(t) = self.stderr_thread.take() {
+            t.join().unwrap();
+        }
+        let logs = String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned();
+        logs
+    }
+
+    async fn get(&self, path: &str) -> u16 {
+        http("GET", &format!("http://{}{path}", self.proxy), "")
+            .await
+            .0
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let admin = self.admin.expect("started with an admin listener");
+        http(method, &format!("http://{admin}{path}"), body).await
+    }
+}
+
+async fn http(method: &str, url: &str, body: &str) -> (u16, String) {
+    let client: Client<HttpConnector, TestBody> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .expect("bounded request")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("bounded body")
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Asserts that no secret of `realm` appears in the children's stderr (which is not empty).
+fn assert_no_secret_in(logs: &[String], realm: &Realm) {
+    assert!(
+        logs.iter().all(|l| !l.is_empty()),
+        "a child logged nothing at trace level"
+    );
+    let all = logs.join("\n");
+    for s in realm.secrets() {
+        if let Some(at) = all.find(s.as_str()) {
+            let line = all[..at].rsplit('\n').next().unwrap_or("");
+            panic!("secret {s:?} in a child's stderr: {line}…");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_after_a_rotation_then_a_restart_with_the_original_config_uses_the_rotated_token() {
+    let w = World::new("fsproc").await;
+    let dir = TempDir::new("proc");
+    let store = dir.path("tokens.db");
+    let (r0, a0) = w.credentials();
+    w.realm.revoke_access(&a0);
+    let cfg = dir.write("proxy.toml", &config(&w, &store, false, &r0, &a0));
+    let mut logs = Vec::new();
+
+    // 401 → refresh (rotation) → replay 200.
+    let p = Proc::start(&cfg, &w.realm, false).await;
+    assert_eq!(p.get("/github/user").await, 200);
+    assert_eq!(w.realm.backend_calls.get(), 1);
+    assert_eq!(mode(&store), 0o600);
+    let a1 = w.last_ok_authorization();
+    let r1 = rotated(&w.realm)[0].clone();
+    logs.push(p.kill9());
+
+    // Restart with the same, original config: the stored tokens are used.
+    let p = Proc::start(&cfg, &w.realm, false).await;
+    assert_eq!(p.get("/github/user").await, 200);
+    assert_eq!(w.realm.backend_calls.get(), 1);
+    assert_eq!(w.last_ok_authorization(), a1);
+    // A revoked token now refreshes with the ROTATED refresh token.
+    w.realm.revoke_access(a1.strip_prefix("Bearer ").unwrap());
+    assert_eq!(p.get("/github/user").await, 200);
+    assert_eq!(w.realm.backend_calls.get(), 2);
+    let sent: Vec<String> = w
+        .realm
+        .backend_requests()
+        .iter()
+        .map(|(_, _, b)| sent_refresh_token(b))
+        .collect();
+    assert_eq!(sent, [r0, r1]);
+    assert_eq!(mode(&store), 0o600);
+    logs.push(p.kill9());
+    assert_eq!(dir.names(), ["proxy.toml", "tokens.db"]);
+    assert_no_secret_in(&logs, &w.realm);
+    assert_no_secret_logged(&w.realm.secrets());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_reflects_the_store_file() {
+    let w = World::new("fsready").await;
+    let dir = TempDir::new("ready");
+    let store = dir.path("tokens.db");
+    let (r0, a0) = w.credentials();
+    let cfg = dir.write("proxy.toml", &config(&w, &store, true, &r0, &a0));
+    let p = Proc::start(&cfg, &w.realm, true).await;
+    assert_eq!(p.admin("GET", "/readyz", "").await.0, 200);
+    assert_eq!(p.get("/github/user").await, 200);
+    // The file is gone: the proxy is no longer ready (its writes would go nowhere durable).
+    std::fs::remove_file(&store).unwrap();
+    assert_eq!(p.admin("GET", "/readyz", "").await.0, 503);
+    assert_eq!(p.admin("GET", "/healthz", "").await.0, 200);
+    let logs = vec![p.kill9()];
+    assert_eq!(w.realm.backend_calls.get(), 0);
+    assert_no_secret_in(&logs, &w.realm);
+}
+
+/// Polls `child` until it exits, at most `bound`.
+fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `serve --config cfg` expecting a start-up failure; returns (status, stdout, stderr).
+fn serve_failing(cfg: &Path, realm: &Realm) -> (ExitStatus, String, String) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(cfg)
+        .env(BACKEND_ENV, realm.backend_token.clone().unwrap())
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let Some(status) = wait_exit(&mut child, WAIT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the proxy started although its store is unusable");
+    };
+    (
+        status,
+        String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
+        String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
+    )
+}
+
+/// Asserts a clear start-up error: exit 1, exactly one stderr line `error: …` naming the path
+/// and containing `reason`, no panic, no secret, nothing listening.
+fn assert_store_error(cfg: &Path, realm: &Realm, store: &Path, reason: &str) {
+    let (status, stdout, stderr) = serve_failing(cfg, realm);
+    let what = format!("{} ({reason})", store.display());
+    assert_eq!(status.code(), Some(1), "{what}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{what}: {stderr:?}");
+    assert!(stderr.starts_with("error: "), "{what}: {stderr:?}");
+    assert!(stderr.contains("store.path"), "{what}: {stderr:?}");
+    assert!(
+        stderr.contains(&store.display().to_string()),
+        "{what}: {stderr:?}"
+    );
+    assert!(stderr.contains(reason), "{what}: {stderr:?}");
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+        assert!(!stderr.contains(bad), "{what}: {stderr:?}");
+    }
+    assert!(!stdout.contains("listening"), "{what}: {stdout:?}");
+    for s in realm.secrets() {
+        assert!(!stderr.contains(&s), "{what}: a secret in {stderr:?}");
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_or_unreadable_store_file_is_a_one_line_start_up_error() {
+    let w = World::new("fsbad").await;
+    let dir = TempDir::new("bad");
+    let (r0, a0) = w.credentials();
+    let write_cfg = |name: &str, store: &Path| dir.write(name, &config(&w, store, false, &r0, &a0));
+
+    // Random bytes.
+    let garbage = dir.path("garbage.db");
+    let bytes = noise(64 * 1024, 0x9e37_79b9_7f4a_7c15);
+    std::fs::write(&garbage, &bytes).unwrap();
+    let cfg = write_cfg("garbage.toml", &garbage);
+    assert_store_error(&cfg, &w.realm, &garbage, "not a token store database");
+    assert_eq!(std::fs::read(&garbage).unwrap(), bytes, "left untouched");
+
+    // A real store, truncated.
+    let truncated = dir.path("truncated.db");
+    {
+        let s = FileStore::open(&truncated).unwrap();
+        s.save(StoredAccount::new(
+            Provider::GitHub,
+            "octo",
+            Secret::new(r0.as_str()),
+        ))
+        .await
+        .unwrap();
+    }
+    let len = std::fs::metadata(&truncated).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let cfg = write_cfg("truncated.toml", &truncated);
+    assert_store_error(&cfg, &w.realm, &truncated, "corrupted");
+
+    // A real store with its pages overwritten (checksum failure).
+    let scrambled = dir.path("scrambled.db");
+    {
+        let s = FileStore::open(&scrambled).unwrap();
         for i in 0..20 {
-            s.save(StoredAccount::new(Provider::GitHub, &format!("a{i}"), Secret::new(format!("tok{i}")))).await.unwrap();
+            s.save(StoredAccount::new(
+                Provider::GitHub,
+                &format!("octo{i}"),
+                Secret::new(r0.as_str()),
+            ))
+            .await
+            .unwrap();
         }
-        println!("ready {}", s.ready().await);
     }
-    let good = std::fs::read(&p).unwrap();
-    println!("len {}", good.len());
-    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
-    let mut rng = 12345u64;
-    let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
-    for trial in 0..600 {
-        let mut bytes = good.clone();
-        match trial % 4 {
-            3 => { for _ in 0..8 { let at = (next() as usize) % 4096; bytes[at] = next() as u8; } }
-            0 => { let at = (next() as usize) % bytes.len(); bytes.truncate(at); }
-            1 => { for _ in 0..4 { let at = (next() as usize) % bytes.len(); bytes[at] ^= 0xff; } }
-            _ => { let at = (next() as usize) % bytes.len(); let n = 64.min(bytes.len()-at); for b in &mut bytes[at..at+n] { *b = next() as u8; } }
+    let mut content = std::fs::read(&scrambled).unwrap();
+    let len = content.len();
+    content[4096..len].copy_from_slice(&noise(len - 4096, 7));
+    std::fs::write(&scrambled, &content).unwrap();
+    let cfg = write_cfg("scrambled.toml", &scrambled);
+    assert_store_error(&cfg, &w.realm, &scrambled, "corrupted");
+
+    // A directory where the file should be.
+    let directory = dir.path("directory.db");
+    std::fs::create_dir(&directory).unwrap();
+    let cfg = write_cfg("directory.toml", &directory);
+    assert_store_error(&cfg, &w.realm, &directory, "is a directory");
+
+    // A path through a regular file.
+    let not_dir = dir.write("plain", "x").join("tokens.db");
+    let cfg = write_cfg("notdir.toml", &not_dir);
+    assert_store_error(&cfg, &w.realm, &not_dir, "cannot open");
+
+    // A missing directory.
+    let missing = dir.path("missing").join("tokens.db");
+    let cfg = write_cfg("missing.toml", &missing);
+    assert_store_error(&cfg, &w.realm, &missing, "cannot create");
+
+    // An unreadable file (meaningless for root, who reads anything).
+    let unreadable = dir.path("unreadable.db");
+    drop(FileStore::open(&unreadable).unwrap());
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::File::open(&unreadable).is_err() {
+        let cfg = write_cfg("unreadable.toml", &unreadable);
+        assert_store_error(&cfg, &w.realm, &unreadable, "Permission denied");
+    }
+
+    // A file in use by another proxy.
+    let shared = dir.path("shared.db");
+    let cfg = write_cfg("shared.toml", &shared);
+    let first = Proc::start(&cfg, &w.realm, false).await;
+    assert_store_error(&cfg, &w.realm, &shared, "in use by another process");
+    let logs = vec![first.kill9()];
+    assert_no_secret_in(&logs, &w.realm);
+    assert_eq!(w.realm.backend_calls.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_record_is_a_clear_error_that_quotes_no_token() {
+    capture_logs();
+    let dir = TempDir::new("record");
+    let path = dir.path("tokens.db");
+    drop(FileStore::open(&path).unwrap());
+    {
+        // A record whose `generation` holds a token-like string where a number belongs.
+        let db = redb::Database::create(&path).unwrap();
+        let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("accounts");
+        let tx = db.begin_write().unwrap();
+        tx.open_table(table)
+            .unwrap()
+            .insert(
+                b"github/octo".as_slice(),
+                br#"{"v":1,"provider":"github","account":"octo","refresh_token":"ghr_leak","generation":"ghr_leak_too"}"#.as_slice(),
+            )
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let err = FileStore::open(&path).unwrap_err().to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("malformed"), "{err}");
+    assert!(!err.contains("ghr_leak"), "{err}");
+    assert_eq!(err.lines().count(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL in the middle of refreshes.
+// ---------------------------------------------------------------------------------------------
+
+/// Forces refreshes of `octo` through the admin API until the proxy goes away.
+fn hammer(admin: SocketAddr) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client: Client<HttpConnector, TestBody> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        loop {
+            let req = Request::builder()
+                .method("POST")
+                .uri(format!("http://{admin}/tokens/github/octo/refresh"))
+                .body(empty())
+                .unwrap();
+            match tokio::time::timeout(WAIT, client.request(req)).await {
+                Ok(Ok(resp)) => {
+                    let _ = resp.into_body().collect().await;
+                }
+                _ => break,
+            }
         }
-        std::fs::write(&p, &bytes).unwrap();
-        let r = FileStore::open(&p);
-        let k = match &r { Ok(s) => format!("ok {}", s.load().await.map(|v| v.len()).unwrap_or(999)), Err(e) => e.to_string().replace(p.to_str().unwrap(), "P").chars().take(400).collect() };
-        *outcomes.entry(k).or_default() += 1;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
+    let w = World::new("fskill").await;
+    let dir = TempDir::new("kill");
+    let store = dir.path("tokens.db");
+    let (r0, a0) = w.credentials();
+    let cfg = dir.write("proxy.toml", &config(&w, &store, true, &r0, &a0));
+    let seed = fastrand::u64(..);
+    eprintln!("kill points seeded with {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut logs = Vec::new();
+    let mut p = Proc::start(&cfg, &w.realm, true).await;
+
+    for round in 0..8 {
+        let point = rng.u8(0..3);
+        let calls_before = w.realm.backend_calls.get();
+        match point {
+            // Held at the backend: the refresh has not been issued when the process dies.
+            0 => {
+                for _ in 0..rng.usize(0..3) {
+                    let (status, _) = p.admin("POST", "/tokens/github/octo/refresh", "").await;
+                    assert_eq!(status, 200, "round {round}");
+                }
+                w.realm.script([Reply::Gated]);
+                let proxy = p.proxy;
+                let before = w.realm.backend_calls.get();
+                let _h = hammer(p.admin.unwrap());
+                let _g = tokio::spawn(async move {
+                    let _ = http("GET", &format!("http://{proxy}/github/user"), "").await;
+                });
+                w.realm.backend_calls.wait_for(before + 1).await;
+            }
+            // Continuous refreshes, killed as the k-th backend call arrives: the backend may
+            // issue (and rotate) before the proxy can write the answer.
+            1 => {
+                let admin = p.admin.unwrap();
+                let _hs: Vec<_> = (0..4).map(|_| hammer(admin)).collect();
+                let k = rng.u64(1..6);
+                w.realm.backend_calls.wait_for(calls_before + k).await;
+            }
+            // After completed refreshes, with a proxied request held at the API.
+            _ => {
+                for _ in 0..rng.usize(1..4) {
+                    let (status, _) = p.admin("POST", "/tokens/github/octo/refresh", "").await;
+                    assert_eq!(status, 200, "round {round}");
+                }
+                let proxy = p.proxy;
+                let held = w.realm.held.get();
+                let _g = tokio::spawn(async move {
+                    let _ = http("GET", &format!("http://{proxy}/github/hold"), "").await;
+                });
+                w.realm.held.wait_for(held + 1).await;
+            }
+        }
+        logs.push(p.kill9());
+        if point == 2 {
+            w.realm.release_api(1);
+        }
+        // Every call the dead process made has been recorded by the backend (its body came with
+        // its headers), so the records below are final.
+        let deadline = Instant::now() + WAIT;
+        while w.realm.backend_requests().len() as u64 != w.realm.backend_calls.get() {
+            assert!(Instant::now() < deadline, "round {round}: backend records");
+            tokio::task::yield_now().await;
+        }
+        let last_spent = w
+            .realm
+            .backend_requests()
+            .last()
+            .map(|(_, _, b)| sent_refresh_token(b));
+
+        // Restart with the original config: the file opens, and the account refreshes with the
+        // newest refresh token the backend issued — or, only when the process died between the
+        // backend's rotation and the write of its answer, with the token that rotation spent.
+        p = Proc::start(&cfg, &w.realm, true).await;
+        let before = w.realm.backend_requests().len();
+        let (status, body) = p.admin("POST", "/tokens/github/octo/refresh", "").await;
+        let requests = w.realm.backend_requests();
+        assert_eq!(
+            requests.len(),
+            before + 1,
+            "round {round}: one backend call"
+        );
+        let spent = sent_refresh_token(&requests[before].2);
+        if status == 200 {
+            // The newest issued token before this refresh (the one it rotated away).
+            let chain = rotated(&w.realm);
+            let newest = if chain.len() >= 2 {
+                chain[chain.len() - 2].clone()
+            } else {
+                r0.clone()
+            };
+            assert_eq!(
+                spent, newest,
+                "round {round} (point {point}): an older token"
+            );
+        } else {
+            assert_eq!(point, 1, "round {round}: {status} {body}");
+            assert_eq!(status, 401, "round {round}: {body}");
+            assert_eq!(Some(spent.clone()), last_spent, "round {round}");
+            // The operator re-authorises the account; the rounds go on from there.
+            let fresh = w.realm.new_refresh_token();
+            let put = format!(r#"{{"refresh_token": "{fresh}"}}"#);
+            let (status, _) = p.admin("PUT", "/tokens/github/octo", &put).await;
+            assert_eq!(status, 200, "round {round}");
+            let (status, _) = p.admin("POST", "/tokens/github/octo/refresh", "").await;
+            assert_eq!(status, 200, "round {round}");
+        }
+        assert_eq!(mode(&store), 0o600);
     }
-    for (k, v) in outcomes { println!("{v:4} {k}"); }
+    logs.push(p.kill9());
+    assert_eq!(dir.names(), ["proxy.toml", "tokens.db"]);
+    assert_no_secret_in(&logs, &w.realm);
 }

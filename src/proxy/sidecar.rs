@@ -24,12 +24,12 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Option<Arc<dyn Store
     Ok(match settings {
         StoreSettings::Memory => None,
         StoreSettings::File { path } => Some(Arc::new(
-            FileStore::open(path).map_err(|e| SetupError(format!("store.path: {e}")))?,
+            FileStore::open(path).map_err(|e| SetupError(format!("store.path: {}", e.0)))?,
         )),
         StoreSettings::Redis { url, lock_ttl } => Some(Arc::new(
             RedisStore::connect(url, *lock_ttl)
                 .await
-                .map_err(|e| SetupError(format!("store.url: {e}")))?,
+                .map_err(|e| SetupError(format!("store.url: {}", e.0)))?,
         )),
     })
 }
