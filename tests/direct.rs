@@ -9,12 +9,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -27,10 +22,9 @@ use oauth_refresh_proxy::{
     TokenSeed, Tokens,
 };
 use serde_json::{json, Value};
+use support::process::{run_cli, CliOutput, Proxy, TempDir};
 use support::*;
 use tokio::sync::Semaphore;
-
-const BIN: &str = env!("CARGO_BIN_EXE_oauth-refresh-proxy");
 
 // ---------------------------------------------------------------------------------------------
 // Fake token endpoints, from the fixtures.
@@ -342,13 +336,6 @@ fn policy(max_attempts: u32) -> RetryPolicy {
         base_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn secs_from_now(t: SystemTime) -> i64 {
@@ -747,159 +734,12 @@ async fn a_refresher_never_sends_a_token_to_another_providers_endpoint() {
 // The real binary.
 // ---------------------------------------------------------------------------------------------
 
-/// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "orp-direct-test-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The running binary; killed on drop.
-struct Sidecar {
-    child: Child,
-    url: String,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    stderr_thread: Option<JoinHandle<()>>,
-    _dir: TempDir,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Sidecar {
-    /// Starts `serve --config` with `config` (which must listen on port 0) and `env`.
-    async fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Sidecar {
-        let dir = TempDir::new(name);
-        let path = dir.write("proxy.toml", config);
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "trace")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the sidecar");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let mut pipe = child.stderr.take().unwrap();
-        let stderr_thread = std::thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            loop {
-                match pipe.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
-                }
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix("proxy listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.trim().to_string());
-                    }
-                }
-            }
-        });
-        let url = match tokio::time::timeout(WAIT, rx).await {
-            Ok(Ok(url)) => url,
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{name}: no listening line ({other:?}); stderr:\n{}",
-                    String::from_utf8_lossy(&stderr.lock().unwrap())
-                );
-            }
-        };
-        Sidecar {
-            child,
-            url,
-            stderr,
-            stderr_thread: Some(stderr_thread),
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    /// Stops the process and asserts that its stderr is not empty and holds no secret.
-    fn finish(mut self, secrets: &[String]) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(t) = self.stderr_thread.take() {
-            t.join().unwrap();
-        }
-        let logs = String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned();
-        assert!(
-            !logs.is_empty(),
-            "the sidecar logged nothing at trace level"
-        );
-        for s in secrets {
-            assert!(!s.is_empty());
-            if let Some(at) = logs.find(s.as_str()) {
-                let line = logs[..at].rsplit('\n').next().unwrap_or("");
-                panic!("secret {s:?} in the sidecar's stderr: {line}…");
-            }
-        }
-        logs
-    }
-}
-
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(WAIT)
         .build()
         .unwrap()
-}
-
-/// Runs the binary to completion (bounded by `WAIT`): (status, stdout, stderr).
-fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The `[refresh.google]` / `[refresh.github]` tables for `eps`, secrets through `env:`.
@@ -1019,9 +859,9 @@ token = "env:ORP_TEST_REFRESH_API_TOKEN"
         hid = github.client_id,
         hurl = github.url(),
     );
-    let a = Sidecar::start(
-        "seed",
+    let a = Proxy::start(
         &config,
+        &[],
         &[
             ("ORP_TEST_CLIENT_TOKEN", "client-token-seed"),
             ("ORP_TEST_GITHUB_CLIENT_SECRET", &github.client_secret),
@@ -1124,7 +964,7 @@ token = "env:ORP_TEST_REFRESH_API_TOKEN"
     let mut secrets = google.secrets();
     secrets.extend(github.secrets());
     secrets.extend([API_TOKEN.to_string(), "client-token-seed".to_string()]);
-    a.finish(&secrets);
+    a.assert_no_secret_in_stderr(&secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1148,7 +988,7 @@ enabled = true
 token = "{API_TOKEN}"
 "#
     );
-    let a = Sidecar::start("errors", &config, &env_refs(&env)).await;
+    let a = Proxy::start(&config, &[], &env_refs(&env)).await;
     let client = client();
     let url = a.url("/auth/google/refresh");
     let good = || json!({"refresh_token": "1//04dX-errors-unknown"}).to_string();
@@ -1285,7 +1125,7 @@ token = "{API_TOKEN}"
 
     let mut secrets = google.secrets();
     secrets.extend([API_TOKEN.to_string(), "client-token-errors".to_string()]);
-    a.finish(&secrets);
+    a.assert_no_secret_in_stderr(&secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1304,7 +1144,7 @@ enabled = true
 token = "{API_TOKEN}"
 "#
     );
-    let a = Sidecar::start("coalesce", &config, &env_refs(&env)).await;
+    let a = Proxy::start(&config, &[], &env_refs(&env)).await;
     let client = client();
     let url = a.url("/auth/github/refresh");
     let r0 = github.new_refresh_token();
@@ -1348,7 +1188,7 @@ token = "{API_TOKEN}"
 
     let mut secrets = github.secrets();
     secrets.push(API_TOKEN.to_string());
-    let logs = a.finish(&secrets);
+    let logs = a.assert_no_secret_in_stderr(&secrets);
     assert!(logs.contains("refresh API: refreshed"), "{logs}");
 }
 
@@ -1402,7 +1242,7 @@ refresh_token = "{dead}"
 "#,
         exp = now_secs() + 3600
     );
-    let sc = Sidecar::start("direct", &config, &env_refs(&env)).await;
+    let sc = Proxy::start(&config, &[], &env_refs(&env)).await;
     let client = client();
 
     // Google: no access token yet ⇒ refresh before sending; a burst shares one refresh.
@@ -1458,7 +1298,7 @@ refresh_token = "{dead}"
 
     let mut secrets = google.secrets();
     secrets.extend(github.secrets());
-    sc.finish(&secrets);
+    sc.assert_no_secret_in_stderr(&secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1471,8 +1311,7 @@ async fn chain_a_backend_sidecar_refreshes_through_a_direct_sidecars_api() {
 
     // A: direct mode, serving the refresh API.
     let (creds, env) = credentials(&[&google, &github]);
-    let a = Sidecar::start(
-        "chain-a",
+    let a = Proxy::start(
         &format!(
             r#"listen = "127.0.0.1:0"
 admin_listen = ""
@@ -1484,6 +1323,7 @@ enabled = true
 token = "env:ORP_TEST_A_API_TOKEN"
 "#
         ),
+        &[],
         &[
             env_refs(&env).as_slice(),
             &[("ORP_TEST_A_API_TOKEN", API_TOKEN)],
@@ -1497,8 +1337,7 @@ token = "env:ORP_TEST_A_API_TOKEN"
     let alice_stale = google.stale_access_token(&alice);
     let octocat = github.new_refresh_token();
     let octocat_stale = github.stale_access_token(&octocat);
-    let b = Sidecar::start(
-        "chain-b",
+    let b = Proxy::start(
         &format!(
             r#"listen = "127.0.0.1:0"
 admin_listen = ""
@@ -1536,6 +1375,7 @@ expires_at = {exp}
             a_url = a.url(""),
             exp = now_secs() + 3600
         ),
+        &[],
         &[
             ("ORP_TEST_B_BACKEND_TOKEN", API_TOKEN),
             ("ORP_TEST_ALICE_REFRESH", &alice),
@@ -1597,8 +1437,8 @@ expires_at = {exp}
     let mut secrets = google.secrets();
     secrets.extend(github.secrets());
     secrets.push(API_TOKEN.to_string());
-    b.finish(&secrets);
-    a.finish(&secrets);
+    b.assert_no_secret_in_stderr(&secrets);
+    a.assert_no_secret_in_stderr(&secrets);
 }
 
 #[test]
@@ -1623,7 +1463,11 @@ refresh_token = "1//04dX-config-secret"
     );
     let p = path.to_str().unwrap();
     for cmd in ["serve", "check-config"] {
-        let (status, stdout, stderr) = run_cli(
+        let CliOutput {
+            status,
+            stdout,
+            stderr,
+        } = run_cli(
             &[cmd, "--config", p],
             &[("ORP_TEST_UNUSED_SECRET", "gh-client-secret-config")],
         );
@@ -1652,7 +1496,8 @@ upstream = "https://www.googleapis.com"
 provider = "google"
 "#,
     );
-    let (status, _, stderr) = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    let CliOutput { status, stderr, .. } =
+        run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(status.code(), Some(1));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
@@ -1665,7 +1510,11 @@ provider = "google"
 #[test]
 fn the_direct_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/direct.toml");
-    let (status, stdout, stderr) = run_cli(
+    let CliOutput {
+        status,
+        stdout,
+        stderr,
+    } = run_cli(
         &["check-config", "--config", example],
         &[
             ("GOOGLE_CLIENT_SECRET", "example-google-client-secret"),

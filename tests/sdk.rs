@@ -11,19 +11,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::Duration;
 
 use oauth_refresh_proxy::Provider;
-use support::{start_api, start_backend, Realm, REPOS_PER_PAGE, REPO_PAGES};
+use support::process::{drain, spawn_piped, text, wait_or_kill, KillOnDrop, Proxy};
+use support::{now_secs, start_api, start_backend, Realm, REPOS_PER_PAGE, REPO_PAGES};
 
-/// Bound on the proxy's start-up.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on the whole node run (both SDK runs).
 const NODE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -51,61 +47,6 @@ fn missing_prerequisite() -> Option<String> {
         ));
     }
     None
-}
-
-/// A child process killed (and reaped) on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Reads a pipe to the end on a thread, into a shared buffer.
-fn drain(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let sink = buf.clone();
-    let handle = std::thread::spawn(move || {
-        let mut chunk = [0u8; 8192];
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
-            }
-        }
-    });
-    (buf, handle)
-}
-
-fn text(buf: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
-}
-
-/// Waits for `child` at most `timeout`; kills it when the time is up.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The config file of this test, removed on drop.
-struct TempConfig(PathBuf);
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[test]
@@ -141,20 +82,9 @@ fn octokit_paginates_through_the_sidecar() {
     realm.revoke_access(&stale);
     let backend_token = realm.backend_token.clone().expect("the realm has a bearer");
 
-    let expires_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    let config = TempConfig(std::env::temp_dir().join(format!(
-        "orp-sdk-test-{}-{}.toml",
-        std::process::id(),
-        expires_at
-    )));
-    std::fs::write(
-        &config.0,
-        format!(
-            r#"listen = "127.0.0.1:0"
+    let expires_at = now_secs() + 3600;
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
 admin_listen = ""
 
 [refresh]
@@ -175,69 +105,38 @@ refresh_token = "env:ORP_SDK_REFRESH_TOKEN"
 access_token = "env:ORP_SDK_ACCESS_TOKEN"
 expires_at = {expires_at}
 "#
-        ),
-    )
-    .unwrap();
+    );
 
     // The real binary.
-    let mut proxy = Killed(
-        Command::new(env!("CARGO_BIN_EXE_oauth-refresh-proxy"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config.0)
-            .env("RUST_LOG", "trace")
-            .env("ORP_SDK_BACKEND_TOKEN", &backend_token)
-            .env("ORP_SDK_REFRESH_TOKEN", &refresh)
-            .env("ORP_SDK_ACCESS_TOKEN", &stale)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the proxy"),
-    );
-    let (proxy_stderr, proxy_stderr_done) = drain(proxy.0.stderr.take().unwrap());
-    let stdout = proxy.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line.strip_prefix("proxy listening on ") {
-                let _ = tx.send(url.trim().to_string());
-            }
-        }
-    });
-    let proxy_url = match rx.recv_timeout(START_TIMEOUT) {
-        Ok(url) => url,
-        Err(e) => panic!(
-            "the proxy did not report its address within {START_TIMEOUT:?} ({e}); status {:?}; stderr:\n{}",
-            proxy.0.try_wait(),
-            text(&proxy_stderr)
-        ),
-    };
+    let proxy = rt.block_on(Proxy::start(
+        &config,
+        &[],
+        &[
+            ("ORP_SDK_BACKEND_TOKEN", &backend_token),
+            ("ORP_SDK_REFRESH_TOKEN", &refresh),
+            ("ORP_SDK_ACCESS_TOKEN", &stale),
+        ],
+    ));
+    let proxy_url = proxy.url("");
     assert!(proxy_url.starts_with("http://127.0.0.1:"), "{proxy_url}");
 
     // The SDK, unchanged.
-    let mut node = Killed(
+    let mut node = KillOnDrop(spawn_piped(
         Command::new("node")
             .arg("octokit_pagination.mjs")
             .current_dir(sdk_dir())
-            .env("PROXY_URL", &proxy_url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start node"),
-    );
+            .env("PROXY_URL", &proxy_url),
+    ));
     let (node_stdout, out_done) = drain(node.0.stdout.take().unwrap());
     let (node_stderr, err_done) = drain(node.0.stderr.take().unwrap());
-    let status = wait_bounded(&mut node.0, NODE_TIMEOUT);
+    let status = wait_or_kill(&mut node.0, NODE_TIMEOUT);
     let _ = out_done.join();
     let _ = err_done.join();
     let (out, err) = (text(&node_stdout), text(&node_stderr));
     let context = || {
         format!(
             "node stdout:\n{out}\nnode stderr:\n{err}\nproxy stderr (tail):\n{}",
-            tail(&text(&proxy_stderr), 60)
+            tail(&proxy.stderr_text(), 60)
         )
     };
     let Some(status) = status else {
@@ -347,15 +246,8 @@ expires_at = {expires_at}
     );
 
     // No secret in the proxy's trace-level log or in anything node printed.
-    drop(proxy);
-    let _ = proxy_stderr_done.join();
-    let log = text(&proxy_stderr);
-    assert!(!log.is_empty(), "the proxy logged nothing at trace level");
+    proxy.assert_no_secret_in_stderr(&realm.secrets());
     for secret in realm.secrets() {
-        assert!(
-            !log.contains(&secret),
-            "secret {secret:?} in the proxy's stderr"
-        );
         assert!(!out.contains(&secret), "secret {secret:?} in node's stdout");
         assert!(!err.contains(&secret), "secret {secret:?} in node's stderr");
     }

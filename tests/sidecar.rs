@@ -5,195 +5,23 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode, Version};
+use http::{Request, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oauth_refresh_proxy::Provider;
+use support::http_client::{h2c_client, http1_client, request, Answer, HttpClient};
+use support::process::{run_cli, CliOutput, Proxy, TempDir};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oauth-refresh-proxy");
-
-type HttpClient = Client<HttpConnector, TestBody>;
-
 // ---------------------------------------------------------------------------------------------
-// Plumbing: temp dirs, processes, HTTP.
+// Plumbing: raw HTTP, memory, metrics.
 // ---------------------------------------------------------------------------------------------
-
-/// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "orp-sidecar-test-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// Reads `r` to its end on a thread.
-fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        v
-    })
-}
-
-/// Polls `child` until it exits, at most `bound`.
-fn wait_exit_blocking(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-struct CliOutput {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary to completion (bounded by `WAIT`).
-fn run_cli(args: &[&str], env: &[(&str, &str)]) -> CliOutput {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
-    let Some(status) = wait_exit_blocking(&mut child, WAIT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{args:?} did not exit within {WAIT:?}");
-    };
-    CliOutput {
-        status,
-        stdout: String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
-        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
-    }
-}
-
-/// An answer, read to its end.
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-    /// The `error.code` of one of the proxy's own JSON answers (SPEC 4.4).
-    fn code(&self) -> String {
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error.code: {}", self.text()))
-            .to_string()
-    }
-}
-
-fn http1_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-fn h2c_client() -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
-}
-
-async fn request(
-    client: &HttpClient,
-    method: &str,
-    uri: &str,
-    headers: &[(&str, &str)],
-    body: TestBody,
-) -> Answer {
-    let mut b = Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let req = b.body(body).unwrap();
-    let fut = async {
-        let resp = client
-            .request(req)
-            .await
-            .unwrap_or_else(|e| panic!("{method} {uri}: {e:?}"));
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Answer {
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            body,
-        }
-    };
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {uri}: no answer within {WAIT:?}"))
-}
 
 /// Writes `raw` on a fresh connection and reads one response: (status, head, body).
 async fn raw_request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
@@ -338,7 +166,9 @@ impl World {
     }
 
     fn config(&self, opts: &Opts<'_>, dir: &TempDir) -> String {
-        let root = opts.root.replace("{dir}", &dir.0.display().to_string());
+        let root = opts
+            .root
+            .replace("{dir}", &dir.root().display().to_string());
         format!(
             r#"listen = "{listen}"
 admin_listen = "127.0.0.1:0"
@@ -387,102 +217,47 @@ default_account = "octo"
         }
         let path = dir.write("proxy.toml", &self.config(&opts, &dir));
         let backend_token = self.realm.backend_token.clone().unwrap();
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .args(opts.args)
-            .env("RUST_LOG", "trace")
-            .env("RUST_BACKTRACE", "1")
-            .env(BACKEND_ENV, &backend_token)
-            .envs(opts.env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr_pipe = child.stderr.take().unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let stderr_thread = std::thread::spawn(move || {
-            let mut chunk = [0u8; 16384];
-            loop {
-                match stderr_pipe.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
-                }
-            }
-        });
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let pid = child.id();
-        let mut sc = Sidecar {
-            child,
-            pid,
-            proxy: SocketAddr::from(([0, 0, 0, 0], 0)),
-            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
-            stderr,
-            stderr_thread: Some(stderr_thread),
+        let mut env = vec![
+            ("RUST_BACKTRACE", "1"),
+            (BACKEND_ENV, backend_token.as_str()),
+        ];
+        env.extend(opts.env.iter().copied());
+        let proxy = Proxy::spawn(&path, opts.args, &env).await;
+        let mut secrets: Vec<String> = opts.secrets.iter().map(|s| s.to_string()).collect();
+        secrets.push(backend_token);
+        Sidecar {
+            proxy,
             answers: Mutex::new(Vec::new()),
-            secrets: opts.secrets.iter().map(|s| s.to_string()).collect(),
+            secrets,
             client: http1_client(),
             _dir: dir,
-        };
-        sc.secrets.push(backend_token);
-        let (mut proxy, mut admin) = (None, None);
-        while proxy.is_none() || admin.is_none() {
-            let line = match tokio::time::timeout(WAIT, rx.recv()).await {
-                Ok(Some(line)) => line,
-                Ok(None) => panic!(
-                    "the sidecar exited before listening: {}",
-                    String::from_utf8_lossy(&sc.stderr.lock().unwrap())
-                ),
-                Err(_) => panic!("the sidecar did not report its addresses within {WAIT:?}"),
-            };
-            if let Some(a) = line.strip_prefix("proxy listening on http://") {
-                proxy = Some(a.parse::<SocketAddr>().unwrap());
-            } else if let Some(a) = line.strip_prefix("admin listening on http://") {
-                admin = Some(a.parse::<SocketAddr>().unwrap());
-            }
         }
-        sc.proxy = proxy.unwrap();
-        sc.admin = admin.unwrap();
-        sc
     }
 }
 
-/// The running binary; killed on drop.
+/// The running binary ([`Proxy`]: killed on drop), and the answers it gave.
 struct Sidecar {
-    child: Child,
-    pid: u32,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    stderr_thread: Option<JoinHandle<()>>,
+    proxy: Proxy,
     answers: Mutex<Vec<String>>,
     secrets: Vec<String>,
     client: HttpClient,
     _dir: TempDir,
 }
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Sidecar {
+    type Target = Proxy;
+    fn deref(&self) -> &Proxy {
+        &self.proxy
+    }
+}
+
+impl DerefMut for Sidecar {
+    fn deref_mut(&mut self) -> &mut Proxy {
+        &mut self.proxy
     }
 }
 
 impl Sidecar {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.proxy)
-    }
-
     /// A request through the proxy with the HTTP/1.1 client.
     async fn send(
         &self,
@@ -513,7 +288,7 @@ impl Sidecar {
 
     /// A request to the admin listener; its answer is kept for the secret check.
     async fn admin(&self, method: &str, path: &str, auth: Option<&str>, body: &str) -> Answer {
-        let uri = format!("http://{}{path}", self.admin);
+        let uri = self.admin_url(path);
         let auth = auth.map(|t| format!("Bearer {t}"));
         let mut headers = vec![];
         if let Some(a) = &auth {
@@ -537,21 +312,6 @@ impl Sidecar {
             .push(format!("{:?}\n{}", a.headers, a.text()));
     }
 
-    /// Polls until the process exits (bounded).
-    async fn wait_exit(&mut self, bound: Duration) -> ExitStatus {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sidecar did not exit within {bound:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     /// Stops the process and asserts that no secret appears in its stderr or in any recorded
     /// answer, and that the stderr is not empty.
     fn finish(self, realm: &Realm) {
@@ -559,26 +319,12 @@ impl Sidecar {
     }
 
     /// [`Sidecar::finish`], returning the child's stderr.
-    fn finish_with_logs(mut self, realm: &Realm) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(t) = self.stderr_thread.take() {
-            t.join().unwrap();
-        }
-        let logs = String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned();
-        assert!(
-            !logs.is_empty(),
-            "the sidecar logged nothing at trace level"
-        );
-        let answers = self.answers.lock().unwrap().join("\n");
+    fn finish_with_logs(self, realm: &Realm) -> String {
         let mut secrets = realm.secrets();
         secrets.extend(self.secrets.iter().cloned());
+        let logs = self.proxy.assert_no_secret_in_stderr(&secrets);
+        let answers = self.answers.lock().unwrap().join("\n");
         for s in &secrets {
-            assert!(!s.is_empty());
-            if let Some(at) = logs.find(s.as_str()) {
-                let line = logs[..at].rsplit('\n').next().unwrap_or("");
-                panic!("secret {s:?} in the sidecar's stderr: {line}…");
-            }
             assert!(
                 !answers.contains(s.as_str()),
                 "secret {s:?} in an answer: {answers}"
@@ -586,10 +332,6 @@ impl Sidecar {
         }
         logs
     }
-}
-
-fn bearer(t: &str) -> Option<String> {
-    Some(format!("Bearer {t}"))
 }
 
 /// A deterministic, non-repeating-looking body of `n` bytes.
@@ -792,7 +534,7 @@ fn config_errors_are_one_line_and_exit_1() {
         );
     }
     // A file that does not exist.
-    let missing = dir.0.join("missing.toml");
+    let missing = dir.path("missing.toml");
     let out = run_cli(&["serve", "--config", missing.to_str().unwrap()], &[]);
     assert_one_line_error(&out, "missing file", "missing.toml");
     // `--listen` overriding a loopback config onto a public address is refused too.
@@ -946,9 +688,9 @@ async fn caller_authorization_is_replaced_and_hop_by_hop_headers_are_dropped() {
          Content-Length: 5\r\n\
          \r\n\
          hello",
-        sc.proxy
+        sc.proxy_addr()
     );
-    let (status, _, body) = raw_request(sc.proxy, &raw).await;
+    let (status, _, body) = raw_request(sc.proxy_addr(), &raw).await;
     assert_eq!(status, 200, "{body}");
 
     let seen = w.realm.seen();
@@ -1003,7 +745,7 @@ async fn link_and_location_point_back_at_the_proxy() {
     let mut w = World::new("link").await;
     w.seed("github", "octo", 3600);
     let sc = w.start(Opts::default()).await;
-    let p = sc.proxy;
+    let p = sc.proxy_addr();
 
     let a = sc.get_as("octo", "/github/user/repos").await;
     assert_eq!(a.status, 200);
@@ -1404,7 +1146,7 @@ async fn a_64_mib_download_streams_through_with_bounded_memory() {
     // Warm up connections and pools, then take the baseline.
     let a = sc.get_as("octo", "/github/download?bytes=1024").await;
     assert_eq!((a.status, a.body.len()), (StatusCode::OK, 1024));
-    let baseline = rss_kib(sc.pid);
+    let baseline = rss_kib(sc.pid());
 
     let req = Request::get(sc.url(&format!("/github/download?bytes={SIZE}")))
         .header("x-oauth-account", "octo")
@@ -1423,11 +1165,11 @@ async fn a_64_mib_download_streams_through_with_bounded_memory() {
             assert!(data.iter().all(|&b| b == b'x'));
             total += data.len();
             if total >= next_sample {
-                peak = peak.max(rss_kib(sc.pid));
+                peak = peak.max(rss_kib(sc.pid()));
                 next_sample = total + (512 << 10);
             }
         }
-        (total, peak.max(rss_kib(sc.pid)))
+        (total, peak.max(rss_kib(sc.pid())))
     };
     let (total, peak) = tokio::time::timeout(WAIT * 2, fut)
         .await
@@ -1512,7 +1254,7 @@ async fn h2c_prior_knowledge_from_the_caller() {
     assert_eq!(a.version, Version::HTTP_2);
     assert_eq!(
         link_rel(a.header("link").unwrap(), "next").unwrap(),
-        format!("http://{}/github/user/repos?page=2", sc.proxy)
+        format!("http://{}/github/user/repos?page=2", sc.proxy_addr())
     );
 
     // A replay after a 401 works over h2 as well.
@@ -1556,7 +1298,7 @@ async fn absolute_form_and_connect_are_refused() {
         (
             format!(
                 "GET http://{p}/github/user HTTP/1.1\r\nHost: {p}\r\nx-oauth-account: octo\r\nConnection: close\r\n\r\n",
-                p = sc.proxy
+                p = sc.proxy_addr()
             ),
             400,
         ),
@@ -1573,7 +1315,7 @@ async fn absolute_form_and_connect_are_refused() {
         ),
     ];
     for (raw, want) in &cases {
-        let (status, head, body) = raw_request(sc.proxy, raw).await;
+        let (status, head, body) = raw_request(sc.proxy_addr(), raw).await;
         assert_eq!(status, *want, "{raw}\n{head}\n{body}");
         assert!(
             head.to_ascii_lowercase()
@@ -1927,26 +1669,19 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     });
     w.realm.held.wait_for(1).await;
 
-    let status = Command::new("kill")
-        .args(["-TERM", &sc.pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sc.terminate();
 
     // New connections are refused once the listener is gone (the process is still draining).
     let deadline = Instant::now() + WAIT;
     loop {
-        match tokio::net::TcpStream::connect(sc.proxy).await {
+        match tokio::net::TcpStream::connect(sc.proxy_addr()).await {
             Err(_) => break,
             Ok(s) => drop(s),
         }
         assert!(Instant::now() < deadline, "still accepting after SIGTERM");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(
-        sc.child.try_wait().unwrap().is_none(),
-        "exited before draining"
-    );
+    assert!(sc.try_wait().is_none(), "exited before draining");
 
     w.realm.release_api(1);
     let a = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
@@ -2051,13 +1786,13 @@ async fn oversized_request_headers_get_an_error_not_a_crash() {
     let mut sc = w.start(Opts::default()).await;
     let raw = format!(
         "GET /github/user HTTP/1.1\r\nHost: {}\r\nx-oauth-account: octo\r\nx-huge: {}\r\nConnection: close\r\n\r\n",
-        sc.proxy,
+        sc.proxy_addr(),
         "a".repeat(1 << 20)
     );
-    let (status, head, _) = raw_request(sc.proxy, &raw).await;
+    let (status, head, _) = raw_request(sc.proxy_addr(), &raw).await;
     assert!((400..500).contains(&status), "{head}");
     assert_eq!(w.realm.api_calls.get(), 0);
-    assert!(sc.child.try_wait().unwrap().is_none(), "the sidecar died");
+    assert!(sc.try_wait().is_none(), "the sidecar died");
     assert_eq!(sc.get_as("octo", "/github/user").await.status, 200);
     sc.finish(&w.realm);
 }
@@ -2076,14 +1811,10 @@ async fn command_line_flags_override_the_config_and_sigint_stops_cleanly() {
             ..Opts::default()
         })
         .await;
-    assert_ne!(sc.proxy.to_string(), taken_addr);
+    assert_ne!(sc.proxy_addr().to_string(), taken_addr);
     assert_eq!(sc.get_as("octo", "/github/user").await.status, 200);
 
-    let status = Command::new("kill")
-        .args(["-INT", &sc.pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sc.interrupt();
     let exit = sc.wait_exit(WAIT).await;
     assert!(exit.success(), "{exit:?}");
     let logs = sc.finish_with_logs(&w.realm);

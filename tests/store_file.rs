@@ -6,15 +6,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -27,80 +24,21 @@ use oauth_refresh_proxy::{
     Account, BackendRefresher, Error, ErrorKind, Provider, RefreshLayer, ReplayBody, RetryPolicy,
     Secret, TokenSeed, Tokens,
 };
+use support::http_client::{http1_client, request};
+use support::process::{assert_no_secret_in_logs, run_cli, CliOutput, Proxy, TempDir};
 use support::*;
 use tokio::sync::{oneshot, Semaphore};
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oauth-refresh-proxy");
 const BACKEND_ENV: &str = "ORP_STORE_FILE_TEST_BACKEND_TOKEN";
 
 // ---------------------------------------------------------------------------------------------
 // Plumbing.
 // ---------------------------------------------------------------------------------------------
 
-/// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "orp-store-file-test-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// The names in the directory (to spot stray temporary files).
-    fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Undo a chmod 000 of a test, so the directory can be removed.
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o700));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn bearer(t: &str) -> Option<String> {
-    Some(format!("Bearer {t}"))
 }
 
 /// The refresh token of a backend request body.
@@ -636,150 +574,34 @@ expires_at = {expires}
     )
 }
 
-/// The running binary; SIGKILLed on drop.
-struct Proc {
-    child: Child,
-    proxy: SocketAddr,
-    admin: Option<SocketAddr>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    stderr_thread: Option<JoinHandle<()>>,
+/// The running binary with the backend bearer in its environment; SIGKILLed on drop.
+async fn start_proxy(cfg: &Path, realm: &Realm) -> Proxy {
+    let token = realm.backend_token.clone().unwrap();
+    Proxy::spawn(cfg, &[], &[(BACKEND_ENV, &token)]).await
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `GET path` through the proxy: the status.
+async fn proxied_get(p: &Proxy, path: &str) -> u16 {
+    http("GET", &p.url(path), "").await.0
 }
 
-impl Proc {
-    async fn start(cfg: &Path, realm: &Realm, admin: bool) -> Proc {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(cfg)
-            .env("RUST_LOG", "trace")
-            .env(BACKEND_ENV, realm.backend_token.clone().unwrap())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut pipe = child.stderr.take().unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let stderr_thread = std::thread::spawn(move || {
-            let mut chunk = [0u8; 16384];
-            loop {
-                match pipe.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
-                }
-            }
-        });
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut p = Proc {
-            child,
-            proxy: SocketAddr::from(([0, 0, 0, 0], 0)),
-            admin: None,
-            stderr,
-            stderr_thread: Some(stderr_thread),
-        };
-        let mut proxy = None;
-        while proxy.is_none() || (admin && p.admin.is_none()) {
-            let line = match tokio::time::timeout(WAIT, rx.recv()).await {
-                Ok(Some(line)) => line,
-                Ok(None) => {
-                    let _ = p.child.wait();
-                    if let Some(t) = p.stderr_thread.take() {
-                        t.join().unwrap();
-                    }
-                    panic!(
-                        "the proxy exited before listening: {}",
-                        String::from_utf8_lossy(&p.stderr.lock().unwrap())
-                    )
-                }
-                Err(_) => panic!("the proxy did not report its addresses within {WAIT:?}"),
-            };
-            if let Some(a) = line.strip_prefix("proxy listening on http://") {
-                proxy = Some(a.parse().unwrap());
-            } else if let Some(a) = line.strip_prefix("admin listening on http://") {
-                p.admin = Some(a.parse().unwrap());
-            }
-        }
-        p.proxy = proxy.unwrap();
-        p
-    }
-
-    /// SIGKILL, then the process's stderr.
-    fn kill9(mut self) -> String {
-        self.child.kill().unwrap();
-        let status = self.child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9)
-        );
-        if let Some(t) = self.stderr_thread.take() {
-            t.join().unwrap();
-        }
-        let logs = String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned();
-        logs
-    }
-
-    async fn get(&self, path: &str) -> u16 {
-        http("GET", &format!("http://{}{path}", self.proxy), "")
-            .await
-            .0
-    }
-
-    async fn admin(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let admin = self.admin.expect("started with an admin listener");
-        http(method, &format!("http://{admin}{path}"), body).await
-    }
+/// A request to the admin listener: (status, body).
+async fn admin(p: &Proxy, method: &str, path: &str, body: &str) -> (u16, String) {
+    http(method, &p.admin_url(path), body).await
 }
 
+/// A JSON request: (status, body).
 async fn http(method: &str, url: &str, body: &str) -> (u16, String) {
-    let client: Client<HttpConnector, TestBody> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(full(body.to_string()))
-        .unwrap();
-    let resp = tokio::time::timeout(WAIT, client.request(req))
-        .await
-        .expect("bounded request")
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = tokio::time::timeout(WAIT, resp.into_body().collect())
-        .await
-        .expect("bounded body")
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// Asserts that no secret of `realm` appears in the children's stderr (which is not empty).
-fn assert_no_secret_in(logs: &[String], realm: &Realm) {
-    assert!(
-        logs.iter().all(|l| !l.is_empty()),
-        "a child logged nothing at trace level"
-    );
-    let all = logs.join("\n");
-    for s in realm.secrets() {
-        if let Some(at) = all.find(s.as_str()) {
-            let line = all[..at].rsplit('\n').next().unwrap_or("");
-            panic!("secret {s:?} in a child's stderr: {line}…");
-        }
-    }
+    let headers = [("content-type", "application/json")];
+    let a = request(
+        &http1_client(),
+        method,
+        url,
+        &headers,
+        full(body.to_string()),
+    )
+    .await;
+    (a.status.as_u16(), a.text())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -793,8 +615,8 @@ async fn sigkill_after_a_rotation_then_a_restart_with_the_original_config_uses_t
     let mut logs = Vec::new();
 
     // 401 → refresh (rotation) → replay 200.
-    let p = Proc::start(&cfg, &w.realm, false).await;
-    assert_eq!(p.get("/github/user").await, 200);
+    let mut p = start_proxy(&cfg, &w.realm).await;
+    assert_eq!(proxied_get(&p, "/github/user").await, 200);
     assert_eq!(w.realm.backend_calls.get(), 1);
     assert_eq!(mode(&store), 0o600);
     let a1 = w.last_ok_authorization();
@@ -802,13 +624,13 @@ async fn sigkill_after_a_rotation_then_a_restart_with_the_original_config_uses_t
     logs.push(p.kill9());
 
     // Restart with the same, original config: the stored tokens are used.
-    let p = Proc::start(&cfg, &w.realm, false).await;
-    assert_eq!(p.get("/github/user").await, 200);
+    let mut p = start_proxy(&cfg, &w.realm).await;
+    assert_eq!(proxied_get(&p, "/github/user").await, 200);
     assert_eq!(w.realm.backend_calls.get(), 1);
     assert_eq!(w.last_ok_authorization(), a1);
     // A revoked token now refreshes with the ROTATED refresh token.
     w.realm.revoke_access(a1.strip_prefix("Bearer ").unwrap());
-    assert_eq!(p.get("/github/user").await, 200);
+    assert_eq!(proxied_get(&p, "/github/user").await, 200);
     assert_eq!(w.realm.backend_calls.get(), 2);
     let sent: Vec<String> = w
         .realm
@@ -820,7 +642,7 @@ async fn sigkill_after_a_rotation_then_a_restart_with_the_original_config_uses_t
     assert_eq!(mode(&store), 0o600);
     logs.push(p.kill9());
     assert_eq!(dir.names(), ["proxy.toml", "tokens.db"]);
-    assert_no_secret_in(&logs, &w.realm);
+    assert_no_secret_in_logs(&logs, &w.realm.secrets());
     assert_no_secret_logged(&w.realm.secrets());
 }
 
@@ -831,73 +653,30 @@ async fn readyz_reflects_the_store_file() {
     let store = dir.path("tokens.db");
     let (r0, a0) = w.credentials();
     let cfg = dir.write("proxy.toml", &config(&w, &store, true, &r0, &a0));
-    let p = Proc::start(&cfg, &w.realm, true).await;
-    assert_eq!(p.admin("GET", "/readyz", "").await.0, 200);
-    assert_eq!(p.get("/github/user").await, 200);
+    let mut p = start_proxy(&cfg, &w.realm).await;
+    assert_eq!(admin(&p, "GET", "/readyz", "").await.0, 200);
+    assert_eq!(proxied_get(&p, "/github/user").await, 200);
     // The file is gone: the proxy is no longer ready (its writes would go nowhere durable).
     std::fs::remove_file(&store).unwrap();
-    assert_eq!(p.admin("GET", "/readyz", "").await.0, 503);
-    assert_eq!(p.admin("GET", "/healthz", "").await.0, 200);
+    assert_eq!(admin(&p, "GET", "/readyz", "").await.0, 503);
+    assert_eq!(admin(&p, "GET", "/healthz", "").await.0, 200);
     let logs = vec![p.kill9()];
     assert_eq!(w.realm.backend_calls.get(), 0);
-    assert_no_secret_in(&logs, &w.realm);
-}
-
-/// Polls `child` until it exits, at most `bound`.
-fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Runs `serve --config cfg` expecting a start-up failure; returns (status, stdout, stderr).
-fn serve_failing(cfg: &Path, realm: &Realm) -> (ExitStatus, String, String) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(cfg)
-        .env(BACKEND_ENV, realm.backend_token.clone().unwrap())
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let Some(status) = wait_exit(&mut child, WAIT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the proxy started although its store is unusable");
-    };
-    (
-        status,
-        String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
-        String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
-    )
+    assert_no_secret_in_logs(&logs, &w.realm.secrets());
 }
 
 /// Asserts a clear start-up error: exit 1, exactly one stderr line `error: …` naming the path
 /// and containing `reason`, no panic, no secret, nothing listening.
 fn assert_store_error(cfg: &Path, realm: &Realm, store: &Path, reason: &str) {
-    let (status, stdout, stderr) = serve_failing(cfg, realm);
+    let token = realm.backend_token.clone().unwrap();
+    let CliOutput {
+        status,
+        stdout,
+        stderr,
+    } = run_cli(
+        &["serve", "--config", cfg.to_str().unwrap()],
+        &[(BACKEND_ENV, &token)],
+    );
     let what = format!("{} ({reason})", store.display());
     assert_eq!(status.code(), Some(1), "{what}: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{what}: {stderr:?}");
@@ -1015,10 +794,10 @@ async fn a_corrupted_or_unreadable_store_file_is_a_one_line_start_up_error() {
     // A file in use by another proxy.
     let shared = dir.path("shared.db");
     let cfg = write_cfg("shared.toml", &shared);
-    let first = Proc::start(&cfg, &w.realm, false).await;
+    let mut first = start_proxy(&cfg, &w.realm).await;
     assert_store_error(&cfg, &w.realm, &shared, "in use by another process");
     let logs = vec![first.kill9()];
-    assert_no_secret_in(&logs, &w.realm);
+    assert_no_secret_in_logs(&logs, &w.realm.secrets());
     assert_eq!(w.realm.backend_calls.get(), 0);
 }
 
@@ -1056,8 +835,7 @@ async fn a_malformed_record_is_a_clear_error_that_quotes_no_token() {
 /// Forces refreshes of `octo` through the admin API until the proxy goes away.
 fn hammer(admin: SocketAddr) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let client: Client<HttpConnector, TestBody> =
-            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let client = http1_client();
         loop {
             let req = Request::builder()
                 .method("POST")
@@ -1085,7 +863,7 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
     eprintln!("kill points seeded with {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut logs = Vec::new();
-    let mut p = Proc::start(&cfg, &w.realm, true).await;
+    let mut p = start_proxy(&cfg, &w.realm).await;
 
     for round in 0..8 {
         let point = rng.u8(0..3);
@@ -1094,13 +872,13 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
             // Held at the backend: the refresh has not been issued when the process dies.
             0 => {
                 for _ in 0..rng.usize(0..3) {
-                    let (status, _) = p.admin("POST", "/tokens/github/octo/refresh", "").await;
+                    let (status, _) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
                     assert_eq!(status, 200, "round {round}");
                 }
                 w.realm.script([Reply::Gated]);
-                let proxy = p.proxy;
+                let proxy = p.proxy_addr();
                 let before = w.realm.backend_calls.get();
-                let _h = hammer(p.admin.unwrap());
+                let _h = hammer(p.admin_addr());
                 let _g = tokio::spawn(async move {
                     let _ = http("GET", &format!("http://{proxy}/github/user"), "").await;
                 });
@@ -1109,7 +887,7 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
             // Continuous refreshes, killed as the k-th backend call arrives: the backend may
             // issue (and rotate) before the proxy can write the answer.
             1 => {
-                let admin = p.admin.unwrap();
+                let admin = p.admin_addr();
                 let _hs: Vec<_> = (0..4).map(|_| hammer(admin)).collect();
                 let k = rng.u64(1..6);
                 w.realm.backend_calls.wait_for(calls_before + k).await;
@@ -1117,10 +895,10 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
             // After completed refreshes, with a proxied request held at the API.
             _ => {
                 for _ in 0..rng.usize(1..4) {
-                    let (status, _) = p.admin("POST", "/tokens/github/octo/refresh", "").await;
+                    let (status, _) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
                     assert_eq!(status, 200, "round {round}");
                 }
-                let proxy = p.proxy;
+                let proxy = p.proxy_addr();
                 let held = w.realm.held.get();
                 let _g = tokio::spawn(async move {
                     let _ = http("GET", &format!("http://{proxy}/github/hold"), "").await;
@@ -1148,9 +926,9 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
         // Restart with the original config: the file opens, and the account refreshes with the
         // newest refresh token the backend issued — or, only when the process died between the
         // backend's rotation and the write of its answer, with the token that rotation spent.
-        p = Proc::start(&cfg, &w.realm, true).await;
+        p = start_proxy(&cfg, &w.realm).await;
         let before = w.realm.backend_requests().len();
-        let (status, body) = p.admin("POST", "/tokens/github/octo/refresh", "").await;
+        let (status, body) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
         let requests = w.realm.backend_requests();
         assert_eq!(
             requests.len(),
@@ -1177,14 +955,14 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
             // The operator re-authorises the account; the rounds go on from there.
             let fresh = w.realm.new_refresh_token();
             let put = format!(r#"{{"refresh_token": "{fresh}"}}"#);
-            let (status, _) = p.admin("PUT", "/tokens/github/octo", &put).await;
+            let (status, _) = admin(&p, "PUT", "/tokens/github/octo", &put).await;
             assert_eq!(status, 200, "round {round}");
-            let (status, _) = p.admin("POST", "/tokens/github/octo/refresh", "").await;
+            let (status, _) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
             assert_eq!(status, 200, "round {round}");
         }
         assert_eq!(mode(&store), 0o600);
     }
     logs.push(p.kill9());
     assert_eq!(dir.names(), ["proxy.toml", "tokens.db"]);
-    assert_no_secret_in(&logs, &w.realm);
+    assert_no_secret_in_logs(&logs, &w.realm.secrets());
 }

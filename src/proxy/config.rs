@@ -306,10 +306,10 @@ pub enum StoreSettings {
     Redis {
         /// The Redis URL.
         url: String,
-        /// How long a replica's refresh lock lives (`lock_ttl`, default `"30s"`): when its holder
-        /// dies mid-refresh, another replica takes over after this long. It must exceed
-        /// `refresh.timeout × refresh.max_attempts` plus backoff, or a slow refresh could outlive
-        /// its lock.
+        /// How long a replica's refresh lock lives without renewal (`lock_ttl`, default
+        /// `"30s"`): a live holder renews it every third of this; when its holder dies
+        /// mid-refresh, another replica takes over after at most this long. Must exceed
+        /// `refresh.timeout`.
         lock_ttl: Duration,
     },
 }

@@ -863,6 +863,7 @@ impl Tokens {
         task: &FlightTask,
         result: Result<StoredAccount, RefreshError>,
         duration: Duration,
+        adopted: bool,
     ) -> FlightResult {
         let provider = task.provider;
         let counters = &self.inner.counters[idx(provider)];
@@ -912,6 +913,14 @@ impl Tokens {
                     e.generation = next.generation.max(e.generation + 1);
                     e.last_refresh_at = Some(now);
                     e.last_error = None;
+                    if adopted {
+                        // Another replica refreshed: this process only took the result.
+                        bump(&counters.coalesced);
+                        return FlightResult::Ok(Lease {
+                            header,
+                            generation: e.generation,
+                        });
+                    }
                     bump(&counters.refresh_success);
                     event = RefreshOutcome::Refreshed {
                         refresh_token: e.refresh_token.clone(),
@@ -975,8 +984,12 @@ impl FlightTask {
         let started = Instant::now();
         let inner = &self.tokens.inner;
         tracing::debug!(provider = %self.provider, account = &*self.account, generation = self.generation, "refreshing");
+        // Whether this process called the refresher (with a shared store, another replica's
+        // refresh may be adopted instead).
+        let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let result = match &inner.store {
             None => {
+                called.store(true, std::sync::atomic::Ordering::Relaxed);
                 let r = inner
                     .policy
                     .run(
@@ -991,7 +1004,9 @@ impl FlightTask {
             Some(store) => {
                 let tokens = self.tokens.clone();
                 let provider = self.provider;
+                let flag = called.clone();
                 let refresh: RefreshFn = Box::new(move |refresh_token| {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
                     Box::pin(async move {
                         let inner = &tokens.inner;
                         inner
@@ -1003,6 +1018,7 @@ impl FlightTask {
                 store.refresh(self.snapshot.clone(), refresh).await
             }
         };
+        let adopted = !called.load(std::sync::atomic::Ordering::Relaxed);
         let duration = started.elapsed();
         match &result {
             Ok(_) => {
@@ -1012,7 +1028,7 @@ impl FlightTask {
                 tracing::warn!(provider = %self.provider, account = &*self.account, error = %e, "refresh failed")
             }
         }
-        let outcome = self.tokens.apply(&self, result, duration);
+        let outcome = self.tokens.apply(&self, result, duration, adopted);
         let _ = tx.send(Some(outcome));
     }
 }

@@ -1,6 +1,10 @@
 //! Test support: the crate's in-process fakes (`oauth_refresh_proxy::demo`), request bodies, and
-//! trace-level log capture to prove no secret is ever logged.
+//! trace-level log capture to prove no secret is ever logged; [`process`]: the real binary as a
+//! child process; [`http_client`]: requests to it, bounded and read to their end.
 #![allow(dead_code)]
+
+pub mod http_client;
+pub mod process;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -21,6 +25,19 @@ pub fn full(b: impl Into<Bytes>) -> TestBody {
 
 pub fn empty() -> TestBody {
     full(Bytes::new())
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `Some("Bearer {t}")`.
+pub fn bearer(t: &str) -> Option<String> {
+    Some(format!("Bearer {t}"))
 }
 
 /// A shared fixture file's JSON.

@@ -1,37 +1,1079 @@
-//! The shared store (`store.kind = "redis"`). Skeleton: being implemented.
+//! The shared store (`store.kind = "redis"`): N sidecar or embedded-layer replicas share their
+//! accounts through one Redis, and refresh each account **once per token generation across the
+//! fleet**.
+//!
+//! # Data
+//!
+//! | key | what |
+//! |---|---|
+//! | `orp:acct:{provider}:{account}` | a hash: `gen` (the token generation, decimal) and `data` (JSON of the other [`StoredAccount`] fields, secrets included) |
+//! | `orp:lock:{provider}:{account}` | the refresh lock: `SET NX PX lock_ttl`, value = a random owner id |
+//! | channel `orp:updates` | one message per write: `{"o": origin, "p": provider, "a": account}` |
+//!
+//! Every write is one Lua script that writes the hash **and** publishes, so announcements are
+//! ordered like the writes. A subscriber skips its own messages (`origin` is random per
+//! [`RedisStore`]), reads the account and hands [`StoreUpdate::Changed`] (or `Removed` when the
+//! key is gone) to its [`Tokens`](crate::Tokens), which applies it only if its generation is
+//! newer than the cached one.
+//!
+//! [`Store::save`] never lowers a generation: the script stores `max(given, stored + 1)`, so two
+//! replicas replacing an account at once end up with distinct generations and converge on the
+//! last write.
+//!
+//! # Refresh: one lock, fenced by generation
+//!
+//! [`Store::refresh`] (`current` = the caller's cached state, generation `g`):
+//!
+//! 1. read the stored account. Stored generation newer than `g` with other tokens and a usable
+//!    access token ⇒ another replica refreshed: return it, **no backend call**. Stored (same or
+//!    newer generation) marked `needs_reauth` ⇒ `Rejected` without a call;
+//! 2. `SET lock owner NX PX lock_ttl`. Taken by someone else ⇒ wait (woken by any announcement,
+//!    else polling every 100 ms; bounded by `2 × lock_ttl + 5 s`) and go to 1: either the
+//!    holder publishes a newer generation, or it died and its lock expires after `lock_ttl`;
+//! 3. lock acquired ⇒ read again (the fence read) and decide as in 1; then call the refresher
+//!    with the stored — freshest — refresh token, renewing the lock every `lock_ttl / 3` while
+//!    it runs (so a slow but live holder keeps it; a dead one loses it after `lock_ttl`);
+//! 4. write the result with a script that checks the stored generation is still the one read in
+//!    3 (the **fence**; a missing key is accepted: a Redis restarted without persistence), then
+//!    publishes and releases the lock if still ours. A rejection is written the same way
+//!    (`needs_reauth`, same generation), so a concurrent success (a new generation) always wins
+//!    over a rejection of the old one. A transient failure only releases the lock.
+//!
+//! The generation fence — not the lock — guarantees the state stays consistent, even if a lock
+//! expired under a holder that was merely slow: the first result written wins and the other
+//! replica adopts it. The lock (with its renewal) is what keeps a rotating refresh token from
+//! being spent twice.
+//!
+//! # Redis unavailable
+//!
+//! Every command is bounded (`lock_ttl / 4`, between 200 ms and 2 s; connecting likewise), so
+//! nothing hangs. Requests with a valid cached token never touch Redis and keep working. A
+//! refresh that cannot read, lock or write fails at once as
+//! `RefreshError::Transient("token store unavailable: …")` (the caller's `refresh_unavailable`)
+//! — a refresh is **never** started without the lock. If Redis fails *after* a successful
+//! refresh, the new state is returned anyway (dropping a rotated refresh token would lose the
+//! account) and a background task keeps retrying the fenced write for up to 15 minutes.
+//!
+//! The command connection is redis-rs's [`ConnectionManager`], which reconnects by itself. The
+//! subscriber is a dedicated RESP3 connection (Redis ≥ 6) driven by a loop that pings it every
+//! 2 s, reconnects with backoff (100 ms … 1 s) after any failure, and after every (re)subscription
+//! reloads all accounts and emits `Changed` for each, so updates missed while disconnected are
+//! not lost. [`Store::ready`] (`/readyz`) is a bounded `PING` plus, once updates are consumed,
+//! "the subscriber is subscribed".
+//!
+//! # Start-up
+//!
+//! [`RedisStore::connect`] fails with a clear one-line error when Redis cannot be reached (the
+//! sidecar exits 1), rather than starting not-ready: the sidecar must load the shared accounts
+//! before serving, and an orchestrator restarts it anyway. Once started, outages are survived.
+//!
+//! Limits: one Redis (no Cluster: the scripts touch two keys). A refresh racing an
+//! administrative removal on another replica can re-create the removed account.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use super::{StoreError, StoredAccount};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Client, IntoConnectionInfo, Msg, ProtocolVersion, PushKind, Script,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::{now_secs, RefreshFn, Store, StoreError, StoreUpdate, StoredAccount};
 use crate::provider::Provider;
-use crate::refresh::BoxFuture;
+use crate::refresh::{BoxFuture, RefreshError, Refreshed};
+use crate::token::Secret;
 
-/// The shared Redis store.
-#[derive(Debug)]
-pub struct RedisStore(());
+/// The channel announcing writes.
+const CHANNEL: &str = "orp:updates";
+/// The pattern of account keys.
+const ACCOUNT_PATTERN: &str = "orp:acct:*";
+/// How often a waiting replica looks at a held lock again (announcements wake it earlier).
+const LOCK_POLL: Duration = Duration::from_millis(100);
+/// How often the subscriber pings its connection.
+const SUBSCRIBER_PING: Duration = Duration::from_secs(2);
+/// The subscriber's reconnect backoff.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a refreshed state that could not be written is retried in the background.
+const PERSIST_LATER_FOR: Duration = Duration::from_secs(15 * 60);
 
-impl RedisStore {
-    /// Connects to the Redis at `url`.
-    pub async fn connect(url: &str, lock_ttl: Duration) -> Result<RedisStore, StoreError> {
-        let _ = (url, lock_ttl);
-        Err(StoreError("the redis store is not available yet".into()))
+/// Writes an account, never lowering its generation (`max(given, stored + 1)`), and announces
+/// it. KEYS[1] account; ARGV: generation, data, channel, message. Returns the generation.
+const SAVE_LUA: &str = r#"
+local gen = tonumber(ARGV[1])
+local cur = redis.call('HGET', KEYS[1], 'gen')
+if cur and tonumber(cur) >= gen then gen = tonumber(cur) + 1 end
+local g = string.format('%d', gen)
+redis.call('HSET', KEYS[1], 'gen', g, 'data', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return g
+"#;
+
+/// The fenced write of a refresh result. KEYS[1] account, KEYS[2] lock; ARGV: expected
+/// generation ('' = the key was absent), new generation, data, owner, channel, message.
+/// Returns 1 when written, 0 when the stored generation moved on. Releases the lock if ours.
+const COMMIT_LUA: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'gen')
+local written = 0
+if (not cur) or cur == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'data', ARGV[3])
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  written = 1
+end
+if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+return written
+"#;
+
+/// KEYS[1] lock; ARGV: owner, ttl (ms). 1 when renewed, 0 when no longer ours.
+const RENEW_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// KEYS[1] lock; ARGV: owner.
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// KEYS[1] account; ARGV: channel, message.
+const REMOVE_LUA: &str = r#"
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// The shared Redis store. See the [module documentation](self) for the protocol.
+///
+/// ```no_run
+/// use std::{sync::Arc, time::Duration};
+/// use oauth_refresh_proxy::{BackendRefresher, Tokens, store::redis::RedisStore};
+///
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379", Duration::from_secs(30)).await?;
+/// let tokens = Tokens::builder(BackendRefresher::new("https://backend.flashback.tech")?)
+///     .store(Arc::new(store))
+///     .build();
+/// # let _ = tokens; Ok(()) }
+/// ```
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    /// Dropped with the store: stops the subscriber.
+    stop: watch::Sender<()>,
+}
+
+struct Shared {
+    conn: ConnectionManager,
+    /// The client of the subscriber connection (RESP3).
+    subscriber: Client,
+    /// `host:port` (never the password), for errors and logs.
+    addr: String,
+    lock_ttl: Duration,
+    op_timeout: Duration,
+    /// Identifies this store's own announcements.
+    origin: String,
+    /// Whether `updates()` started the subscriber.
+    listening: AtomicBool,
+    /// Whether the subscriber is subscribed now.
+    subscribed: AtomicBool,
+    /// Bumped on every announcement: wakes refreshes waiting on another replica's lock.
+    announced: watch::Sender<u64>,
+    save: Script,
+    commit: Script,
+    renew: Script,
+    release: Script,
+    remove: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("addr", &self.shared.addr)
+            .field("lock_ttl", &self.shared.lock_ttl)
+            .finish()
     }
 }
 
-impl super::Store for RedisStore {
+/// The JSON of an account's `data` field (the generation is the hash's `gen`).
+#[derive(Serialize, Deserialize)]
+struct Record {
+    provider: String,
+    account: String,
+    refresh_token: String,
+    access_token: Option<String>,
+    expires_at: Option<u64>,
+    needs_reauth: bool,
+    last_refresh_at: Option<u64>,
+    last_error: Option<String>,
+    seed_fingerprint: Option<String>,
+}
+
+/// An announcement on [`CHANNEL`].
+#[derive(Serialize, Deserialize)]
+struct Announcement {
+    o: String,
+    p: String,
+    a: String,
+}
+
+fn encode(a: &StoredAccount) -> String {
+    serde_json::to_string(&Record {
+        provider: a.provider.as_str().to_string(),
+        account: a.account.clone(),
+        refresh_token: a.refresh_token.expose().to_string(),
+        access_token: a.access_token.as_ref().map(|s| s.expose().to_string()),
+        expires_at: a.expires_at,
+        needs_reauth: a.needs_reauth,
+        last_refresh_at: a.last_refresh_at,
+        last_error: a.last_error.clone(),
+        seed_fingerprint: a.seed_fingerprint.clone(),
+    })
+    .expect("a record serialises")
+}
+
+fn decode(gen: &str, data: &str) -> Result<StoredAccount, String> {
+    let generation = gen
+        .parse::<u64>()
+        .map_err(|_| "generation is not a number".to_string())?;
+    let r: Record = serde_json::from_str(data).map_err(|e| format!("bad record: {e}"))?;
+    Ok(StoredAccount {
+        provider: r.provider.parse().map_err(|e| format!("{e}"))?,
+        account: r.account,
+        refresh_token: Secret::new(r.refresh_token),
+        access_token: r.access_token.map(Secret::new),
+        expires_at: r.expires_at,
+        generation,
+        needs_reauth: r.needs_reauth,
+        last_refresh_at: r.last_refresh_at,
+        last_error: r.last_error,
+        seed_fingerprint: r.seed_fingerprint,
+    })
+}
+
+fn account_key(provider: Provider, account: &str) -> String {
+    format!("orp:acct:{}:{account}", provider.as_str())
+}
+
+fn lock_key(provider: Provider, account: &str) -> String {
+    format!("orp:lock:{}:{account}", provider.as_str())
+}
+
+fn random_id() -> String {
+    format!(
+        "{:016x}{:016x}-{}",
+        fastrand::u64(..),
+        fastrand::u64(..),
+        std::process::id()
+    )
+}
+
+fn unavailable(e: StoreError) -> RefreshError {
+    RefreshError::Transient(format!("token store unavailable: {}", e.0))
+}
+
+/// Whether `a`'s access token can be handed out (present, not known to be expired).
+fn usable(a: &StoredAccount) -> bool {
+    a.access_token.is_some() && !a.needs_reauth && a.expires_at.is_none_or(|t| t > now_secs())
+}
+
+fn rejection(a: &StoredAccount) -> RefreshError {
+    let reason = a
+        .last_error
+        .clone()
+        .unwrap_or_else(|| "refresh token rejected".into());
+    RefreshError::Rejected(
+        reason
+            .trim_start_matches("refresh token rejected: ")
+            .to_string(),
+    )
+}
+
+/// What to do with the stored state before (or instead of) refreshing.
+enum Decision {
+    /// Someone else refreshed: return this state.
+    Adopt(StoredAccount),
+    /// The stored account is marked as needing re-authorisation.
+    Rejected(RefreshError),
+    /// Refresh from this state; the fence is the stored generation (`None`: no key).
+    Refresh {
+        base: StoredAccount,
+        expected: Option<u64>,
+    },
+}
+
+fn decide(current: &StoredAccount, stored: Option<StoredAccount>) -> Decision {
+    match stored {
+        Some(s) if s.generation >= current.generation => {
+            if s.needs_reauth {
+                return Decision::Rejected(rejection(&s));
+            }
+            let other_tokens =
+                s.access_token != current.access_token || s.refresh_token != current.refresh_token;
+            if s.generation > current.generation && other_tokens && usable(&s) {
+                return Decision::Adopt(s);
+            }
+            let expected = Some(s.generation);
+            Decision::Refresh { base: s, expected }
+        }
+        // The cache is ahead of the store (or the store lost the account, e.g. a Redis
+        // restarted without persistence): refresh from the cache's state.
+        stored => Decision::Refresh {
+            base: current.clone(),
+            expected: stored.map(|s| s.generation),
+        },
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis at `url` (`redis://[user:password@]host:port[/db]`; TLS is not
+    /// built in). `lock_ttl` is how long a replica's refresh lock outlives the replica (see
+    /// the [module documentation](self)).
+    ///
+    /// Fails with a clear error when the URL is invalid or Redis cannot be reached now; the
+    /// error never contains the password.
+    pub async fn connect(url: &str, lock_ttl: Duration) -> Result<RedisStore, StoreError> {
+        if lock_ttl.is_zero() {
+            return Err(StoreError("lock_ttl must be above zero".into()));
+        }
+        let info = url.into_connection_info().map_err(|e| {
+            StoreError(format!(
+                "not a valid Redis URL (redis://[user:password@]host:port[/db]): {e}"
+            ))
+        })?;
+        let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
+        let op_timeout = (lock_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let resp3 = info.clone().set_redis_settings(
+            info.redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3),
+        );
+        let bad = |e: redis::RedisError| StoreError(format!("redis {addr}: {e}"));
+        let client = Client::open(info).map_err(bad)?;
+        let subscriber = Client::open(resp3).map_err(bad)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(op_timeout))
+            .set_response_timeout(Some(op_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let unreachable =
+            |what: String| StoreError(format!("cannot reach Redis at {addr}: {what}"));
+        let conn = match tokio::time::timeout(
+            op_timeout * 3,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {:?}",
+                    op_timeout * 3
+                )))
+            }
+        };
+        let store = RedisStore {
+            stop: watch::channel(()).0,
+            shared: Arc::new(Shared {
+                conn,
+                subscriber,
+                addr: addr.clone(),
+                lock_ttl,
+                op_timeout,
+                origin: random_id(),
+                listening: AtomicBool::new(false),
+                subscribed: AtomicBool::new(false),
+                announced: watch::channel(0).0,
+                save: Script::new(SAVE_LUA),
+                commit: Script::new(COMMIT_LUA),
+                renew: Script::new(RENEW_LUA),
+                release: Script::new(RELEASE_LUA),
+                remove: Script::new(REMOVE_LUA),
+            }),
+        };
+        store
+            .shared
+            .ping()
+            .await
+            .map_err(|e| unreachable(e.0.clone()))?;
+        tracing::info!(redis = %addr, ?lock_ttl, "connected to the shared token store");
+        Ok(store)
+    }
+}
+
+impl Shared {
+    /// Runs one Redis operation, bounded by `op_timeout`.
+    async fn op<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError(format!("redis {}: {what}: {e}", self.addr))),
+            Err(_) => Err(StoreError(format!(
+                "redis {}: {what}: no answer within {:?}",
+                self.addr, self.op_timeout
+            ))),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let pong: String = self
+            .op("PING", redis::cmd("PING").query_async(&mut c))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError(format!(
+                "redis {}: PING: unexpected answer",
+                self.addr
+            )))
+        }
+    }
+
+    fn announcement(&self, provider: Provider, account: &str) -> String {
+        serde_json::to_string(&Announcement {
+            o: self.origin.clone(),
+            p: provider.as_str().to_string(),
+            a: account.to_string(),
+        })
+        .expect("an announcement serialises")
+    }
+
+    async fn read(
+        &self,
+        provider: Provider,
+        account: &str,
+    ) -> Result<Option<StoredAccount>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = account_key(provider, account);
+        let (gen, data): (Option<String>, Option<String>) = self
+            .op(
+                "read account",
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("gen")
+                    .arg("data")
+                    .query_async(&mut c),
+            )
+            .await?;
+        match (gen, data) {
+            (Some(g), Some(d)) => decode(&g, &d)
+                .map(Some)
+                .map_err(|e| StoreError(format!("redis {}: {key}: {e}", self.addr))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn load(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .op(
+                    "scan accounts",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(ACCOUNT_PATTERN)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut c),
+                )
+                .await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(256) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("HMGET").arg(k).arg("gen").arg("data");
+            }
+            let rows: Vec<(Option<String>, Option<String>)> =
+                self.op("load accounts", pipe.query_async(&mut c)).await?;
+            for (k, row) in chunk.iter().zip(rows) {
+                if let (Some(g), Some(d)) = row {
+                    match decode(&g, &d) {
+                        Ok(a) => out.push(a),
+                        Err(e) => {
+                            tracing::warn!(key = %k, error = %e, "skipping an unreadable stored account")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save(&self, account: &StoredAccount) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let g: String = self
+            .op(
+                "save account",
+                self.save
+                    .key(account_key(account.provider, &account.account))
+                    .arg(account.generation)
+                    .arg(encode(account))
+                    .arg(CHANNEL)
+                    .arg(self.announcement(account.provider, &account.account))
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(g.parse().unwrap_or(account.generation))
+    }
+
+    /// Tries to take the lock; `true` when taken.
+    async fn lock(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let ok: Option<String> = self
+            .op(
+                "take refresh lock",
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.lock_ttl.as_millis() as u64)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(ok.is_some())
+    }
+
+    async fn renew(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let n: i64 = self
+            .op(
+                "renew refresh lock",
+                self.renew
+                    .key(key)
+                    .arg(owner)
+                    .arg(self.lock_ttl.as_millis() as u64)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, key: &str, owner: &str) {
+        let mut c = self.conn.clone();
+        let r: Result<i64, _> = self
+            .op(
+                "release refresh lock",
+                self.release.key(key).arg(owner).invoke_async(&mut c),
+            )
+            .await;
+        if let Err(e) = r {
+            // It expires by itself after lock_ttl.
+            tracing::warn!(error = %e, "could not release a refresh lock");
+        }
+    }
+
+    /// The fenced write of `next`; `true` when written.
+    async fn commit(
+        &self,
+        lock: &str,
+        owner: &str,
+        expected: Option<u64>,
+        next: &StoredAccount,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let n: i64 = self
+            .op(
+                "write refreshed account",
+                self.commit
+                    .key(account_key(next.provider, &next.account))
+                    .key(lock)
+                    .arg(expected.map(|g| g.to_string()).unwrap_or_default())
+                    .arg(next.generation)
+                    .arg(encode(next))
+                    .arg(owner)
+                    .arg(CHANNEL)
+                    .arg(self.announcement(next.provider, &next.account))
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn remove(&self, provider: Provider, account: &str) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .op(
+                "remove account",
+                self.remove
+                    .key(account_key(provider, account))
+                    .arg(CHANNEL)
+                    .arg(self.announcement(provider, account))
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// How long a refresh waits for other replicas' locks in total.
+    fn wait_bound(&self) -> Duration {
+        self.lock_ttl * 2 + Duration::from_secs(5)
+    }
+
+    /// See the module documentation, "Refresh".
+    async fn refresh(
+        self: &Arc<Self>,
+        current: StoredAccount,
+        refresh: RefreshFn,
+    ) -> Result<StoredAccount, RefreshError> {
+        let (provider, account) = (current.provider, current.account.clone());
+        let lock = lock_key(provider, &account);
+        let owner = random_id();
+        let deadline = Instant::now() + self.wait_bound();
+        let mut announced = self.announced.subscribe();
+        let mut waited = false;
+        loop {
+            // 1. Did someone else refresh already?
+            let stored = self.read(provider, &account).await.map_err(unavailable)?;
+            match decide(&current, stored) {
+                Decision::Adopt(s) => {
+                    tracing::debug!(%provider, account = %account, generation = s.generation, "another replica refreshed; adopting its tokens");
+                    return Ok(s);
+                }
+                Decision::Rejected(e) => return Err(e),
+                Decision::Refresh { .. } => {}
+            }
+            // 2. The lock.
+            match self.lock(&lock, &owner).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    // The SET may have landed without its answer: do not leave the lock behind.
+                    self.release(&lock, &owner).await;
+                    return Err(unavailable(e));
+                }
+            }
+            if !waited {
+                tracing::debug!(%provider, account = %account, "another replica is refreshing; waiting for it");
+                waited = true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RefreshError::Transient(format!(
+                    "another replica's refresh did not finish within {:?}",
+                    self.wait_bound()
+                )));
+            }
+            let pause = LOCK_POLL.min(deadline - now);
+            tokio::select! {
+                _ = announced.changed() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        // 3. Lock held: the fence read.
+        let stored = match self.read(provider, &account).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.release(&lock, &owner).await;
+                return Err(unavailable(e));
+            }
+        };
+        let (base, expected) = match decide(&current, stored) {
+            Decision::Adopt(s) => {
+                self.release(&lock, &owner).await;
+                return Ok(s);
+            }
+            Decision::Rejected(e) => {
+                self.release(&lock, &owner).await;
+                return Err(e);
+            }
+            Decision::Refresh { base, expected } => (base, expected),
+        };
+        tracing::debug!(%provider, account = %account, generation = base.generation, "holding the refresh lock; refreshing");
+        let result = self
+            .run_renewing(&lock, &owner, refresh(base.refresh_token.clone()))
+            .await;
+        if let Err(e @ RefreshError::Transient(_)) = &result {
+            self.release(&lock, &owner).await;
+            return Err(e.clone());
+        }
+        // 4. The fenced write.
+        let next = base.after_refresh(&result, now_secs());
+        let mut last_err = None;
+        for attempt in 0..3u32 {
+            match self.commit(&lock, &owner, expected, &next).await {
+                Ok(true) => return result.map(|_| next),
+                Ok(false) => return self.resolve_conflict(&next, result).await,
+                Err(e) => {
+                    last_err = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+            }
+        }
+        let e = last_err.expect("three failed attempts");
+        if result.is_err() {
+            // A rejection that could not be recorded: the next refresh asks again.
+            self.release(&lock, &owner).await;
+            return result.map(|_| next);
+        }
+        tracing::error!(%provider, account = %account, error = %e,
+            "refreshed tokens could not be written to the shared store; kept in memory, retrying in the background");
+        self.persist_later(lock, owner, expected, next.clone());
+        Ok(next)
+    }
+
+    /// Runs the refresher, renewing the lock every `lock_ttl / 3` while it runs.
+    async fn run_renewing(
+        &self,
+        lock: &str,
+        owner: &str,
+        refresh: BoxFuture<'static, Result<Refreshed, RefreshError>>,
+    ) -> Result<Refreshed, RefreshError> {
+        let period = (self.lock_ttl / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(refresh);
+        loop {
+            tokio::select! {
+                r = &mut refresh => return r,
+                _ = tick.tick() => match self.renew(lock, owner).await {
+                    Ok(true) => {}
+                    // The generation fence still keeps the stored state consistent.
+                    Ok(false) => tracing::warn!("the refresh lock expired while refreshing"),
+                    Err(e) => tracing::warn!(error = %e, "could not renew the refresh lock"),
+                },
+            }
+        }
+    }
+
+    /// The stored generation moved on while we refreshed: the stored state wins.
+    async fn resolve_conflict(
+        &self,
+        next: &StoredAccount,
+        result: Result<Refreshed, RefreshError>,
+    ) -> Result<StoredAccount, RefreshError> {
+        let stored = self
+            .read(next.provider, &next.account)
+            .await
+            .map_err(unavailable)?;
+        match stored {
+            // Our own write, whose answer was lost.
+            Some(s) if s.generation == next.generation && s.refresh_token == next.refresh_token => {
+                result.map(|_| next.clone())
+            }
+            Some(s) if s.needs_reauth => Err(rejection(&s)),
+            Some(s) if usable(&s) => {
+                tracing::warn!(provider = %next.provider, account = %next.account, generation = s.generation,
+                    "the account changed in the shared store during the refresh; the stored tokens win");
+                Ok(s)
+            }
+            _ => match result {
+                Err(e) => Err(e),
+                Ok(_) => Err(RefreshError::transient(
+                    "the account changed in the shared store during the refresh",
+                )),
+            },
+        }
+    }
+
+    /// Keeps trying the fenced write of a successful refresh until it lands, the stored
+    /// generation moved on, the store is dropped, or [`PERSIST_LATER_FOR`] passed.
+    fn persist_later(
+        self: &Arc<Self>,
+        lock: String,
+        owner: String,
+        expected: Option<u64>,
+        next: StoredAccount,
+    ) {
+        let weak: Weak<Shared> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let until = Instant::now() + PERSIST_LATER_FOR;
+            let mut pause = Duration::from_millis(250);
+            while Instant::now() < until {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                let Some(shared) = weak.upgrade() else { return };
+                match shared.commit(&lock, &owner, expected, &next).await {
+                    Ok(true) => {
+                        tracing::info!(provider = %next.provider, account = %next.account, "refreshed tokens written to the shared store");
+                        return;
+                    }
+                    Ok(false) => {
+                        tracing::warn!(provider = %next.provider, account = %next.account, "the shared store moved on before the refreshed tokens could be written");
+                        return;
+                    }
+                    Err(_) => {}
+                }
+            }
+            tracing::error!(provider = %next.provider, account = %next.account, "gave up writing refreshed tokens to the shared store");
+        });
+    }
+
+    /// The subscriber: (re)connects, subscribes, re-syncs, forwards other replicas' changes.
+    async fn listen(
+        self: Arc<Self>,
+        tx: mpsc::UnboundedSender<StoreUpdate>,
+        mut stop: watch::Receiver<()>,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        let mut failures = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                r = self.listen_once(&tx, failures) => r,
+                _ = tx.closed() => return,
+                _ = stop.changed() => return,
+            };
+            let was_subscribed = self.subscribed.swap(false, Ordering::SeqCst);
+            if was_subscribed {
+                backoff = BACKOFF_MIN;
+                failures = 0;
+            }
+            match outcome {
+                Ok(()) => return, // the receiver is gone
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(redis = %self.addr, error = %e, "store subscriber disconnected; reconnecting");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = tx.closed() => return,
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One subscriber connection's life. `Ok` when the receiver is gone, `Err` on any failure.
+    /// `failures`: how many connections failed in a row before this one.
+    async fn listen_once(
+        &self,
+        tx: &mpsc::UnboundedSender<StoreUpdate>,
+        failures: u32,
+    ) -> Result<(), String> {
+        let (push_tx, mut pushes) = mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.op_timeout))
+            .set_response_timeout(Some(self.op_timeout))
+            .set_push_sender(push_tx);
+        let mut conn: MultiplexedConnection = self
+            .op(
+                "connect subscriber",
+                self.subscriber
+                    .get_multiplexed_async_connection_with_config(&config),
+            )
+            .await
+            .map_err(|e| e.0)?;
+        self.op("subscribe", conn.subscribe(CHANNEL))
+            .await
+            .map_err(|e| e.0)?;
+        // Re-sync: whatever changed while we were not subscribed.
+        let all = self.load().await.map_err(|e| e.0)?;
+        if failures > 0 {
+            tracing::info!(redis = %self.addr, accounts = all.len(), "store subscriber reconnected; re-synced");
+        } else {
+            tracing::debug!(redis = %self.addr, accounts = all.len(), "store subscriber subscribed");
+        }
+        for a in all {
+            if tx.send(StoreUpdate::Changed(a)).is_err() {
+                return Ok(());
+            }
+        }
+        self.subscribed.store(true, Ordering::SeqCst);
+        self.announced.send_modify(|n| *n += 1);
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + SUBSCRIBER_PING,
+            SUBSCRIBER_PING,
+        );
+        loop {
+            tokio::select! {
+                push = pushes.recv() => {
+                    let Some(push) = push else { return Err("subscriber connection closed".into()) };
+                    if push.kind == PushKind::Disconnection {
+                        return Err("subscriber connection closed".into());
+                    }
+                    let Some(msg) = Msg::from_push_info(push) else { continue };
+                    self.announced.send_modify(|n| *n += 1);
+                    if let Some(update) = self.on_message(&msg).await? {
+                        if tx.send(update).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    let _: String = self
+                        .op("ping subscriber", redis::cmd("PING").query_async(&mut conn))
+                        .await
+                        .map_err(|e| e.0)?;
+                }
+            }
+        }
+    }
+
+    /// The update an announcement stands for; `None` for our own or a malformed one.
+    async fn on_message(&self, msg: &Msg) -> Result<Option<StoreUpdate>, String> {
+        let Ok(a) = serde_json::from_slice::<Announcement>(msg.get_payload_bytes()) else {
+            return Ok(None);
+        };
+        if a.o == self.origin {
+            return Ok(None);
+        }
+        let Ok(provider) = a.p.parse::<Provider>() else {
+            return Ok(None);
+        };
+        // A failed read ends this connection: the reconnect re-syncs everything.
+        Ok(Some(
+            match self.read(provider, &a.a).await.map_err(|e| e.0)? {
+                Some(s) => StoreUpdate::Changed(s),
+                None => StoreUpdate::Removed {
+                    provider,
+                    account: a.a,
+                },
+            },
+        ))
+    }
+}
+
+impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+
     fn load(&self) -> BoxFuture<'_, Result<Vec<StoredAccount>, StoreError>> {
-        Box::pin(async { Ok(Vec::new()) })
+        Box::pin(self.shared.load())
     }
-    fn save(&self, _: StoredAccount) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
+
+    fn save(&self, account: StoredAccount) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.shared.save(&account).await.map(|_| ()) })
     }
-    fn remove<'a>(&'a self, _: Provider, _: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
+
+    fn remove<'a>(
+        &'a self,
+        provider: Provider,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.shared.remove(provider, account))
     }
+
     fn ready(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async { false })
+        Box::pin(async move {
+            let subscribed = !self.shared.listening.load(Ordering::SeqCst)
+                || self.shared.subscribed.load(Ordering::SeqCst);
+            subscribed && self.shared.ping().await.is_ok()
+        })
+    }
+
+    fn refresh(
+        &self,
+        current: StoredAccount,
+        refresh: RefreshFn,
+    ) -> BoxFuture<'_, Result<StoredAccount, RefreshError>> {
+        Box::pin(async move { self.shared.refresh(current, refresh).await })
+    }
+
+    fn updates(&self) -> Option<mpsc::UnboundedReceiver<StoreUpdate>> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no tokio runtime: changes made by other replicas will not be seen");
+            return None;
+        };
+        if self.shared.listening.swap(true, Ordering::SeqCst) {
+            return None; // one consumer only
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        runtime.spawn(self.shared.clone().listen(tx, self.stop.subscribe()));
+        Some(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(generation: u64, access: &str, refresh: &str) -> StoredAccount {
+        let mut a = StoredAccount::new(Provider::GitHub, "octo", Secret::new(refresh));
+        a.access_token = Some(Secret::new(access));
+        a.generation = generation;
+        a
+    }
+
+    #[test]
+    fn records_round_trip_without_debug_leaks() {
+        let mut a = account(7, "ghu_1", "ghr_1");
+        a.expires_at = Some(1_800_000_000);
+        a.seed_fingerprint = Some("ab".into());
+        a.last_error = Some("x".into());
+        let back = decode("7", &encode(&a)).unwrap();
+        assert_eq!(back, a);
+        assert!(decode("x", &encode(&a)).is_err());
+        assert!(decode("1", "{").is_err());
+    }
+
+    #[test]
+    fn decisions() {
+        let cur = account(3, "ghu_a", "ghr_a");
+        // Newer generation with other tokens: adopt.
+        assert!(matches!(
+            decide(&cur, Some(account(4, "ghu_b", "ghr_b"))),
+            Decision::Adopt(_)
+        ));
+        // Same generation: refresh from the stored state, fenced on it.
+        assert!(matches!(
+            decide(&cur, Some(account(3, "ghu_a", "ghr_a"))),
+            Decision::Refresh {
+                expected: Some(3),
+                ..
+            }
+        ));
+        // Renumbered only (same tokens): refresh, fenced on the stored generation.
+        assert!(matches!(
+            decide(&cur, Some(account(5, "ghu_a", "ghr_a"))),
+            Decision::Refresh {
+                expected: Some(5),
+                ..
+            }
+        ));
+        // Stored is older, or missing: refresh from the cache.
+        match decide(&cur, Some(account(1, "ghu_z", "ghr_z"))) {
+            Decision::Refresh { base, expected } => {
+                assert_eq!((base.generation, expected), (3, Some(1)))
+            }
+            _ => panic!("expected a refresh"),
+        }
+        assert!(matches!(
+            decide(&cur, None),
+            Decision::Refresh { expected: None, .. }
+        ));
+        // Marked as needing re-authorisation: rejected without a call.
+        let mut dead = account(3, "ghu_a", "ghr_a");
+        dead.needs_reauth = true;
+        dead.last_error = Some("refresh token rejected: bad_refresh_token".into());
+        match decide(&cur, Some(dead)) {
+            Decision::Rejected(RefreshError::Rejected(r)) => assert_eq!(r, "bad_refresh_token"),
+            _ => panic!("expected a rejection"),
+        }
+        // Newer but expired: refresh from it rather than adopt.
+        let mut expired = account(4, "ghu_b", "ghr_b");
+        expired.expires_at = Some(1);
+        assert!(matches!(
+            decide(&cur, Some(expired)),
+            Decision::Refresh {
+                expected: Some(4),
+                ..
+            }
+        ));
     }
 }

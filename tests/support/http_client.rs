@@ -1,0 +1,92 @@
+//! Requests to a running proxy with hyper's client, bounded by [`WAIT`] and read to their end.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use super::{TestBody, WAIT};
+
+pub type HttpClient = Client<HttpConnector, TestBody>;
+
+/// An answer, read to its end.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// The `error.code` of one of the proxy's own JSON answers (SPEC 4.4).
+    pub fn code(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error.code: {}", self.text()))
+            .to_string()
+    }
+}
+
+/// A plain HTTP/1.1 client.
+pub fn http1_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 client with prior knowledge (h2c).
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// `method uri` with `headers` and `body`; panics on a transport error or after [`WAIT`].
+pub async fn request(
+    client: &HttpClient,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: TestBody,
+) -> Answer {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(body).unwrap();
+    let fut = async {
+        let resp = client
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {uri}: {e:?}"));
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        }
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {uri}: no answer within {WAIT:?}"))
+}
