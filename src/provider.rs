@@ -50,8 +50,12 @@ impl Provider {
     /// assert_eq!(Provider::from_host("API.GitHub.com:443"), Some(Provider::GitHub));
     /// assert_eq!(Provider::from_host("github.com"), None);
     /// assert_eq!(Provider::from_host("evilgoogleapis.com"), None);
+    /// assert_eq!(Provider::from_host("user@www.googleapis.com:443"), Some(Provider::Google));
+    /// assert_eq!(Provider::from_host("[::1]:443"), None);
     /// ```
     pub fn from_host(host: &str) -> Option<Provider> {
+        // An authority may carry userinfo (`user@host:port`).
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
         let host = match host.rsplit_once(':') {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => host,

@@ -514,7 +514,10 @@ async fn two_replicas_a_thousand_revoked_token_requests_make_one_backend_call() 
         b.generation(Provider::GitHub, "alice")
     );
     // Exactly one replica refreshed; the other (if it had a flight) adopted the result.
-    let (sa, sb) = (a.tokens.stats(Provider::GitHub), b.tokens.stats(Provider::GitHub));
+    let (sa, sb) = (
+        a.tokens.stats(Provider::GitHub),
+        b.tokens.stats(Provider::GitHub),
+    );
     assert_eq!(sa.refresh_success + sb.refresh_success, 1, "{sa:?} {sb:?}");
     assert_no_secret_logged(&realm.secrets());
 }

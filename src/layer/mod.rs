@@ -256,11 +256,14 @@ where
     }
 }
 
-/// The host a request goes to: the URI's, else the `Host` header's.
+/// The authority a request goes to: the URI's (as stored, not re-parsed: this runs on every
+/// request), else the `Host` header's.
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().host().or_else(|| {
-        req.headers()
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
             .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+            .and_then(|h| h.to_str().ok()),
+    }
 }

@@ -32,12 +32,25 @@ impl Router {
     /// The route for `path` and the rest of the path after its prefix (`""` for the bare
     /// prefix). A prefix matches only on a segment boundary.
     pub fn find<'a>(&self, path: &'a str) -> Option<(&Route, &'a str)> {
-        self.routes.iter().find_map(|r| {
+        self.find_index(path)
+            .map(|(i, rest)| (&self.routes[i], rest))
+    }
+
+    /// Like [`Router::find`], with the route's index in [`Router::routes`].
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::proxy::{config::Route, router::Router};
+    /// let router = Router::new(Route::defaults());
+    /// let (i, rest) = router.find_index("/github/user").unwrap();
+    /// assert_eq!((router.routes()[i].prefix.as_str(), rest), ("/github", "/user"));
+    /// ```
+    pub fn find_index<'a>(&self, path: &'a str) -> Option<(usize, &'a str)> {
+        self.routes.iter().enumerate().find_map(|(i, r)| {
             if r.prefix == "/" {
-                return Some((r, path));
+                return Some((i, path));
             }
             let rest = path.strip_prefix(r.prefix.as_str())?;
-            (rest.is_empty() || rest.starts_with('/')).then_some((r, rest))
+            (rest.is_empty() || rest.starts_with('/')).then_some((i, rest))
         })
     }
 

@@ -30,7 +30,7 @@ use tower::{Layer, ServiceExt};
 
 use super::config::Config;
 use super::errors::{error_response, from_error, Code};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, RouteMetrics};
 use super::refresh_api::{self, RefreshApi};
 use super::router::{rewrite_link, rewrite_url, upstream_uri, Router};
 use crate::layer::{Refresh, RefreshLayer, ReplayBody};
@@ -40,8 +40,30 @@ use crate::{Account, BoxError, Tokens};
 /// The connector the sidecar uses upstream: rustls (platform verifier), HTTP/1.1 and HTTP/2.
 pub type UpstreamConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// The pooled upstream client the layer wraps.
+/// The pooled upstream client.
 pub type UpstreamClient = Client<UpstreamConnector, ReplayBody<Incoming>>;
+
+/// The upstream client as the layer's inner service: shared behind an `Arc`, so the clones a
+/// tower service needs per request cost one atomic increment instead of copying the client.
+#[derive(Clone, Debug)]
+pub struct Upstream(Arc<UpstreamClient>);
+
+impl tower::Service<Request<ReplayBody<Incoming>>> for Upstream {
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody<Incoming>>) -> Self::Future {
+        self.0.request(req)
+    }
+}
 
 /// The body of the proxy's responses: the upstream's, streamed, or one the proxy made.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -68,10 +90,18 @@ pub fn upstream_client() -> UpstreamClient {
         .build(https)
 }
 
+struct RouteState {
+    metrics: RouteMetrics,
+    default_account: Option<Account>,
+}
+
 /// The proxy listener's request handler.
 pub struct Proxy {
     router: Router,
-    client: Refresh<UpstreamClient>,
+    /// Per route (in the router's order): its metrics and its default account, resolved once.
+    per_route: Vec<RouteState>,
+    unrouted: RouteMetrics,
+    client: Refresh<Upstream>,
     client_token: Option<Secret>,
     metrics: Arc<Metrics>,
     refresh_api: Option<RefreshApi>,
@@ -91,9 +121,20 @@ impl Proxy {
     /// A proxy for `config`'s routes, taking tokens from `tokens`.
     pub fn new(config: &Config, tokens: Tokens, metrics: Arc<Metrics>) -> Self {
         let layer = RefreshLayer::new(tokens).max_replay_body(config.max_replay_body);
+        let router = Router::new(config.routes.clone());
+        let per_route = router
+            .routes()
+            .iter()
+            .map(|r| RouteState {
+                metrics: metrics.route(&r.prefix),
+                default_account: r.default_account.as_deref().map(Account::new),
+            })
+            .collect();
         Proxy {
-            router: Router::new(config.routes.clone()),
-            client: layer.layer(upstream_client()),
+            router,
+            per_route,
+            unrouted: metrics.route(""),
+            client: layer.layer(Upstream(Arc::new(upstream_client()))),
             client_token: config.client_token.clone(),
             metrics,
             refresh_api: None,
@@ -110,18 +151,29 @@ impl Proxy {
     /// Handles one request from a caller.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let (route_label, resp) = self.route(req).await;
+        let (label, resp) = self.route(req).await;
         let status = resp.status().as_u16();
-        self.metrics.observe_request(&route_label, status);
-        tracing::debug!(route = %route_label, status, elapsed = ?started.elapsed(), "proxied");
+        match &label {
+            Label::Route(i) => self.per_route[*i].metrics.observe_request(status),
+            Label::Unrouted => self.unrouted.observe_request(status),
+            Label::Other(name) => self.metrics.observe_request(name, status),
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let route = match &label {
+                Label::Route(i) => self.router.routes()[*i].prefix.as_str(),
+                Label::Unrouted => "",
+                Label::Other(name) => name.as_str(),
+            };
+            tracing::debug!(route, status, elapsed = ?started.elapsed(), "proxied");
+        }
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>) -> (String, Response<ProxyBody>) {
+    async fn route(&self, req: Request<Incoming>) -> (Label, Response<ProxyBody>) {
         let own = own_response;
         if req.method() == Method::CONNECT {
             return (
-                String::new(),
+                Label::Unrouted,
                 own(
                     Code::MethodNotAllowed,
                     "CONNECT is not supported: this is not a forward proxy",
@@ -132,7 +184,7 @@ impl Proxy {
         // (HTTP/2 requests always carry :authority, which is the proxy's own.)
         if req.version() < Version::HTTP_2 && req.uri().authority().is_some() {
             return (
-                String::new(),
+                Label::Unrouted,
                 own(
                     Code::BadRequest,
                     "absolute-form request targets are not supported: send the path only",
@@ -142,7 +194,10 @@ impl Proxy {
         // The served refresh API has its own bearer: client_token does not apply (SPEC 4.9).
         if let Some(api) = &self.refresh_api {
             if let Some(label) = refresh_api::route_label(req.uri().path()) {
-                return (label, api.handle(req).await.map(Either::Right));
+                return (
+                    Label::Other(label),
+                    api.handle(req).await.map(Either::Right),
+                );
             }
         }
         if let Some(expected) = &self.client_token {
@@ -153,7 +208,7 @@ impl Proxy {
                 .and_then(|v| v.strip_prefix("Bearer "));
             if !presented.is_some_and(|p| expected.constant_time_eq(p)) {
                 return (
-                    String::new(),
+                    Label::Unrouted,
                     own(
                         Code::Unauthorized,
                         "send Proxy-Authorization: Bearer <client_token>",
@@ -161,17 +216,18 @@ impl Proxy {
                 );
             }
         }
-        let path = req.uri().path().to_string();
-        let Some((route, rest)) = self.router.find(&path) else {
+        let Some((index, rest)) = self.router.find_index(req.uri().path()) else {
             return (
-                String::new(),
+                Label::Unrouted,
                 own(Code::UnknownRoute, "no route matches this path"),
             );
         };
-        let label = route.prefix.clone();
+        let route = &self.router.routes()[index];
+        let state = &self.per_route[index];
+        let label = Label::Route(index);
         let account = match req.headers().get(&X_OAUTH_ACCOUNT) {
             Some(v) => match v.to_str() {
-                Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Ok(s) if !s.trim().is_empty() => Some(Account::new(s.trim())),
                 _ => {
                     return (
                         label,
@@ -182,7 +238,7 @@ impl Proxy {
                     );
                 }
             },
-            None => route.default_account.clone(),
+            None => state.default_account.clone(),
         };
         let Some(account) = account else {
             let resp = error_response(
@@ -202,12 +258,13 @@ impl Proxy {
                 )
             }
         };
-        let proxy_host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        // Kept as a header value (a reference-count increment); read only when a response
+        // carries Location or Link.
+        let proxy_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
 
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -216,13 +273,12 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         parts.extensions.insert(route.provider);
-        parts.extensions.insert(Account::new(account));
+        parts.extensions.insert(account);
         let out = Request::from_parts(parts, body);
 
         let sent = Instant::now();
         let result = self.client.clone().oneshot(out).await;
-        self.metrics
-            .observe_upstream(&label, sent.elapsed().as_secs_f64());
+        state.metrics.observe_upstream(sent.elapsed().as_secs_f64());
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
@@ -230,16 +286,19 @@ impl Proxy {
                     crate::ErrorKind::UnknownAccount
                     | crate::ErrorKind::AccountRequired
                     | crate::ErrorKind::RefreshRejected => {
-                        tracing::info!(route = %label, error = %e, "request refused")
+                        tracing::info!(route = %route.prefix, error = %e, "request refused")
                     }
-                    _ => tracing::warn!(route = %label, error = %e, "request failed"),
+                    _ => tracing::warn!(route = %route.prefix, error = %e, "request failed"),
                 }
                 return (label, from_error(&e).map(Either::Right));
             }
         };
         strip_hop_by_hop(resp.headers_mut());
-        if let Some(host) = proxy_host {
-            rewrite_location_and_link(resp.headers_mut(), route, &host);
+        let h = resp.headers();
+        if h.contains_key(header::LOCATION) || h.contains_key(header::LINK) {
+            if let Some(host) = proxy_host.as_ref().and_then(|h| h.to_str().ok()) {
+                rewrite_location_and_link(resp.headers_mut(), route, host);
+            }
         }
         (label, resp.map(Either::Left))
     }
@@ -249,28 +308,48 @@ fn own_response(code: Code, msg: &str) -> Response<ProxyBody> {
     error_response(code, msg, None, None).map(Either::Right)
 }
 
+/// What a request is counted under in `orp_requests_total`.
+enum Label {
+    /// A configured route (its index in the router).
+    Route(usize),
+    /// No route matched (`route=""`).
+    Unrouted,
+    /// Another path with its own label (the served refresh API).
+    Other(String),
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `name` is one of the fixed hop-by-hop headers of RFC 9110 §7.6.1.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+}
+
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and those `Connection` names).
+///
+/// One pass over the names present (most requests carry none of them), instead of a hashed
+/// removal per candidate: this runs twice per proxied request.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    doomed.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
+    for name in doomed {
         headers.remove(name);
     }
 }

@@ -150,7 +150,7 @@ fn bump(c: &std::sync::atomic::AtomicU64) {
 }
 
 struct Inner {
-    maps: [DashMap<Arc<str>, Entry>; 2],
+    maps: [DashMap<Arc<str>, Entry, foldhash::fast::RandomState>; 2],
     counters: [Counters; 2],
     refresher: Arc<dyn Refresher>,
     policy: RetryPolicy,
@@ -264,7 +264,10 @@ impl TokensBuilder {
         let tokens = Tokens {
             inner: Arc::new(Inner {
                 store: self.store,
-                maps: [DashMap::new(), DashMap::new()],
+                maps: [
+                    DashMap::with_hasher(Default::default()),
+                    DashMap::with_hasher(Default::default()),
+                ],
                 counters: Default::default(),
                 refresher: self.refresher,
                 policy: self.policy,

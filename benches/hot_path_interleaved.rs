@@ -1,0 +1,147 @@
+//! The hot-path target, measured interleaved: the bare inner service, tower-http's static
+//! `AddAuthorization`, and the layer with a valid cached token alternate in short rounds, so
+//! that drift on a shared machine hits all three alike. Prints the median ns per request of
+//! each and the ratio of the layer's added cost to `AddAuthorization`'s.
+//!
+//! Run: `cargo bench --bench hot_path_interleaved` (optional args: ROUNDS ITERS_PER_ROUND).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty, Full};
+use oauth_refresh_proxy::refresh::{BoxFuture, Refreshed, Refresher};
+use oauth_refresh_proxy::{Provider, RefreshError, RefreshLayer, Secret, TokenSeed, Tokens};
+use tower::{Layer, Service, ServiceExt};
+
+const URI: &str = "https://www.googleapis.com/drive/v3/files?pageSize=10";
+
+fn now<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("hot path future was not immediately ready"),
+    }
+}
+
+#[derive(Clone)]
+struct Immediate;
+
+impl<B> Service<Request<B>> for Immediate
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        Box::pin(async move {
+            let _ = req.into_body().collect().await;
+            Ok(Response::new(Empty::new()))
+        })
+    }
+}
+
+struct Unused;
+
+impl Refresher for Unused {
+    fn refresh<'a>(
+        &'a self,
+        _: Provider,
+        _: &'a Secret,
+    ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
+        Box::pin(async { Err(RefreshError::transient("not used")) })
+    }
+}
+
+/// ns per request of `iters` calls of `svc`.
+fn run<S>(svc: &mut S, body: &Bytes, iters: u32) -> f64
+where
+    S: Service<Request<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let started = Instant::now();
+    for _ in 0..iters {
+        let req = Request::builder()
+            .method(method)
+            .uri(URI)
+            .body(Full::new(body.clone()))
+            .unwrap();
+        now(ServiceExt::<Request<Full<Bytes>>>::ready(svc)).unwrap();
+        black_box(now(svc.call(req)).unwrap());
+    }
+    started.elapsed().as_nanos() as f64 / iters as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().filter(|a| !a.starts_with("--")).collect();
+    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(31);
+    let iters: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let tokens = Tokens::builder(Unused).build();
+    tokens.insert(
+        Provider::Google,
+        "alice",
+        TokenSeed::new("refresh")
+            .access_token("seeded")
+            .expires_at(SystemTime::now() + Duration::from_secs(86_400)),
+    );
+    println!(
+        "hot path, interleaved: {rounds} rounds x {iters} requests per variant (median ns/request)"
+    );
+    println!(
+        "{:<10} {:>8} {:>18} {:>14} {:>14} {:>22}",
+        "request",
+        "bare",
+        "add_authorization",
+        "refresh_layer",
+        "layer added",
+        "ratio vs AddAuthorization"
+    );
+    for (name, body) in [
+        ("GET", Bytes::new()),
+        ("POST 1KiB", Bytes::from(vec![7u8; 1024])),
+    ] {
+        let mut bare = Immediate;
+        let mut auth = tower_http::auth::AddAuthorizationLayer::bearer("seeded").layer(Immediate);
+        let mut layer = RefreshLayer::new(tokens.clone())
+            .default_account("alice")
+            .layer(Immediate);
+        let (mut b, mut a, mut l) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            b.push(run(&mut bare, &body, iters));
+            a.push(run(&mut auth, &body, iters));
+            l.push(run(&mut layer, &body, iters));
+        }
+        let (b, a, l) = (median(b), median(a), median(l));
+        let (added_auth, added_layer) = (a - b, l - b);
+        println!(
+            "{name:<10} {b:>8.1} {a:>18.1} {l:>14.1} {added_layer:>11.1} ns {:>22.1}",
+            added_layer / added_auth.max(1.0)
+        );
+        println!("{:<10} AddAuthorization adds {added_auth:.1} ns", "");
+    }
+}
