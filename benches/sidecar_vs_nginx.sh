@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sidecar vs nginx, side by side in one run, on the same cores.
 #
-# Starts on loopback: a fast upstream (nginx answering 200 "ok" from memory), nginx as a reverse
+# Starts on loopback: a fast upstream (its own nginx, answering 200 "ok" from memory), nginx as a reverse
 # proxy injecting a static bearer (the best a proxy can do without refresh logic), and the
 # sidecar (release build) with a valid cached token. Then drives each with wrk, interleaved
 # A/B/C rounds, and prints requests/s, p50 and p99 for direct, nginx and sidecar, with ratios.
@@ -32,7 +32,7 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  for p in "$WORK/up/nginx.pid" "$WORK/ng/nginx.pid"; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -40,19 +40,32 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NG=$(free_port)
 
-cat > "$WORK/nginx.conf" <<NGINX
+# The upstream runs in its own nginx instance (one worker), so that both proxies under test
+# share the cores with the same separate upstream process.
+mkdir -p "$WORK/up" "$WORK/ng"
+cat > "$WORK/up/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP;
+    location / { return 200 "ok"; }
+  }
+}
+NGINX
+cat > "$WORK/ng/nginx.conf" <<NGINX
 worker_processes 2;
-pid $WORK/nginx.pid;
-error_log $WORK/error.log warn;
+pid $WORK/ng/nginx.pid;
+error_log $WORK/ng/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
   upstream api { server 127.0.0.1:$UP; keepalive 256; }
-  server {
-    listen 127.0.0.1:$UP;
-    location / { return 200 "ok"; }
-  }
   server {
     listen 127.0.0.1:$NG;
     location /github/ {
@@ -65,7 +78,8 @@ http {
   }
 }
 NGINX
-"$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+"$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up"
+"$NGINX" -c "$WORK/ng/nginx.conf" -p "$WORK/ng"
 
 cat > "$WORK/proxy.toml" <<TOML
 listen = "127.0.0.1:0"
@@ -116,7 +130,7 @@ done
 
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
-echo "medians over $ROUNDS rounds of ${SECS}s, wrk -t2 -c$CONNS, 2 nginx workers, sidecar on 2 tokio workers, $(nproc) cores"
+echo "medians over $ROUNDS rounds of ${SECS}s, wrk -t2 -c$CONNS, proxy nginx 2 workers, sidecar 2 tokio workers, upstream nginx 1 worker, $(nproc) cores"
 printf '%-8s %12s %10s %10s %14s %14s\n' target "req/s" "p50 us" "p99 us" "rps vs nginx" "p99 vs nginx"
 NR=$(median "${RPS[nginx]}"); N99=$(median "${P99[nginx]}")
 for t in direct nginx sidecar; do

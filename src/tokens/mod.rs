@@ -65,8 +65,6 @@ pub(crate) struct Lease {
 
 struct Entry {
     refresh_token: Secret,
-    /// The access token behind `header`, kept for the store.
-    access: Option<Secret>,
     /// Fingerprint of the configured refresh token the account started from.
     seed_fingerprint: Option<String>,
     /// The injected header, `None` when there is no usable access token.
@@ -532,7 +530,6 @@ impl Tokens {
             existed = false;
             Entry {
                 refresh_token: state.refresh_token.clone(),
-                access: None,
                 seed_fingerprint: None,
                 header: None,
                 expires_at: now,
@@ -549,11 +546,6 @@ impl Tokens {
             return existed;
         }
         e.refresh_token = state.refresh_token;
-        e.access = if header.is_some() {
-            state.access_token
-        } else {
-            None
-        };
         e.seed_fingerprint = state.seed_fingerprint;
         e.header = header;
         e.expires_at = expires_at;
@@ -905,7 +897,6 @@ impl Tokens {
                     };
                     let rotated = next.refresh_token != e.refresh_token;
                     e.refresh_token = next.refresh_token;
-                    e.access = next.access_token;
                     let expires = next
                         .expires_at
                         .and_then(|t| timestamp_to_system_time(t as i64));
@@ -1057,7 +1048,13 @@ fn snapshot(provider: Provider, account: &str, e: &Entry) -> StoredAccount {
         provider,
         account: account.to_string(),
         refresh_token: e.refresh_token.clone(),
-        access_token: e.access.clone(),
+        // The access token is kept once, inside its header value (`Bearer <token>`).
+        access_token: e
+            .header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(Secret::new),
         expires_at: (e.header.is_some() && e.expiry_known).then(|| unix_secs(e.expires_at)),
         generation: e.generation,
         needs_reauth: e.needs_reauth,
