@@ -5,55 +5,19 @@
 //!
 //! Run: `cargo bench --bench hot_path_interleaved` (optional args: ROUNDS ITERS_PER_ROUND).
 
-use std::convert::Infallible;
-use std::future::Future;
+mod common;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::Body;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use oauth_refresh_proxy::refresh::{BoxFuture, Refreshed, Refresher};
 use oauth_refresh_proxy::{Provider, RefreshError, RefreshLayer, Secret, TokenSeed, Tokens};
 use tower::{Layer, Service, ServiceExt};
 
-const URI: &str = "https://www.googleapis.com/drive/v3/files?pageSize=10";
-
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("hot path future was not immediately ready"),
-    }
-}
-
-#[derive(Clone)]
-struct Immediate;
-
-impl<B> Service<Request<B>> for Immediate
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-{
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        Box::pin(async move {
-            let _ = req.into_body().collect().await;
-            Ok(Response::new(Empty::new()))
-        })
-    }
-}
+use common::{now, Immediate, URI};
 
 struct Unused;
 

@@ -12,12 +12,13 @@
 //!
 //! Run: `cargo bench --bench layer`.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -31,42 +32,7 @@ use oauth_refresh_proxy::{
 };
 use tower::{Layer, Service, ServiceExt};
 
-const URI: &str = "https://www.googleapis.com/drive/v3/files?pageSize=10";
-
-/// Polls a future that must be ready at once (the hot path never waits).
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("hot path future was not immediately ready"),
-    }
-}
-
-/// The inner service: reads the request body, answers 200 at once.
-#[derive(Clone)]
-struct Immediate;
-
-impl<B> Service<Request<B>> for Immediate
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-{
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        Box::pin(async move {
-            let _ = req.into_body().collect().await;
-            Ok(Response::new(Empty::new()))
-        })
-    }
-}
+use common::{now, Immediate, URI};
 
 /// A refresher that answers after `latency` with a new token each time, counting calls.
 struct FakeBackend {

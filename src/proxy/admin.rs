@@ -454,12 +454,12 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::refresh::{BoxFuture, RefreshError, Refreshed, Refresher, RetryPolicy};
+    use crate::refresh::{RefreshError, Refreshed, RetryPolicy};
 
     const ADMIN: &str = "ADMIN-SECRET-xyz";
     const REFRESH: &str = "REFRESH-SECRET-abc";
@@ -468,35 +468,7 @@ mod tests {
     const ROTATED: &str = "ROTATED-SECRET-jkl";
     const SECRETS: [&str; 5] = [ADMIN, REFRESH, ACCESS, NEW_ACCESS, ROTATED];
 
-    #[derive(Default)]
-    struct Script {
-        answers: Mutex<VecDeque<Result<Refreshed, RefreshError>>>,
-        calls: AtomicUsize,
-    }
-
-    struct Scripted(Arc<Script>);
-
-    impl Refresher for Scripted {
-        fn refresh<'a>(
-            &'a self,
-            _: Provider,
-            _: &'a Secret,
-        ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
-            self.0.calls.fetch_add(1, Ordering::SeqCst);
-            let next = self.0.answers.lock().unwrap().pop_front();
-            Box::pin(async move {
-                next.unwrap_or_else(|| {
-                    Ok(Refreshed {
-                        access_token: Secret::new(NEW_ACCESS),
-                        refresh_token: Some(Secret::new(ROTATED)),
-                        expires_at: Some(
-                            SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000),
-                        ),
-                    })
-                })
-            })
-        }
-    }
+    use crate::refresh::scripted::{Script, Scripted};
 
     struct Fixture {
         state: AdminState,
@@ -507,7 +479,11 @@ mod tests {
     }
 
     fn fixture(admin_token: Option<&str>) -> Fixture {
-        let script = Arc::new(Script::default());
+        let script = Script::new(Refreshed {
+            access_token: Secret::new(NEW_ACCESS),
+            refresh_token: Some(Secret::new(ROTATED)),
+            expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000)),
+        });
         let tokens = Tokens::builder(Scripted(script.clone()))
             .retry(RetryPolicy {
                 max_attempts: 1,

@@ -393,13 +393,13 @@ impl Collector for TokensCollector {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, VecDeque};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering;
+
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::refresh::{BoxFuture, RefreshError, Refreshed, Refresher, RetryPolicy};
+    use crate::refresh::{RefreshError, Refreshed, RetryPolicy};
     use crate::token::{Secret, TokenSeed};
 
     const SECRETS: [&str; 4] = [
@@ -409,36 +409,14 @@ mod tests {
         "ROTATED-SECRET",
     ];
 
-    #[derive(Default)]
-    struct Script {
-        answers: Mutex<VecDeque<Result<Refreshed, RefreshError>>>,
-        calls: AtomicUsize,
-    }
-
-    struct Scripted(Arc<Script>);
-
-    impl Refresher for Scripted {
-        fn refresh<'a>(
-            &'a self,
-            _: Provider,
-            _: &'a Secret,
-        ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
-            self.0.calls.fetch_add(1, Ordering::SeqCst);
-            let next = self.0.answers.lock().unwrap().pop_front();
-            Box::pin(async move {
-                next.unwrap_or_else(|| {
-                    Ok(Refreshed {
-                        access_token: Secret::new("NEW-ACCESS-SECRET"),
-                        refresh_token: Some(Secret::new("ROTATED-SECRET")),
-                        expires_at: Some(SystemTime::now() + Duration::from_secs(3600)),
-                    })
-                })
-            })
-        }
-    }
+    use crate::refresh::scripted::{Script, Scripted};
 
     fn setup() -> (Tokens, Arc<Script>) {
-        let script = Arc::new(Script::default());
+        let script = Script::new(Refreshed {
+            access_token: Secret::new("NEW-ACCESS-SECRET"),
+            refresh_token: Some(Secret::new("ROTATED-SECRET")),
+            expires_at: Some(SystemTime::now() + Duration::from_secs(3600)),
+        });
         let tokens = Tokens::builder(Scripted(script.clone()))
             .retry(RetryPolicy {
                 max_attempts: 1,

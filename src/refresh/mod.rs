@@ -37,6 +37,8 @@ mod backend;
 mod github;
 mod google;
 mod http;
+#[cfg(test)]
+pub(crate) mod scripted;
 
 pub use backend::BackendRefresher;
 pub use github::GitHubRefresher;

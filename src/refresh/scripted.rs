@@ -1,0 +1,42 @@
+//! A refresher answering from a script, for the crate's unit tests.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{BoxFuture, RefreshError, Refreshed, Refresher};
+use crate::provider::Provider;
+use crate::token::Secret;
+
+/// The answers to give, in order, then `default`; and how many calls were made.
+pub(crate) struct Script {
+    pub(crate) answers: Mutex<VecDeque<Result<Refreshed, RefreshError>>>,
+    pub(crate) calls: AtomicUsize,
+    default: Refreshed,
+}
+
+impl Script {
+    pub(crate) fn new(default: Refreshed) -> Arc<Script> {
+        Arc::new(Script {
+            answers: Mutex::default(),
+            calls: AtomicUsize::new(0),
+            default,
+        })
+    }
+}
+
+/// A [`Refresher`] following a shared [`Script`].
+pub(crate) struct Scripted(pub(crate) Arc<Script>);
+
+impl Refresher for Scripted {
+    fn refresh<'a>(
+        &'a self,
+        _: Provider,
+        _: &'a Secret,
+    ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        let next = self.0.answers.lock().unwrap().pop_front();
+        let default = self.0.default.clone();
+        Box::pin(async move { next.unwrap_or(Ok(default)) })
+    }
+}
