@@ -81,15 +81,9 @@ async fn tls_upstream(
     (port, seen, connections)
 }
 
-async fn run(alpn: &[&[u8]], expected: Version) {
-    capture_logs();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (port, seen, connections) = tls_upstream(&cert, alpn).await;
-    let dir = TempDir::new("tls");
-    let ca = dir.write("upstream-ca.pem", &cert.cert.pem());
-    let access = "ghu_tls-upstream-access-token";
-    let refresh = "ghr_tls-upstream-refresh-token";
-    let config = format!(
+/// A sidecar config routing `/github` to `https://localhost:{port}` for account `octo`.
+fn config(port: u16, access: &str, refresh: &str) -> String {
+    format!(
         r#"listen = "127.0.0.1:0"
 admin_listen = ""
 [refresh]
@@ -107,7 +101,18 @@ access_token = "{access}"
 expires_at = {}
 "#,
         now_secs() + 86_400
-    );
+    )
+}
+
+async fn run(alpn: &[&[u8]], expected: Version) {
+    capture_logs();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (port, seen, connections) = tls_upstream(&cert, alpn).await;
+    let dir = TempDir::new("tls");
+    let ca = dir.write("upstream-ca.pem", &cert.cert.pem());
+    let access = "ghu_tls-upstream-access-token";
+    let refresh = "ghr_tls-upstream-refresh-token";
+    let config = config(port, access, refresh);
     let proxy = Proxy::start(&config, &[], &[("SSL_CERT_FILE", ca.to_str().unwrap())]).await;
     let client = http1_client();
     for i in 0..20 {
@@ -155,25 +160,7 @@ async fn an_untrusted_upstream_certificate_is_a_502_and_no_token_is_sent() {
     capture_logs();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (port, seen, _) = tls_upstream(&cert, &[b"h2", b"http/1.1"]).await;
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = ""
-[refresh]
-backend_url = "http://127.0.0.1:9"
-[[route]]
-prefix = "/github"
-upstream = "https://localhost:{port}"
-provider = "github"
-default_account = "octo"
-[[account]]
-provider = "github"
-id = "octo"
-refresh_token = "ghr_untrusted-refresh"
-access_token = "ghu_untrusted-access"
-expires_at = {}
-"#,
-        now_secs() + 86_400
-    );
+    let config = config(port, "ghu_untrusted-access", "ghr_untrusted-refresh");
     // No SSL_CERT_FILE: the self-signed certificate is not trusted.
     let proxy = Proxy::start(&config, &[], &[]).await;
     let answer = request(
