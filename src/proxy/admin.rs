@@ -714,11 +714,7 @@ mod tests {
         f.state
             .tokens
             .insert(Provider::GitHub, "dead", TokenSeed::new(REFRESH));
-        f.script
-            .answers
-            .lock()
-            .unwrap()
-            .push_back(Err(RefreshError::rejected("revoked")));
+        f.script.push(Err(RefreshError::rejected("revoked")));
         let a = f
             .send("POST", "/tokens/github/dead/refresh", None, "")
             .await;
@@ -842,11 +838,7 @@ mod tests {
         assert_eq!(f.script.calls.load(Ordering::SeqCst), 1);
 
         // Transient → 503 refresh_unavailable with Retry-After.
-        f.script
-            .answers
-            .lock()
-            .unwrap()
-            .push_back(Err(RefreshError::transient("backend down")));
+        f.script.push(Err(RefreshError::transient("backend down")));
         let a = f
             .send("POST", "/tokens/google/alice/refresh", bearer(), "")
             .await;
@@ -858,11 +850,7 @@ mod tests {
         f.state
             .tokens
             .insert(Provider::GitHub, "octo", TokenSeed::new(REFRESH));
-        f.script
-            .answers
-            .lock()
-            .unwrap()
-            .push_back(Err(RefreshError::transient("backend down")));
+        f.script.push(Err(RefreshError::transient("backend down")));
         let a = f
             .send("POST", "/tokens/github/octo/refresh", bearer(), "")
             .await;
@@ -876,11 +864,7 @@ mod tests {
         assert_eq!(a.json()["generation"], 2);
 
         // Rejected → 401 refresh_rejected; then fail fast with no backend call.
-        f.script
-            .answers
-            .lock()
-            .unwrap()
-            .push_back(Err(RefreshError::rejected("revoked")));
+        f.script.push(Err(RefreshError::rejected("revoked")));
         let a = f
             .send("POST", "/tokens/google/alice/refresh", bearer(), "")
             .await;

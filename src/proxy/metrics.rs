@@ -625,17 +625,9 @@ mod tests {
 
         // google/bob: success; github/octo: transient; github/dead: rejected.
         tokens.refresh_now(Provider::Google, "bob").await.unwrap();
-        script
-            .answers
-            .lock()
-            .unwrap()
-            .push_back(Err(RefreshError::transient("backend down")));
+        script.push(Err(RefreshError::transient("backend down")));
         assert!(tokens.refresh_now(Provider::GitHub, "octo").await.is_err());
-        script
-            .answers
-            .lock()
-            .unwrap()
-            .push_back(Err(RefreshError::rejected("revoked")));
+        script.push(Err(RefreshError::rejected("revoked")));
         assert!(tokens.refresh_now(Provider::GitHub, "dead").await.is_err());
         assert_eq!(script.calls.load(Ordering::SeqCst), 3);
 

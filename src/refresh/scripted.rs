@@ -23,6 +23,11 @@ impl Script {
             default,
         })
     }
+
+    /// Queues `answer` for the next call.
+    pub(crate) fn push(&self, answer: Result<Refreshed, RefreshError>) {
+        self.answers.lock().unwrap().push_back(answer);
+    }
 }
 
 /// A [`Refresher`] following a shared [`Script`].
