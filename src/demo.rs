@@ -52,7 +52,7 @@ pub fn sha256_hex(b: &[u8]) -> String {
         .collect()
 }
 
-/// A canned API answer (status, headers, body), as in `shared/fixtures`.
+/// A canned API answer (status, headers, body), as in `tests/fixtures`.
 #[derive(Debug)]
 pub struct ApiAnswer {
     /// The status code.

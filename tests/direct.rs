@@ -1,6 +1,6 @@
 //! Direct mode and the served refresh API (SPEC 3, 4.9), black-box.
 //!
-//! Fake Google and GitHub token endpoints, built from `shared/fixtures/google_token_endpoint.json`
+//! Fake Google and GitHub token endpoints, built from `tests/fixtures/google_token_endpoint.json`
 //! and `github_token_endpoint.json`, run as real hyper servers on 127.0.0.1 and count every call.
 //! The refreshers are driven directly (and through [`Tokens`]); the served API, direct-mode
 //! proxying and the backend → direct chain run the real `oauth-refresh-proxy` binary, whose

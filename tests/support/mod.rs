@@ -42,7 +42,7 @@ pub fn bearer(t: &str) -> Option<String> {
 
 /// A shared fixture file's JSON.
 pub fn fixture(name: &str) -> serde_json::Value {
-    let path = format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
