@@ -1,6 +1,7 @@
 //! The error of the layer and of [`Tokens`](crate::Tokens) operations.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::provider::{Account, Provider};
 
@@ -46,6 +47,7 @@ pub struct Error {
     provider: Option<Provider>,
     account: Option<Account>,
     message: String,
+    retry_after: Option<Duration>,
     source: Option<BoxError>,
 }
 
@@ -61,8 +63,26 @@ impl Error {
             provider,
             account,
             message: message.into(),
+            retry_after: None,
             source: None,
         }
+    }
+
+    /// Asks the caller to wait at least `after` (rounded up to whole seconds when shown).
+    pub(crate) fn retry_after_at_least(mut self, after: Duration) -> Self {
+        self.retry_after = Some(self.retry_after.map_or(after, |d| d.max(after)));
+        self
+    }
+
+    /// How long the caller should wait before trying again, when the error says
+    /// (`refresh_unavailable` during a cooldown: the time left; the sidecar's `Retry-After`).
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::Error;
+    /// assert_eq!(Error::account_required(None).retry_after(), None);
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// No account named for a request of `provider`.
@@ -99,12 +119,16 @@ impl Error {
         } else {
             ErrorKind::RefreshUnavailable
         };
-        Error::new(
+        let e = Error::new(
             kind,
             Some(provider),
             Some(Account::new(account)),
             err.to_string(),
-        )
+        );
+        match err.retry_after() {
+            Some(after) => e.retry_after_at_least(after),
+            None => e,
+        }
     }
 
     pub(crate) fn store(
@@ -131,6 +155,7 @@ impl Error {
             provider,
             account,
             message: format!("inner service failed: {source}"),
+            retry_after: None,
             source: Some(source),
         }
     }
@@ -173,6 +198,7 @@ impl fmt::Debug for Error {
             .field("provider", &self.provider)
             .field("account", &self.account)
             .field("message", &self.message)
+            .field("retry_after", &self.retry_after)
             .finish()
     }
 }

@@ -18,8 +18,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use oauth_refresh_proxy::refresh::Refresher;
 use oauth_refresh_proxy::{
-    DirectRefresher, GitHubRefresher, GoogleRefresher, Provider, RefreshError, RetryPolicy, Secret,
-    TokenSeed, Tokens,
+    DirectRefresher, GitHubRefresher, GoogleRefresher, Provider, RetryPolicy, Secret, TokenSeed,
+    Tokens,
 };
 use serde_json::{json, Value};
 use support::process::{run_cli, CliOutput, Proxy, TempDir};
@@ -333,6 +333,7 @@ fn policy(max_attempts: u32) -> RetryPolicy {
     RetryPolicy {
         max_attempts,
         timeout: Duration::from_secs(5),
+        late_answer_window: Duration::from_secs(5),
         base_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
     }
@@ -625,7 +626,7 @@ async fn malformed_answers_are_transient_and_never_injected() {
                 .await
                 .unwrap_err();
             assert!(
-                matches!(err, RefreshError::Transient(_)),
+                !err.is_rejected(), // transient or unconfirmed: never a dead token
                 "{provider} {status} {:.60}: {err}",
                 body
             );

@@ -35,6 +35,7 @@ fn policy() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 3,
         timeout: Duration::from_secs(5),
+        late_answer_window: Duration::from_secs(5),
         base_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
     }
@@ -727,6 +728,7 @@ async fn a_hanging_backend_is_bounded_by_the_timeout() {
             b.retry(RetryPolicy {
                 max_attempts: 2,
                 timeout: Duration::from_millis(300),
+                late_answer_window: Duration::from_secs(5),
                 base_backoff: Duration::from_millis(10),
                 max_backoff: Duration::from_millis(10),
             })

@@ -120,6 +120,7 @@ fn tokens_with(w: &World, store: Arc<dyn Store>) -> Tokens {
         .retry(RetryPolicy {
             max_attempts: 3,
             timeout: Duration::from_secs(5),
+            late_answer_window: Duration::from_secs(5),
             base_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
         })

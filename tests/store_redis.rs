@@ -201,6 +201,7 @@ fn policy() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 2,
         timeout: Duration::from_secs(5),
+        late_answer_window: Duration::from_secs(5),
         base_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
     }

@@ -191,6 +191,11 @@ pub struct RefreshSettings {
     pub refresh_ahead: Duration,
     /// Assumed lifetime of a token whose expiry is unknown (`default_lifetime`, default 55 min).
     pub default_lifetime: Duration,
+    /// At most one proactive refresh per account per this (`min_interval`, default 30 s).
+    pub min_interval: Duration,
+    /// How long a timed-out attempt's answer is still awaited (`late_answer_window`, default
+    /// 2 min).
+    pub late_answer_window: Duration,
     /// Google OAuth client credentials (`[refresh.google]`).
     pub google: Option<ProviderCredentials>,
     /// GitHub OAuth app credentials (`[refresh.github]`).
@@ -283,6 +288,8 @@ impl Default for RefreshSettings {
             skew: Duration::from_secs(60),
             refresh_ahead: Duration::from_secs(5 * 60),
             default_lifetime: Duration::from_secs(55 * 60),
+            min_interval: Duration::from_secs(30),
+            late_answer_window: Duration::from_secs(120),
             google: None,
             github: None,
         }
@@ -739,6 +746,12 @@ impl Config {
             format_duration(r.refresh_ahead),
             format_duration(r.default_lifetime)
         );
+        let _ = writeln!(
+            out,
+            "                 min_interval {}, late_answer_window {}",
+            format_duration(r.min_interval),
+            format_duration(r.late_answer_window)
+        );
         for provider in Provider::ALL {
             match r.credentials(provider) {
                 Some(c) => {
@@ -1054,6 +1067,8 @@ impl Parser<'_> {
             "skew",
             "refresh_ahead",
             "default_lifetime",
+            "min_interval",
+            "late_answer_window",
             "google",
             "github",
         ])?;
@@ -1088,6 +1103,12 @@ impl Parser<'_> {
         }
         if let Some(d) = t.duration("default_lifetime")? {
             r.default_lifetime = d;
+        }
+        if let Some(d) = t.duration("min_interval")? {
+            r.min_interval = d;
+        }
+        if let Some(d) = t.duration("late_answer_window")? {
+            r.late_answer_window = d;
         }
         if let Some(g) = t.table("google")? {
             r.google = Some(self.credentials(&g, Provider::Google)?);
@@ -1473,6 +1494,8 @@ max_attempts  = 3
 skew          = "60s"
 refresh_ahead = "5m"
 default_lifetime = "55m"
+min_interval  = "45s"
+late_answer_window = "3m"
 
 [refresh.google]
 client_id     = "…"
@@ -1546,6 +1569,8 @@ token   = "env:ORP_REFRESH_API_TOKEN"
         assert_eq!(r.skew, Duration::from_secs(60));
         assert_eq!(r.refresh_ahead, Duration::from_secs(300));
         assert_eq!(r.default_lifetime, Duration::from_secs(55 * 60));
+        assert_eq!(r.min_interval, Duration::from_secs(45));
+        assert_eq!(r.late_answer_window, Duration::from_secs(180));
         let g = r.google.as_ref().unwrap();
         assert_eq!(g.client_id, "…");
         assert_eq!(g.client_secret.expose(), "google-client-secret-value");
@@ -1624,6 +1649,11 @@ token   = "env:ORP_REFRESH_API_TOKEN"
         assert_eq!(r.skew, Duration::from_secs(60));
         assert_eq!(r.refresh_ahead, Duration::from_secs(300));
         assert_eq!(r.default_lifetime, Duration::from_secs(3300));
+        assert_eq!(r.min_interval, Duration::from_secs(30));
+        assert_eq!(r.late_answer_window, Duration::from_secs(120));
+        assert!(c
+            .summary()
+            .contains("min_interval 30s, late_answer_window 2m"));
         assert!(r.google.is_none() && r.github.is_none());
         assert_eq!(c.store, StoreSettings::Memory);
         assert_eq!(c.routes, Route::defaults());

@@ -153,12 +153,19 @@ pub fn from_error(err: &Error) -> Response<Full<Bytes>> {
         Code::UpstreamUnavailable => format!("upstream request failed: {}", root_cause(err)),
         _ => err.to_string(),
     };
-    error_response(
+    let mut resp = error_response(
         code,
         &message,
         err.provider(),
         err.account().map(|a| a.as_str()),
-    )
+    );
+    if let (Code::RefreshUnavailable, Some(after)) = (code, err.retry_after()) {
+        // Whole seconds, rounded up, at least 1: the cooldown's time left.
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    resp
 }
 
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {

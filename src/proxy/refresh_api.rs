@@ -38,6 +38,12 @@
 //! is never a key or a log field), and each flight runs in its own task, so a caller that hangs
 //! up does not cancel it for the others.
 //!
+//! An attempt that times out after its request was sent is not abandoned (the refresh
+//! discipline of [`RetryPolicy`]): its callers get `PROVIDER_UNAVAILABLE` once
+//! `refresh.timeout` has passed, the flight stays registered while the answer is awaited for up
+//! to `refresh.late_answer_window` (a repeat of the request is told the same, without a second
+//! provider call), and a late rotated answer is kept like a prompt one:
+//!
 //! A flight whose provider **rotated** the refresh token stays answerable for
 //! [`ROTATED_REPLAY_WINDOW`]: a caller that lost the answer (a timeout on its side) and asks
 //! again with the old refresh token gets the same tokens back, instead of spending a refresh
@@ -332,9 +338,14 @@ impl FlightTask {
     async fn run(self, tx: watch::Sender<Outcome>) {
         let (provider, fp) = self.key;
         tracing::debug!(%provider, fingerprint = %short_hex(&fp), "refresh API: refreshing");
+        // An attempt that timed out after sending releases the callers (502) but keeps the
+        // flight: a repeat of the request joins it instead of spending the token again, and a
+        // late rotated answer stays answerable for the replay window below.
         let result = self
             .policy
-            .run(&*self.refresher, provider, &self.refresh_token)
+            .run_notify(&*self.refresher, provider, &self.refresh_token, |e| {
+                let _ = tx.send(Some(Err(e)));
+            })
             .await;
         let rotated = matches!(&result, Ok(r) if r.refresh_token.as_ref().is_some_and(|t| *t != self.refresh_token));
         let id = self.id;

@@ -98,9 +98,11 @@ pub fn refresher(config: &Config) -> Result<Arc<dyn Refresher>, SetupError> {
                 .backend_url
                 .as_deref()
                 .ok_or_else(|| SetupError("refresh.backend_url is required".into()))?;
+            // The HTTP exchange itself may last `timeout + late_answer_window`: callers are
+            // answered at `timeout` by the retry policy, a late answer is still read and kept.
             let mut b = BackendRefresher::new(url)
                 .map_err(|e| SetupError(format!("refresh.backend_url: {e}")))?
-                .timeout(r.timeout);
+                .timeout(r.timeout + r.late_answer_window);
             if let Some(token) = &r.backend_token {
                 b = b.bearer(token.clone());
             }
@@ -123,7 +125,8 @@ pub fn refresher(config: &Config) -> Result<Arc<dyn Refresher>, SetupError> {
 }
 
 /// The [`DirectRefresher`] of the `[refresh.google]` / `[refresh.github]` credentials (each
-/// bounded by `refresh.timeout`), used by `direct` mode and by the served refresh API.
+/// exchange bounded by `refresh.timeout + refresh.late_answer_window`; callers are answered at
+/// `refresh.timeout`), used by `direct` mode and by the served refresh API.
 ///
 /// ```
 /// use oauth_refresh_proxy::proxy::{config::Config, sidecar::direct_refresher};
@@ -151,20 +154,20 @@ pub fn direct_refresher(r: &RefreshSettings) -> Result<DirectRefresher, SetupErr
                 GoogleRefresher::new(c.client_id.clone(), c.client_secret.clone())
                     .token_url(&c.token_url)
                     .map_err(bad)?
-                    .timeout(r.timeout),
+                    .timeout(r.timeout + r.late_answer_window),
             ),
             Provider::GitHub => direct.github(
                 GitHubRefresher::new(c.client_id.clone(), c.client_secret.clone())
                     .token_url(&c.token_url)
                     .map_err(bad)?
-                    .timeout(r.timeout),
+                    .timeout(r.timeout + r.late_answer_window),
             ),
         };
     }
     Ok(direct)
 }
 
-/// The retry policy of `[refresh]` (`max_attempts`, `timeout`), shared by the token cache and
+/// The retry policy of `[refresh]` (`max_attempts`, `timeout`, `late_answer_window`), shared by the token cache and
 /// the served refresh API.
 ///
 /// ```
@@ -181,6 +184,7 @@ pub fn retry_policy(r: &RefreshSettings) -> RetryPolicy {
     RetryPolicy {
         max_attempts: r.max_attempts,
         timeout: r.timeout,
+        late_answer_window: r.late_answer_window,
         ..RetryPolicy::default()
     }
 }
@@ -198,6 +202,7 @@ impl Sidecar {
             .skew(r.skew)
             .refresh_ahead(r.refresh_ahead)
             .default_lifetime(r.default_lifetime)
+            .min_interval(r.min_interval)
             .retry(retry_policy(r));
         if let Some(store) = open_store(&config.store).await? {
             builder = builder.store(store);

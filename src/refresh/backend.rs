@@ -1,17 +1,24 @@
 //! The Flashback-compatible refresh backend: `POST {backend_url}/auth/{provider}/refresh`.
 //!
 //! Reading the answer follows SPEC section 2: the status decides first (5xx, 408, 429 ⇒
-//! transient; other 4xx ⇒ rejected; 1xx/3xx ⇒ transient, redirects are not followed); a 2xx with
-//! `success: false` is a rejection; a 2xx whose body is empty, unparseable, over 1 MiB, or has no
-//! usable token is transient (a broken backend, not a dead refresh token).
+//! transient, with the backend's `Retry-After`; other 4xx ⇒ rejected; 1xx/3xx ⇒ transient,
+//! redirects are not followed); a 2xx with `success: false` is a rejection; a 2xx whose body is
+//! empty, unparseable, over 1 MiB, or has no usable token is a failure too, but an
+//! [`Unconfirmed`](RefreshError::Unconfirmed) one: the backend answered, it may have rotated
+//! the refresh token, so the same token is not sent again in that cycle.
+//!
+//! Fields are read one by one from a JSON object, never as one typed struct: a usable `token`
+//! and a rotated `refreshToken` are never discarded because another member is malformed. An
+//! `expiresAt` that is not a usable number (a string — even a numeric one —, a bool, an object,
+//! a negative or absurd value) means "unknown expiry", logged at `warn` without its value.
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use super::http::{
-    build_client, check_url, loggable_code, read_limited, transient_status, transport_error,
-    InvalidUrl,
+    build_client, check_url, loggable_code, read_limited, transient_status, transient_status_error,
+    transport_error, InvalidUrl,
 };
 use super::{BoxFuture, RefreshError, Refreshed, Refresher};
 use crate::provider::Provider;
@@ -109,6 +116,9 @@ impl BackendRefresher {
             .await
             .map_err(|e| transport_error("backend", &e))?;
         let status = resp.status();
+        if transient_status(status) {
+            return Err(transient_status_error("backend", &resp));
+        }
         let body = read_limited(resp, "backend").await?;
         classify_backend(status, &body)
     }
@@ -124,17 +134,34 @@ impl Refresher for BackendRefresher {
     }
 }
 
-#[derive(Deserialize)]
-struct BackendAnswer {
-    success: Option<bool>,
-    token: Option<String>,
-    #[serde(rename = "accessToken")]
-    access_token: Option<String>,
-    #[serde(rename = "refreshToken")]
-    refresh_token: Option<String>,
-    #[serde(rename = "expiresAt")]
-    expires_at: Option<serde_json::Number>,
-    error_code: Option<String>,
+/// A non-empty string member.
+fn string_member(obj: &Map<String, Value>, key: &str) -> Option<String> {
+    obj.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// `expiresAt` as unix seconds: a non-negative JSON number (milliseconds above 10^12); absent,
+/// `null` or `0` ⇒ unknown; anything else ⇒ unknown, with a warning that names the type only.
+fn expires_at_member(obj: &Map<String, Value>) -> Option<i64> {
+    let v = obj.get("expiresAt")?;
+    let kind = match v {
+        Value::Null => return None,
+        Value::Number(n) => match n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)) {
+            Some(t) if t >= 0 => return Some(t),
+            _ => "a negative number",
+        },
+        Value::String(_) => "a string",
+        Value::Bool(_) => "a bool",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    tracing::warn!(
+        found = kind,
+        "backend answered an expiresAt that is not a usable number; the expiry is treated as unknown"
+    );
+    None
 }
 
 /// Classifies a backend answer (SPEC 2).
@@ -147,10 +174,16 @@ pub(crate) fn classify_backend(
             "backend answered {status}"
         )));
     }
+    let object = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| match v {
+            Value::Object(o) => Some(o),
+            _ => None,
+        });
     if status.is_client_error() {
-        let code = serde_json::from_slice::<BackendAnswer>(body)
-            .ok()
-            .and_then(|a| a.error_code)
+        let code = object
+            .as_ref()
+            .and_then(|o| string_member(o, "error_code"))
             .filter(|c| loggable_code(c).is_some());
         return Err(RefreshError::rejected(match code {
             Some(code) => format!("backend answered {status} ({code})"),
@@ -162,31 +195,30 @@ pub(crate) fn classify_backend(
             "backend answered {status} (not followed)"
         )));
     }
-    let answer: BackendAnswer = serde_json::from_slice(body).map_err(|_| {
-        RefreshError::transient("backend answered 2xx with a body that is not the expected JSON")
-    })?;
-    if answer.success == Some(false) {
+    let Some(answer) = object else {
+        return Err(RefreshError::unconfirmed(
+            "backend answered 2xx with a body that is not a JSON object",
+        ));
+    };
+    if answer.get("success") == Some(&Value::Bool(false)) {
         return Err(RefreshError::rejected("backend answered success: false"));
     }
-    let token = answer
-        .token
-        .filter(|t| !t.is_empty())
-        .or(answer.access_token.filter(|t| !t.is_empty()))
-        .ok_or_else(|| RefreshError::transient("backend answered 2xx without a token"))?;
+    let token = string_member(&answer, "token")
+        .or_else(|| string_member(&answer, "accessToken"))
+        .ok_or_else(|| RefreshError::unconfirmed("backend answered 2xx without a token"))?;
     let access_token = Secret::new(token);
+    let refresh_token = string_member(&answer, "refreshToken").map(Secret::new);
     if access_token.bearer_header().is_none() {
-        return Err(RefreshError::transient(
+        if refresh_token.is_some() {
+            // The rotation cannot be kept without a usable access token to go with it; say so
+            // loudly, without the values.
+            tracing::error!("backend answered a rotated refreshToken with an access token that is not a valid header value; the answer cannot be used");
+        }
+        return Err(RefreshError::unconfirmed(
             "backend returned a token that is not a valid header value",
         ));
     }
-    let refresh_token = answer
-        .refresh_token
-        .filter(|t| !t.is_empty())
-        .map(Secret::new);
-    let expires_at = answer
-        .expires_at
-        .and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)))
-        .and_then(timestamp_to_system_time);
+    let expires_at = expires_at_member(&answer).and_then(timestamp_to_system_time);
     Ok(Refreshed {
         access_token,
         refresh_token,
@@ -243,5 +275,49 @@ mod tests {
             .unwrap()
             .expires_at
             .is_none());
+    }
+
+    #[test]
+    fn a_malformed_expiry_never_hides_the_tokens() {
+        for expires in [
+            r#""1796197312""#,
+            r#""2026-12-02T10:00:00Z""#,
+            "true",
+            r#"{"seconds": 1796197312}"#,
+            "[1]",
+            "-5",
+            "null",
+        ] {
+            let body = format!(
+                r#"{{"success": true, "token": "ghu_new", "refreshToken": "ghr_rotated", "expiresAt": {expires}}}"#
+            );
+            let r = classify_backend(StatusCode::OK, body.as_bytes())
+                .unwrap_or_else(|e| panic!("expiresAt {expires}: {e}"));
+            assert_eq!(r.access_token.expose(), "ghu_new", "{expires}");
+            assert_eq!(
+                r.refresh_token.unwrap().expose(),
+                "ghr_rotated",
+                "{expires}"
+            );
+            assert!(r.expires_at.is_none(), "{expires}");
+        }
+        // Other malformed members do not matter either.
+        let r = classify_backend(
+            StatusCode::OK,
+            br#"{"success": "yes", "token": "ya29.x", "accessToken": 5, "refreshToken": "1//r", "extra": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.access_token.expose(), "ya29.x");
+        assert_eq!(r.refresh_token.unwrap().expose(), "1//r");
+    }
+
+    #[test]
+    fn only_failures_that_did_not_spend_the_token_are_retryable() {
+        let t = |s: u16, b: &[u8]| classify_backend(StatusCode::from_u16(s).unwrap(), b);
+        assert!(t(503, b"").unwrap_err().is_retryable());
+        assert!(t(302, b"").unwrap_err().is_retryable());
+        assert!(!t(200, b"").unwrap_err().is_retryable());
+        assert!(!t(200, b"[]").unwrap_err().is_retryable());
+        assert!(!t(200, br#"{"success":true}"#).unwrap_err().is_retryable());
     }
 }

@@ -78,17 +78,45 @@ pub(crate) fn build_client(timeout: Duration) -> reqwest::Client {
 }
 
 /// Describes a transport error without the URL's query or any header (no secret can be in it).
+///
+/// A connection that could not be made never carried the refresh token: that failure is
+/// [`Transient`](RefreshError::Transient) (retryable). Anything after the request may have
+/// been written — a timeout, a reset, a broken body — is
+/// [`Unconfirmed`](RefreshError::Unconfirmed): the backend may have spent the token.
 pub(crate) fn transport_error(who: &str, e: &reqwest::Error) -> RefreshError {
+    if e.is_connect() {
+        return RefreshError::transient(format!("{who} connection failed"));
+    }
     let what = if e.is_timeout() {
         "timed out"
-    } else if e.is_connect() {
-        "connection failed"
     } else if e.is_body() || e.is_decode() {
         "broken response body"
     } else {
         "request failed"
     };
-    RefreshError::transient(format!("{who} {what}"))
+    RefreshError::unconfirmed(format!("{who} {what}"))
+}
+
+/// The pause a response's `Retry-After` asks for, in delta-seconds (an HTTP-date is ignored).
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The error of a transient status (5xx, 408, 429), read before the body: the refresh token
+/// was not spent, and the backend's `Retry-After` is kept.
+pub(crate) fn transient_status_error(who: &str, resp: &reqwest::Response) -> RefreshError {
+    let err = RefreshError::transient(format!("{who} answered {}", resp.status()));
+    match retry_after(resp) {
+        Some(after) => err.with_retry_after(after),
+        None => err,
+    }
 }
 
 /// Reads at most [`MAX_RESPONSE_BYTES`] of a response body.
@@ -100,14 +128,14 @@ pub(crate) async fn read_limited(
         .content_length()
         .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
     {
-        return Err(RefreshError::transient(format!(
+        return Err(RefreshError::unconfirmed(format!(
             "{who} response body over {MAX_RESPONSE_BYTES} bytes"
         )));
     }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(who, &e))? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(RefreshError::transient(format!(
+            return Err(RefreshError::unconfirmed(format!(
                 "{who} response body over {MAX_RESPONSE_BYTES} bytes"
             )));
         }
@@ -220,6 +248,9 @@ impl TokenEndpoint {
             .await
             .map_err(|e| transport_error(&who, &e))?;
         let status = resp.status();
+        if transient_status(status) {
+            return Err(transient_status_error(&who, &resp));
+        }
         let body = read_limited(resp, &who).await?;
         let refreshed = classify_token_answer(self.provider, status, &body)?;
         if self.provider == Provider::GitHub && refreshed.refresh_token.is_none() {
@@ -291,8 +322,10 @@ pub(crate) fn classify_token_answer(
     if status.is_client_error() {
         return Err(RefreshError::rejected(format!("{who} answered {status}")));
     }
+    // From here on the endpoint answered 2xx: it may have rotated the refresh token, so a
+    // broken answer is never retried with the same one.
     let Some(fields) = fields else {
-        return Err(RefreshError::transient(format!(
+        return Err(RefreshError::unconfirmed(format!(
             "{who} answered {status} with a body that is neither JSON nor a form"
         )));
     };
@@ -301,10 +334,10 @@ pub(crate) fn classify_token_answer(
         .filter(|t| !t.is_empty())
         .map(Secret::new)
         .ok_or_else(|| {
-            RefreshError::transient(format!("{who} answered {status} without an access_token"))
+            RefreshError::unconfirmed(format!("{who} answered {status} without an access_token"))
         })?;
     if access_token.bearer_header().is_none() {
-        return Err(RefreshError::transient(format!(
+        return Err(RefreshError::unconfirmed(format!(
             "{who} returned an access token that is not a valid header value"
         )));
     }

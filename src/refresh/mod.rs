@@ -68,14 +68,32 @@ pub struct Refreshed {
 
 /// Why a refresh failed.
 ///
-/// Messages never contain a token.
+/// Messages never contain a token. Three kinds, because they call for three different
+/// reactions:
+///
+/// * [`Rejected`](RefreshError::Rejected): the refresh token is dead — never retried, the
+///   account needs re-authorisation;
+/// * [`Transient`](RefreshError::Transient): the attempt provably did not spend the refresh
+///   token (the backend was never reached, or it answered a transient status such as 503) —
+///   it may be retried at once, after `retry_after` when the backend asked for a pause;
+/// * [`Unconfirmed`](RefreshError::Unconfirmed): the request may have reached the backend and
+///   been acted upon (a timeout after sending, a broken 2xx answer) — the refresh token may
+///   already be spent (rotated), so it is **never re-sent** in the same cycle.
 ///
 /// ```
+/// use std::time::Duration;
 /// use oauth_refresh_proxy::RefreshError;
 ///
 /// let e = RefreshError::rejected("backend answered 400");
 /// assert!(e.is_rejected());
 /// assert_eq!(e.to_string(), "refresh token rejected: backend answered 400");
+///
+/// let busy = RefreshError::transient("backend answered 503").with_retry_after(Duration::from_secs(7));
+/// assert!(busy.is_retryable());
+/// assert_eq!(busy.retry_after(), Some(Duration::from_secs(7)));
+///
+/// let late = RefreshError::unconfirmed("attempt timed out after 1s");
+/// assert!(!late.is_retryable() && !late.is_rejected());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {
@@ -83,10 +101,19 @@ pub enum RefreshError {
     /// account needs re-authorisation.
     #[error("refresh token rejected: {0}")]
     Rejected(String),
-    /// The refresh could not be done now (timeout, connection error, 5xx, 408, 429, a broken
-    /// answer); it may succeed later.
+    /// The refresh could not be done now and the refresh token was not spent (connection
+    /// refused, 5xx, 408, 429, a redirect): it may be retried.
+    #[error("refresh temporarily unavailable: {message}")]
+    Transient {
+        /// Why (never a token).
+        message: String,
+        /// How long the backend asked to be left alone (its `Retry-After`), if it said.
+        retry_after: Option<Duration>,
+    },
+    /// The refresh failed after its request may have reached the backend (a timeout after
+    /// sending, a broken 2xx answer): the refresh token may be spent, so it is not re-sent.
     #[error("refresh temporarily unavailable: {0}")]
-    Transient(String),
+    Unconfirmed(String),
 }
 
 impl RefreshError {
@@ -100,14 +127,47 @@ impl RefreshError {
         RefreshError::Rejected(msg.into())
     }
 
-    /// A transient failure with the given reason.
+    /// A transient failure that did not spend the refresh token (may be retried).
     ///
     /// ```
     /// # use oauth_refresh_proxy::RefreshError;
     /// assert!(!RefreshError::transient("x").is_rejected());
+    /// assert!(RefreshError::transient("x").is_retryable());
     /// ```
     pub fn transient(msg: impl Into<String>) -> Self {
-        RefreshError::Transient(msg.into())
+        RefreshError::Transient {
+            message: msg.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure after the request may have reached the backend (never retried).
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::RefreshError;
+    /// assert!(!RefreshError::unconfirmed("x").is_retryable());
+    /// ```
+    pub fn unconfirmed(msg: impl Into<String>) -> Self {
+        RefreshError::Unconfirmed(msg.into())
+    }
+
+    /// Attaches the backend's `Retry-After` to a [`Transient`](RefreshError::Transient) error
+    /// (other kinds are returned unchanged).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use oauth_refresh_proxy::RefreshError;
+    /// let e = RefreshError::rejected("x").with_retry_after(Duration::from_secs(1));
+    /// assert_eq!(e.retry_after(), None);
+    /// ```
+    pub fn with_retry_after(self, after: Duration) -> Self {
+        match self {
+            RefreshError::Transient { message, .. } => RefreshError::Transient {
+                message,
+                retry_after: Some(after),
+            },
+            other => other,
+        }
     }
 
     /// Whether the refresh token was rejected.
@@ -118,6 +178,58 @@ impl RefreshError {
     /// ```
     pub fn is_rejected(&self) -> bool {
         matches!(self, RefreshError::Rejected(_))
+    }
+
+    /// Whether the same refresh token may be sent again at once: only after a
+    /// [`Transient`](RefreshError::Transient) failure.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::RefreshError;
+    /// assert!(!RefreshError::rejected("x").is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RefreshError::Transient { .. })
+    }
+
+    /// The pause the backend asked for, when it sent a `Retry-After`.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::RefreshError;
+    /// assert_eq!(RefreshError::transient("x").retry_after(), None);
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RefreshError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The reason, without the kind's prefix.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::RefreshError;
+    /// assert_eq!(RefreshError::rejected("revoked").reason(), "revoked");
+    /// ```
+    pub fn reason(&self) -> &str {
+        match self {
+            RefreshError::Rejected(m) | RefreshError::Unconfirmed(m) => m,
+            RefreshError::Transient { message, .. } => message,
+        }
+    }
+
+    /// The same error with `suffix` appended to its reason.
+    fn annotate(self, suffix: &str) -> Self {
+        match self {
+            RefreshError::Rejected(m) => RefreshError::Rejected(m + suffix),
+            RefreshError::Unconfirmed(m) => RefreshError::Unconfirmed(m + suffix),
+            RefreshError::Transient {
+                message,
+                retry_after,
+            } => RefreshError::Transient {
+                message: message + suffix,
+                retry_after,
+            },
+        }
     }
 }
 
@@ -241,11 +353,20 @@ impl Refresher for DirectRefresher {
     }
 }
 
-/// Bounded retries of transient refresh failures, with exponential backoff and jitter.
+/// Bounded retries of transient refresh failures, with exponential backoff and jitter — and
+/// never a second send of a refresh token that may already be spent.
 ///
-/// Attempt `n` (from 0) that fails transiently is followed, after a delay drawn uniformly from
-/// `[d/2, d]` with `d = min(max_backoff, base_backoff · 2ⁿ)`, by the next, until `max_attempts`
-/// attempts were made. Each attempt is bounded by `timeout`. A rejection is never retried.
+/// * Only a [`RefreshError::Transient`] failure (the token provably not spent) is retried:
+///   attempt `n` (from 0) is followed, after a delay drawn uniformly from `[d/2, d]` with
+///   `d = min(max_backoff, base_backoff · 2ⁿ)` — or after the backend's `Retry-After` when it
+///   sent one no longer than `max_backoff` — by the next, until `max_attempts` attempts were
+///   made. A longer `Retry-After` ends the cycle (the caller's cooldown honours it).
+/// * A rejection or an [`Unconfirmed`](RefreshError::Unconfirmed) failure ends the cycle.
+/// * An attempt still unanswered after `timeout` is **not abandoned**: [`RetryPolicy::run_notify`]
+///   reports the timeout to its caller at once (who answers its own callers `503`), keeps
+///   waiting for the answer for up to `late_answer_window`, and returns that late answer — a
+///   success (with its rotated refresh token) is applied like any other. No further attempt is
+///   made in that cycle.
 ///
 /// ```
 /// use std::time::Duration;
@@ -254,13 +375,16 @@ impl Refresher for DirectRefresher {
 /// let p = RetryPolicy::default();
 /// assert_eq!(p.max_attempts, 3);
 /// assert_eq!(p.timeout, Duration::from_secs(10));
+/// assert_eq!(p.late_answer_window, Duration::from_secs(120));
 /// ```
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
     /// Attempts in all (at least 1).
     pub max_attempts: u32,
-    /// The bound on one attempt.
+    /// How long callers wait for one attempt.
     pub timeout: Duration,
+    /// How long an attempt that timed out is still awaited in the background.
+    pub late_answer_window: Duration,
     /// The first backoff.
     pub base_backoff: Duration,
     /// The largest backoff.
@@ -272,6 +396,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             max_attempts: 3,
             timeout: Duration::from_secs(10),
+            late_answer_window: Duration::from_secs(120),
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
         }
@@ -279,7 +404,9 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Runs `refresher` under this policy.
+    /// Runs `refresher` under this policy and returns the final result (for an attempt that
+    /// timed out, its late answer, or an [`Unconfirmed`](RefreshError::Unconfirmed) error when
+    /// none came within `late_answer_window`).
     ///
     /// ```
     /// # use oauth_refresh_proxy::refresh::{BoxFuture, Refreshed, Refresher};
@@ -304,32 +431,91 @@ impl RetryPolicy {
         provider: Provider,
         refresh_token: &Secret,
     ) -> Result<Refreshed, RefreshError> {
+        self.run_notify(refresher, provider, refresh_token, |_| {})
+            .await
+    }
+
+    /// Like [`RetryPolicy::run`], but when an attempt is still unanswered after `timeout`,
+    /// `on_timeout` is called at once with the error its waiting callers should get, while
+    /// the answer is still awaited for up to `late_answer_window`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use oauth_refresh_proxy::refresh::{BoxFuture, Refreshed, Refresher};
+    /// # use oauth_refresh_proxy::{Provider, RefreshError, RetryPolicy, Secret};
+    /// struct Slow;
+    /// impl Refresher for Slow {
+    ///     fn refresh<'a>(&'a self, _: Provider, _: &'a Secret) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
+    ///         Box::pin(async {
+    ///             tokio::time::sleep(Duration::from_millis(50)).await;
+    ///             Ok(Refreshed { access_token: Secret::new("late"), refresh_token: None, expires_at: None })
+    ///         })
+    ///     }
+    /// }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let policy = RetryPolicy { timeout: Duration::from_millis(10), ..RetryPolicy::default() };
+    /// let mut told = None;
+    /// let r = policy.run_notify(&Slow, Provider::Google, &Secret::new("r"), |e| told = Some(e)).await;
+    /// assert!(told.is_some_and(|e| !e.is_retryable()));   // callers were answered at 10 ms
+    /// assert_eq!(r.unwrap().access_token.expose(), "late"); // the late answer is kept
+    /// # });
+    /// ```
+    pub async fn run_notify(
+        &self,
+        refresher: &dyn Refresher,
+        provider: Provider,
+        refresh_token: &Secret,
+        on_timeout: impl FnOnce(RefreshError),
+    ) -> Result<Refreshed, RefreshError> {
         let attempts = self.max_attempts.max(1);
+        let mut on_timeout = Some(on_timeout);
         let mut attempt = 0;
         loop {
-            let result = match tokio::time::timeout(
-                self.timeout,
-                refresher.refresh(provider, refresh_token),
-            )
-            .await
-            {
+            let mut call = refresher.refresh(provider, refresh_token);
+            let result = match tokio::time::timeout(self.timeout, &mut call).await {
                 Ok(r) => r,
-                Err(_) => Err(RefreshError::transient(format!(
-                    "attempt timed out after {:?}",
-                    self.timeout
-                ))),
+                Err(_) => {
+                    let told = RefreshError::unconfirmed(format!(
+                        "attempt timed out after {:?}; its answer is still awaited",
+                        self.timeout
+                    ));
+                    if let Some(notify) = on_timeout.take() {
+                        notify(told);
+                    }
+                    tracing::warn!(%provider, timeout = ?self.timeout, window = ?self.late_answer_window,
+                        "refresh attempt timed out after sending; awaiting a late answer, no new attempt meanwhile");
+                    return match tokio::time::timeout(self.late_answer_window, call).await {
+                        Ok(Ok(r)) => {
+                            tracing::info!(%provider, "late refresh answer arrived and is applied");
+                            Ok(r)
+                        }
+                        // A late transient status still ends this cycle: its callers left.
+                        Ok(Err(e)) => Err(match e {
+                            RefreshError::Transient { message, .. } => {
+                                RefreshError::Unconfirmed(format!("{message} (late answer)"))
+                            }
+                            other => other,
+                        }),
+                        Err(_) => Err(RefreshError::unconfirmed(format!(
+                            "no answer within {:?} after the attempt was sent",
+                            self.timeout + self.late_answer_window
+                        ))),
+                    };
+                }
             };
             match result {
-                Err(RefreshError::Transient(msg)) if attempt + 1 < attempts => {
-                    let delay = self.backoff(attempt);
-                    tracing::debug!(%provider, attempt = attempt + 1, error = %msg, ?delay, "transient refresh failure, retrying");
+                Err(e) if e.is_retryable() && attempt + 1 < attempts => {
+                    let delay = match e.retry_after() {
+                        Some(asked) if asked > self.max_backoff => return Err(e),
+                        Some(asked) => asked,
+                        None => self.backoff(attempt),
+                    };
+                    tracing::debug!(%provider, attempt = attempt + 1, error = %e, ?delay, "transient refresh failure (token not spent), retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Err(RefreshError::Transient(msg)) if attempts > 1 => {
-                    return Err(RefreshError::Transient(format!(
-                        "{msg} (after {attempts} attempts)"
-                    )))
+                Err(e) if !e.is_rejected() && attempt > 0 => {
+                    return Err(e.annotate(&format!(" (after {} attempts)", attempt + 1)))
                 }
                 other => return other,
             }
@@ -355,6 +541,7 @@ mod tests {
         let p = RetryPolicy {
             max_attempts: 10,
             timeout: Duration::from_secs(1),
+            late_answer_window: Duration::from_secs(1),
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(700),
         };
@@ -366,5 +553,190 @@ mod tests {
             let b9 = p.backoff(9);
             assert!(b9 >= Duration::from_millis(350) && b9 <= Duration::from_millis(700));
         }
+    }
+
+    /// A refresher answering from a script, counting calls; an entry of `None` never answers
+    /// within the test (it sleeps `delay` first, then succeeds).
+    struct Scripted {
+        calls: std::sync::atomic::AtomicU32,
+        script: std::sync::Mutex<Vec<Result<Refreshed, RefreshError>>>,
+        delay: Duration,
+    }
+
+    impl Scripted {
+        fn new(script: Vec<Result<Refreshed, RefreshError>>, delay: Duration) -> Self {
+            Scripted {
+                calls: Default::default(),
+                script: std::sync::Mutex::new(script),
+                delay,
+            }
+        }
+        fn calls(&self) -> u32 {
+            self.calls.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Refresher for Scripted {
+        fn refresh<'a>(
+            &'a self,
+            _: Provider,
+            _: &'a Secret,
+        ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let next = self.script.lock().unwrap().remove(0);
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                next
+            })
+        }
+    }
+
+    fn ok(token: &str) -> Result<Refreshed, RefreshError> {
+        Ok(Refreshed {
+            access_token: Secret::new(token),
+            refresh_token: Some(Secret::new(format!("{token}-rotated"))),
+            expires_at: None,
+        })
+    }
+
+    fn policy(timeout_ms: u64, late_ms: u64) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            timeout: Duration::from_millis(timeout_ms),
+            late_answer_window: Duration::from_millis(late_ms),
+            base_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(20),
+        }
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn only_unspent_failures_are_retried() {
+        block_on(async {
+            let r = Scripted::new(
+                vec![
+                    Err(RefreshError::transient("503")),
+                    Err(RefreshError::transient("connection refused")),
+                    ok("a"),
+                ],
+                Duration::ZERO,
+            );
+            let got = policy(1000, 1000)
+                .run(&r, Provider::Google, &Secret::new("r"))
+                .await;
+            assert_eq!(got.unwrap().access_token.expose(), "a");
+            assert_eq!(r.calls(), 3);
+
+            let r = Scripted::new(
+                vec![Err(RefreshError::unconfirmed("broken 2xx")), ok("never")],
+                Duration::ZERO,
+            );
+            let got = policy(1000, 1000)
+                .run(&r, Provider::Google, &Secret::new("r"))
+                .await;
+            assert!(matches!(got, Err(RefreshError::Unconfirmed(_))));
+            assert_eq!(
+                r.calls(),
+                1,
+                "a possibly spent refresh token is never re-sent"
+            );
+
+            // A transient status, then an unconfirmed failure: two calls, then stop.
+            let r = Scripted::new(
+                vec![
+                    Err(RefreshError::transient("503")),
+                    Err(RefreshError::unconfirmed("reset after sending")),
+                    ok("never"),
+                ],
+                Duration::ZERO,
+            );
+            let got = policy(1000, 1000)
+                .run(&r, Provider::Google, &Secret::new("r"))
+                .await;
+            assert_eq!(
+                got.unwrap_err().to_string(),
+                "refresh temporarily unavailable: reset after sending (after 2 attempts)"
+            );
+            assert_eq!(r.calls(), 2);
+        });
+    }
+
+    #[test]
+    fn a_long_retry_after_ends_the_cycle_and_a_short_one_is_waited() {
+        block_on(async {
+            let r = Scripted::new(
+                vec![
+                    Err(RefreshError::transient("429").with_retry_after(Duration::from_secs(60))),
+                    ok("never"),
+                ],
+                Duration::ZERO,
+            );
+            let got = policy(1000, 1000)
+                .run(&r, Provider::GitHub, &Secret::new("r"))
+                .await;
+            assert_eq!(
+                got.unwrap_err().retry_after(),
+                Some(Duration::from_secs(60))
+            );
+            assert_eq!(r.calls(), 1);
+
+            let r = Scripted::new(
+                vec![
+                    Err(RefreshError::transient("503").with_retry_after(Duration::from_millis(15))),
+                    ok("b"),
+                ],
+                Duration::ZERO,
+            );
+            let started = tokio::time::Instant::now();
+            let got = policy(1000, 1000)
+                .run(&r, Provider::GitHub, &Secret::new("r"))
+                .await;
+            assert_eq!(got.unwrap().access_token.expose(), "b");
+            assert!(started.elapsed() >= Duration::from_millis(15));
+            assert_eq!(r.calls(), 2);
+        });
+    }
+
+    #[test]
+    fn a_timed_out_attempt_is_awaited_not_retried() {
+        block_on(async {
+            // Answers after 3 s; callers wait 1 s; the late answer is returned.
+            let r = Scripted::new(vec![ok("late"), ok("never")], Duration::from_secs(3));
+            let started = tokio::time::Instant::now();
+            let mut told_at = None;
+            let got = policy(1000, 120_000)
+                .run_notify(&r, Provider::GitHub, &Secret::new("r"), |e| {
+                    assert!(!e.is_retryable() && !e.is_rejected());
+                    told_at = Some(started.elapsed());
+                })
+                .await;
+            assert_eq!(told_at, Some(Duration::from_secs(1)));
+            let got = got.unwrap();
+            assert_eq!(got.access_token.expose(), "late");
+            assert_eq!(got.refresh_token.unwrap().expose(), "late-rotated");
+            assert_eq!(
+                r.calls(),
+                1,
+                "the timed-out attempt was not followed by another"
+            );
+
+            // No answer within the window: one call, an unconfirmed error at timeout + window.
+            let r = Scripted::new(vec![ok("too late")], Duration::from_secs(600));
+            let started = tokio::time::Instant::now();
+            let got = policy(1000, 2000)
+                .run(&r, Provider::GitHub, &Secret::new("r"))
+                .await;
+            assert!(matches!(got, Err(RefreshError::Unconfirmed(_))));
+            assert_eq!(started.elapsed(), Duration::from_secs(3));
+            assert_eq!(r.calls(), 1);
+        });
     }
 }

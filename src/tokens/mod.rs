@@ -28,6 +28,33 @@
 //! per account, so accounts created together spread out), the request that notices it starts a
 //! background flight and goes on with the still-valid token. A failed background refresh is
 //! tried again after a tenth of the window; once inside `skew`, requests wait for a refresh.
+//!
+//! # Refresh discipline: never hammer the backend, never spend a refresh token twice
+//!
+//! Each account moves through `idle → in flight → (late) → idle | cooldown`:
+//!
+//! * **In flight.** One attempt cycle under the [`RetryPolicy`]: only failures that provably
+//!   did not spend the refresh token are retried (see [`RefreshError`]).
+//! * **Late.** An attempt that was sent and is still unanswered after `timeout` releases its
+//!   waiting callers with `refresh_unavailable`, but the flight stays registered while its
+//!   answer is awaited for up to `late_answer_window`: no new attempt for the account starts
+//!   meanwhile (requests that need a refresh get `503` at once), and a late success is applied
+//!   and persisted like a prompt one — a rotated refresh token is kept.
+//! * **Cooldown.** A cycle that failed without a rejection puts the account in cooldown: the
+//!   backend's `Retry-After` when it sent one, else 5 s doubling per consecutive failed cycle,
+//!   both capped at 5 min, plus up to 10% jitter. Until it ends, requests that need a refresh get
+//!   `503 refresh_unavailable` with `Retry-After` = the seconds left and no backend call is
+//!   made (counted in [`ProviderStats::cooldown`]); a token still valid by the clock keeps being
+//!   served, and the background refresh-ahead waits too. A success, or new tokens put by the
+//!   operator, end it.
+//! * **`min_interval`.** At most one *proactive* refresh (before sending, or refresh-ahead) per
+//!   account per `min_interval`: a token that comes back already expired, inside `skew` or inside
+//!   `refresh_ahead` is used as returned until then; only an upstream 401 for that generation
+//!   refreshes it sooner.
+//! * A forced refresh ([`Tokens::refresh_now`], the admin API's `POST …/refresh`) is an
+//!   operator's explicit request: it ignores `min_interval` and the cooldown (after fixing a
+//!   backend, an operator can check it at once), but never starts while a timed-out attempt's
+//!   answer is awaited — that could spend the refresh token twice.
 
 mod events;
 pub mod store;
@@ -78,9 +105,24 @@ struct Entry {
     generation: u64,
     needs_reauth: bool,
     flight: Option<Flight>,
+    /// The flight's attempt timed out after sending; its answer is still awaited.
+    late: bool,
+    /// When the last flight started (for `min_interval`).
+    last_attempt_at: Option<Instant>,
+    /// No refresh before this (a failed cycle's cooldown).
+    cooldown_until: Option<Instant>,
+    /// Consecutive failed cycles (the cooldown doubles with each).
+    failed_cycles: u32,
     last_refresh_at: Option<SystemTime>,
     last_error: Option<String>,
 }
+
+/// The first cooldown after a failed refresh cycle; it doubles per consecutive failure.
+const BASE_COOLDOWN: Duration = Duration::from_secs(5);
+/// The longest cooldown, and the cap on a backend's `Retry-After`.
+const MAX_COOLDOWN: Duration = Duration::from_secs(300);
+/// What callers are told to wait while a timed-out attempt's answer is awaited.
+const LATE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// One account as listed by [`Tokens::list`]: never a token value.
 ///
@@ -131,6 +173,9 @@ pub struct ProviderStats {
     pub replayed: u64,
     /// 401s whose request could not be replayed (body too large or not fully sent).
     pub not_replayable: u64,
+    /// Requests answered `refresh_unavailable` without a backend call because the account was
+    /// in cooldown (or awaiting a timed-out attempt's answer).
+    pub cooldown: u64,
 }
 
 #[derive(Default)]
@@ -141,6 +186,7 @@ struct Counters {
     coalesced: std::sync::atomic::AtomicU64,
     replayed: std::sync::atomic::AtomicU64,
     not_replayable: std::sync::atomic::AtomicU64,
+    cooldown: std::sync::atomic::AtomicU64,
 }
 
 fn bump(c: &std::sync::atomic::AtomicU64) {
@@ -155,6 +201,7 @@ struct Inner {
     skew: Duration,
     refresh_ahead: Duration,
     default_lifetime: Duration,
+    min_interval: Duration,
     subscribers: events::Subscribers,
     store: Option<Arc<dyn Store>>,
 }
@@ -219,6 +266,7 @@ pub struct TokensBuilder {
     skew: Duration,
     refresh_ahead: Duration,
     default_lifetime: Duration,
+    min_interval: Duration,
 }
 
 impl TokensBuilder {
@@ -241,7 +289,24 @@ impl TokensBuilder {
         self
     }
 
-    /// Retries, backoff and the per-attempt timeout of refreshes.
+    /// At most one proactive refresh per account per `interval` (default 30 s): a token that
+    /// comes back already expired or about to expire is used as returned until then, and only
+    /// an upstream 401 for it refreshes sooner.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use oauth_refresh_proxy::{BackendRefresher, Tokens};
+    /// let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap())
+    ///     .min_interval(Duration::from_secs(10))
+    ///     .build();
+    /// # let _ = tokens;
+    /// ```
+    pub fn min_interval(mut self, interval: Duration) -> Self {
+        self.min_interval = interval;
+        self
+    }
+
+    /// Retries, backoff, the per-attempt timeout and the late-answer window of refreshes.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.policy = policy;
         self
@@ -272,6 +337,7 @@ impl TokensBuilder {
                 skew: self.skew,
                 refresh_ahead: self.refresh_ahead,
                 default_lifetime: self.default_lifetime,
+                min_interval: self.min_interval,
                 subscribers: Default::default(),
             }),
         };
@@ -323,6 +389,7 @@ impl Tokens {
             skew: Duration::from_secs(60),
             refresh_ahead: Duration::from_secs(300),
             default_lifetime: Duration::from_secs(55 * 60),
+            min_interval: Duration::from_secs(30),
         }
     }
 
@@ -538,6 +605,10 @@ impl Tokens {
                 generation: 0,
                 needs_reauth: false,
                 flight: None,
+                late: false,
+                last_attempt_at: None,
+                cooldown_until: None,
+                failed_cycles: 0,
                 last_refresh_at: None,
                 last_error: None,
             }
@@ -558,6 +629,13 @@ impl Tokens {
         };
         e.needs_reauth = state.needs_reauth;
         e.flight = None;
+        e.late = false;
+        // New tokens (put here or adopted from another replica) end any cooldown.
+        e.cooldown_until = None;
+        e.failed_cycles = 0;
+        if local {
+            e.last_attempt_at = None;
+        }
         e.last_refresh_at = state
             .last_refresh_at
             .and_then(|t| timestamp_to_system_time(t as i64));
@@ -637,6 +715,7 @@ impl Tokens {
             coalesced: l(&c.coalesced),
             replayed: l(&c.replayed),
             not_replayable: l(&c.not_replayable),
+            cooldown: l(&c.cooldown),
         }
     }
 
@@ -698,6 +777,14 @@ impl Tokens {
                         },
                         ahead,
                     )
+                }
+                // Refreshed less than `min_interval` ago and it came back (nearly) expired:
+                // used as returned, no proactive refresh until the interval has passed.
+                Some(h) if self.within_min_interval(&e) => {
+                    return Ok(Some(Lease {
+                        header: h.clone(),
+                        generation: e.generation,
+                    }))
                 }
                 _ => return Ok(None),
             }
@@ -772,9 +859,22 @@ impl Tokens {
                         }
                     }
                 }
-                Err(Error::from_refresh(provider, account, &err))
+                let mut error = Error::from_refresh(provider, account, &err);
+                if let Some(left) = self.inner.maps[idx(provider)].get(account).and_then(|e| {
+                    e.cooldown_until
+                        .and_then(|t| t.checked_duration_since(Instant::now()))
+                }) {
+                    error = error.retry_after_at_least(left);
+                }
+                Err(error)
             }
         }
+    }
+
+    /// Whether the entry's last flight started less than `min_interval` ago.
+    fn within_min_interval(&self, e: &Entry) -> bool {
+        e.last_attempt_at
+            .is_some_and(|t| t.elapsed() < self.inner.min_interval)
     }
 
     /// Decides, under the entry's lock, whether to use the current token, join the flight under
@@ -794,36 +894,89 @@ impl Tokens {
         if e.needs_reauth {
             return Err(rejected_error(provider, account, &e));
         }
+        let now = SystemTime::now();
+        let current = |e: &Entry| {
+            e.header.clone().map(|header| Lease {
+                header,
+                generation: e.generation,
+            })
+        };
+        // This generation itself was refused upstream: only a refresh helps.
+        let refused = seen == Some(e.generation);
+        let valid_by_clock = e.header.is_some() && now < e.expires_at;
+        if e.flight.is_some() && e.late {
+            // A timed-out attempt may still rotate the refresh token: no new attempt.
+            if valid_by_clock && !refused && !force {
+                return Ok(Step::Use(current(&e).expect("valid")));
+            }
+            bump(&self.inner.counters[idx(provider)].cooldown);
+            return Err(unavailable(
+                provider,
+                account,
+                "a timed-out refresh attempt's answer is still awaited",
+                LATE_RETRY_AFTER,
+            ));
+        }
         if let Some(flight) = &e.flight {
             bump(&self.inner.counters[idx(provider)].coalesced);
             return Ok(Step::Wait(flight.clone()));
         }
         if !force {
-            let now = SystemTime::now();
             let usable = e.header.is_some() && now + self.inner.skew < e.expires_at;
-            let newer = seen.is_none_or(|g| g != e.generation);
-            if usable && newer {
-                return Ok(Step::Use(Lease {
-                    header: e.header.clone().expect("usable"),
-                    generation: e.generation,
-                }));
+            if usable && !refused {
+                return Ok(Step::Use(current(&e).expect("usable")));
             }
+            if !refused && e.header.is_some() && self.within_min_interval(&e) {
+                return Ok(Step::Use(current(&e).expect("present")));
+            }
+        }
+        if let Some(left) = e
+            .cooldown_until
+            .filter(|_| !force)
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+        {
+            if valid_by_clock && !refused {
+                return Ok(Step::Use(current(&e).expect("valid")));
+            }
+            bump(&self.inner.counters[idx(provider)].cooldown);
+            return Err(unavailable(
+                provider,
+                account,
+                "the last refresh failed; the account is in cooldown",
+                left,
+            ));
         }
         let flight = self.launch(provider, account, &mut e, false);
         Ok(Step::Wait(flight))
     }
 
-    /// Starts a background refresh for `generation` unless one runs or the generation moved on.
+    /// Starts a background refresh for `generation` unless one runs, the generation moved on,
+    /// or the account is in cooldown or within `min_interval` of its last refresh.
     fn start_ahead(&self, provider: Provider, account: &str, generation: u64) {
         if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(account) {
-            if e.flight.is_none()
-                && e.generation == generation
-                && !e.needs_reauth
-                && SystemTime::now() >= e.ahead_at
+            let now = SystemTime::now();
+            if e.flight.is_some()
+                || e.generation != generation
+                || e.needs_reauth
+                || now < e.ahead_at
             {
-                tracing::debug!(%provider, account, "token in refresh-ahead window, refreshing in the background");
-                self.launch(provider, account, &mut e, true);
+                return;
             }
+            let wait = e
+                .cooldown_until
+                .and_then(|t| t.checked_duration_since(Instant::now()))
+                .or_else(|| {
+                    e.last_attempt_at.and_then(|t| {
+                        (t + self.inner.min_interval).checked_duration_since(Instant::now())
+                    })
+                });
+            if let Some(wait) = wait {
+                // Not yet: look again once the cooldown or the interval is over.
+                e.ahead_at = now + wait;
+                return;
+            }
+            tracing::debug!(%provider, account, "token in refresh-ahead window, refreshing in the background");
+            self.launch(provider, account, &mut e, true);
         }
     }
 
@@ -831,6 +984,8 @@ impl Tokens {
     fn launch(&self, provider: Provider, account: &str, e: &mut Entry, ahead: bool) -> Flight {
         let (tx, rx) = watch::channel(None);
         e.flight = Some(rx.clone());
+        e.late = false;
+        e.last_attempt_at = Some(Instant::now());
         let task = FlightTask {
             tokens: self.clone(),
             provider,
@@ -839,7 +994,7 @@ impl Tokens {
             snapshot: snapshot(provider, account, e),
             ahead,
         };
-        tokio::spawn(task.run(tx));
+        tokio::spawn(task.run(Arc::new(tx)));
         rx
     }
 
@@ -884,6 +1039,7 @@ impl Tokens {
                 };
             }
             e.flight = None;
+            e.late = false;
             match result {
                 Ok(next) => {
                     // The refresher checked this; a hand-written refresher might not have.
@@ -902,7 +1058,13 @@ impl Tokens {
                         .and_then(|t| timestamp_to_system_time(t as i64));
                     e.expiry_known = expires.is_some();
                     e.expires_at = expires.unwrap_or(now + self.inner.default_lifetime);
-                    e.ahead_at = self.ahead_at(e.expires_at);
+                    // A token that comes back already inside the refresh-ahead window is not
+                    // refreshed again in the background before `min_interval` has passed.
+                    e.ahead_at = self
+                        .ahead_at(e.expires_at)
+                        .max(now + self.inner.min_interval);
+                    e.cooldown_until = None;
+                    e.failed_cycles = 0;
                     e.header = Some(header.clone());
                     e.generation = next.generation.max(e.generation + 1);
                     e.last_refresh_at = Some(now);
@@ -935,11 +1097,17 @@ impl Tokens {
                             reason: err.to_string(),
                         };
                     } else {
+                        e.failed_cycles = e.failed_cycles.saturating_add(1);
+                        let cooldown = cooldown_for(&err, e.failed_cycles);
+                        e.cooldown_until = Some(Instant::now() + cooldown);
+                        let mut retry_in = cooldown;
                         if task.ahead {
-                            let retry_in =
-                                (self.inner.refresh_ahead / 10).max(Duration::from_secs(1));
-                            e.ahead_at = now + retry_in;
+                            retry_in = retry_in
+                                .max((self.inner.refresh_ahead / 10).max(Duration::from_secs(1)));
                         }
+                        e.ahead_at = e.ahead_at.max(now + retry_in);
+                        tracing::warn!(%provider, account = &*task.account, ?cooldown,
+                            failed_cycles = e.failed_cycles, "refresh cycle failed; account in cooldown");
                         bump(&counters.refresh_transient_error);
                         event = RefreshOutcome::Failed {
                             reason: err.to_string(),
@@ -973,11 +1141,29 @@ struct FlightTask {
     ahead: bool,
 }
 
+type FlightSender = Arc<watch::Sender<Option<FlightResult>>>;
+
 impl FlightTask {
-    async fn run(self, tx: watch::Sender<Option<FlightResult>>) {
+    async fn run(self, tx: FlightSender) {
         let started = Instant::now();
         let inner = &self.tokens.inner;
         tracing::debug!(provider = %self.provider, account = &*self.account, generation = self.generation, "refreshing");
+        // Called when an attempt timed out after sending: release the waiting callers now, and
+        // mark the flight late so nobody starts another attempt while its answer is awaited.
+        let on_timeout = {
+            let tokens = self.tokens.clone();
+            let (provider, account, generation) =
+                (self.provider, self.account.clone(), self.generation);
+            let tx = tx.clone();
+            move |err: RefreshError| {
+                if let Some(mut e) = tokens.inner.maps[idx(provider)].get_mut(&*account) {
+                    if e.generation == generation && e.flight.is_some() {
+                        e.late = true;
+                    }
+                }
+                let _ = tx.send(Some(FlightResult::Err(err)));
+            }
+        };
         // Whether this process called the refresher (with a shared store, another replica's
         // refresh may be adopted instead).
         let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -986,10 +1172,11 @@ impl FlightTask {
                 called.store(true, std::sync::atomic::Ordering::Relaxed);
                 let r = inner
                     .policy
-                    .run(
+                    .run_notify(
                         &*inner.refresher,
                         self.provider,
                         &self.snapshot.refresh_token,
+                        on_timeout,
                     )
                     .await;
                 let next = self.snapshot.after_refresh(&r, store::now_secs());
@@ -1005,7 +1192,7 @@ impl FlightTask {
                         let inner = &tokens.inner;
                         inner
                             .policy
-                            .run(&*inner.refresher, provider, &refresh_token)
+                            .run_notify(&*inner.refresher, provider, &refresh_token, on_timeout)
                             .await
                     })
                 });
@@ -1025,6 +1212,24 @@ impl FlightTask {
         let outcome = self.tokens.apply(&self, result, duration, adopted);
         let _ = tx.send(Some(outcome));
     }
+}
+
+/// The cooldown after the `failed_cycles`-th consecutive failed cycle ending in `err`: the
+/// backend's `Retry-After` when it sent one, else 5 s doubling per cycle; both capped at 5 min,
+/// plus up to 10% jitter (never below what the backend asked for).
+fn cooldown_for(err: &RefreshError, failed_cycles: u32) -> Duration {
+    let base = err.retry_after().unwrap_or_else(|| {
+        let doublings = failed_cycles.saturating_sub(1).min(16);
+        BASE_COOLDOWN.saturating_mul(1u32 << doublings)
+    });
+    let base = base.min(MAX_COOLDOWN);
+    (base + base.mul_f64(fastrand::f64() * 0.1)).min(MAX_COOLDOWN.max(base))
+}
+
+/// `refresh_unavailable` without a backend call, asking the caller to retry after `after`.
+fn unavailable(provider: Provider, account: &str, why: &str, after: Duration) -> Error {
+    Error::from_refresh(provider, account, &RefreshError::unconfirmed(why))
+        .retry_after_at_least(after)
 }
 
 fn rejected_error(provider: Provider, account: &str, e: &Entry) -> Error {

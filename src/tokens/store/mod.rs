@@ -176,8 +176,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<StoredAccount, RefreshError>> {
         Box::pin(async move {
             let result = refresh(current.refresh_token.clone()).await;
-            if let Err(e @ RefreshError::Transient(_)) = result {
-                return Err(e);
+            match result {
+                Err(e) if !e.is_rejected() => return Err(e),
+                _ => {}
             }
             let next = current.after_refresh(&result, now_secs());
             let mut saved = Err(StoreError("not attempted".into()));

@@ -274,7 +274,7 @@ fn random_id() -> String {
 }
 
 fn unavailable(e: StoreError) -> RefreshError {
-    RefreshError::Transient(format!("token store unavailable: {}", e.0))
+    RefreshError::transient(format!("token store unavailable: {}", e.0))
 }
 
 /// Whether `a`'s access token can be handed out (present, not known to be expired).
@@ -671,7 +671,7 @@ impl Shared {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(RefreshError::Transient(format!(
+                return Err(RefreshError::transient(format!(
                     "another replica's refresh did not finish within {:?}",
                     self.wait_bound()
                 )));
@@ -705,9 +705,12 @@ impl Shared {
         let result = self
             .run_renewing(&lock, &owner, refresh(base.refresh_token.clone()))
             .await;
-        if let Err(e @ RefreshError::Transient(_)) = &result {
-            self.release(&lock, &owner).await;
-            return Err(e.clone());
+        if let Err(e) = &result {
+            if !e.is_rejected() {
+                // A transient or unconfirmed failure changes nothing stored: release only.
+                self.release(&lock, &owner).await;
+                return Err(e.clone());
+            }
         }
         // 4. The fenced write.
         let next = base.after_refresh(&result, now_secs());
