@@ -638,12 +638,32 @@ async fn transient_failures_are_retried_then_succeed() {
     s.seed(-1);
     s.realm.script([
         Reply::Status(503, "{}".into()),
-        Reply::Status(200, "not json".into()),
+        Reply::Status(502, "<html>bad gateway</html>".into()),
     ]);
     s.get_ok("/a").await;
     assert_eq!(s.realm.backend_calls.get(), 3);
     let st = s.tokens.stats(Provider::Google);
     assert_eq!((st.refresh_success, st.refresh_transient_error), (1, 0));
+    s.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_2xx_answer_is_not_retried_with_the_same_refresh_token() {
+    // The backend answered 2xx: it may have rotated the refresh token, so the proxy must not
+    // send the same one again (SPEC 2); the cycle ends and the account cools down.
+    let s = setup("broken-2xx", Provider::GitHub).await;
+    s.seed(-1);
+    s.realm.script([Reply::Status(200, "not json".into())]);
+    let err = s.send("GET", "/a", empty()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RefreshUnavailable);
+    assert_eq!(s.realm.backend_calls.get(), 1);
+    let err = s.send("GET", "/b", empty()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RefreshUnavailable);
+    assert!(err
+        .retry_after()
+        .is_some_and(|d| d <= Duration::from_secs(6)));
+    assert_eq!(s.realm.backend_calls.get(), 1, "cooldown: no call");
+    assert_eq!(s.tokens.stats(Provider::GitHub).cooldown, 1);
     s.finish();
 }
 
@@ -660,9 +680,23 @@ async fn transient_failures_exhaust_the_budget_then_fail_clearly() {
     assert_eq!(err.kind(), ErrorKind::RefreshUnavailable);
     assert_eq!(s.realm.backend_calls.get(), 3);
     assert_eq!(s.realm.api_calls.get(), 0);
-    // Not a rejection: the next request tries again, and succeeds.
-    s.get_ok("/b").await;
-    assert_eq!(s.realm.backend_calls.get(), 4);
+    // Not a rejection, but the account is in cooldown: the next request is refused at once,
+    // with the time left, and makes no backend call.
+    let err = s.send("GET", "/b", empty()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RefreshUnavailable);
+    let left = err.retry_after().expect("the cooldown's time left");
+    assert!(
+        left > Duration::ZERO && left <= Duration::from_millis(5500),
+        "{left:?}"
+    );
+    assert_eq!(s.realm.backend_calls.get(), 3);
+    assert_eq!(s.tokens.stats(Provider::GitHub).cooldown, 1);
+    assert!(
+        !s.tokens
+            .get(Provider::GitHub, "alice")
+            .unwrap()
+            .needs_reauth
+    );
     s.finish();
 }
 
@@ -746,7 +780,8 @@ async fn a_hanging_backend_is_bounded_by_the_timeout() {
     assert_eq!(err.kind(), ErrorKind::RefreshUnavailable);
     assert!(err.to_string().contains("timed out"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(s.realm.backend_calls.get(), 2);
+    // The attempt was sent: it is awaited in the background, never repeated (SPEC 2).
+    assert_eq!(s.realm.backend_calls.get(), 1);
     s.finish();
 }
 

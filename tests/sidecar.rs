@@ -5,341 +5,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::BodyExt;
-use oauth_refresh_proxy::Provider;
-use support::http_client::{h2c_client, http1_client, request, Answer, HttpClient};
-use support::process::{run_cli, CliOutput, Proxy, TempDir};
+use support::http_client::{h2c_client, http1_client, request};
+use support::process::{run_cli, CliOutput, TempDir};
+use support::world::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-// ---------------------------------------------------------------------------------------------
-// Plumbing: raw HTTP, memory, metrics.
-// ---------------------------------------------------------------------------------------------
-
-/// Writes `raw` on a fresh connection and reads one response: (status, head, body).
-async fn raw_request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(raw.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let len = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len || n == 0 {
-                    let body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
-                    let status = head
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or_else(|| panic!("no status line: {head}"));
-                    return (status, head, body);
-                }
-            }
-            assert!(n > 0, "connection closed before a full response: {buf:?}");
-        }
-    };
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("raw request: no answer within {WAIT:?}"))
-}
-
-/// The child's resident set size in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
-/// The value of one sample of the exposition `text`: `name{labels}` with exactly `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (label_text, value) = if let Some(r) = rest.strip_prefix('{') {
-            let end = r.find('}')?;
-            (&r[..end], &r[end + 1..])
-        } else if rest.starts_with(' ') {
-            ("", rest)
-        } else {
-            continue;
-        };
-        let mut parsed = Vec::new();
-        let mut s = label_text;
-        while let Some((k, v)) = s.split_once("=\"") {
-            let end = v.find('"')?;
-            parsed.push((k.trim_start_matches(',').to_string(), v[..end].to_string()));
-            s = &v[end + 1..];
-        }
-        if parsed.len() == labels.len()
-            && labels
-                .iter()
-                .all(|(k, v)| parsed.contains(&(k.to_string(), v.to_string())))
-        {
-            return value.split_whitespace().next()?.parse().ok();
-        }
-    }
-    None
-}
-
-// ---------------------------------------------------------------------------------------------
-// The world of fakes, and the sidecar process in front of it.
-// ---------------------------------------------------------------------------------------------
-
-const BACKEND_ENV: &str = "ORP_TEST_BACKEND_TOKEN";
-
-/// The fakes a sidecar is configured against, and the accounts it is seeded with.
-struct World {
-    realm: Arc<Realm>,
-    backend: String,
-    github: SocketAddr,
-    google: SocketAddr,
-    accounts: String,
-}
-
-/// What a test adds to the standard config.
-#[derive(Default)]
-struct Opts<'a> {
-    /// Extra root keys; `{dir}` is replaced by the sidecar's temp dir.
-    root: &'a str,
-    /// Extra `[refresh]` keys.
-    refresh: &'a str,
-    /// Extra environment of the child.
-    env: &'a [(&'a str, &'a str)],
-    /// Files written into the temp dir before start: (name, content).
-    files: &'a [(&'a str, &'a str)],
-    /// Further secrets that must never show.
-    secrets: &'a [&'a str],
-    /// The config's `listen` (default `127.0.0.1:0`).
-    listen: &'a str,
-    /// Extra arguments after `serve --config FILE`.
-    args: &'a [&'a str],
-}
-
-impl World {
-    async fn new(name: &str) -> World {
-        let realm = Realm::new(&format!("sc{name}"), true);
-        let backend = start_backend(realm.clone()).await;
-        let github = start_api(realm.clone(), Provider::GitHub).await;
-        let google = start_api(realm.clone(), Provider::Google).await;
-        World {
-            realm,
-            backend,
-            github,
-            google,
-            accounts: String::new(),
-        }
-    }
-
-    /// Seeds an account whose refresh token the backend accepts, with an access token the API
-    /// accepts, written to expire in `valid_for` seconds (negative: already expired).
-    /// Returns (refresh, access).
-    fn seed(&mut self, provider: &str, id: &str, valid_for: i64) -> (String, String) {
-        let refresh = self.realm.new_refresh_token();
-        let access = self.realm.new_access_token(&refresh);
-        let at = now_secs() as i64 + valid_for;
-        self.accounts.push_str(&format!(
-            "[[account]]\nprovider = \"{provider}\"\nid = \"{id}\"\nrefresh_token = \"{refresh}\"\naccess_token = \"{access}\"\nexpires_at = {at}\n\n"
-        ));
-        (refresh, access)
-    }
-
-    fn config(&self, opts: &Opts<'_>, dir: &TempDir) -> String {
-        let root = opts
-            .root
-            .replace("{dir}", &dir.root().display().to_string());
-        format!(
-            r#"listen = "{listen}"
-admin_listen = "127.0.0.1:0"
-{root}
-
-[refresh]
-backend_url = "{backend}"
-backend_token = "env:{BACKEND_ENV}"
-{refresh}
-
-[[route]]
-prefix = "/github"
-upstream = "http://{github}"
-provider = "github"
-
-[[route]]
-prefix = "/google"
-upstream = "http://{google}"
-provider = "google"
-default_account = "alice"
-
-[[route]]
-prefix = "/down"
-upstream = "http://127.0.0.1:1"
-provider = "github"
-default_account = "octo"
-
-{accounts}"#,
-            listen = if opts.listen.is_empty() {
-                "127.0.0.1:0"
-            } else {
-                opts.listen
-            },
-            backend = self.backend,
-            refresh = opts.refresh,
-            github = self.github,
-            google = self.google,
-            accounts = self.accounts,
-        )
-    }
-
-    async fn start(&self, opts: Opts<'_>) -> Sidecar {
-        let dir = TempDir::new("serve");
-        for (name, content) in opts.files {
-            dir.write(name, content);
-        }
-        let path = dir.write("proxy.toml", &self.config(&opts, &dir));
-        let backend_token = self.realm.backend_token.clone().unwrap();
-        let mut env = vec![
-            ("RUST_BACKTRACE", "1"),
-            (BACKEND_ENV, backend_token.as_str()),
-        ];
-        env.extend(opts.env.iter().copied());
-        let proxy = Proxy::spawn(&path, opts.args, &env).await;
-        let mut secrets: Vec<String> = opts.secrets.iter().map(|s| s.to_string()).collect();
-        secrets.push(backend_token);
-        Sidecar {
-            proxy,
-            answers: Mutex::new(Vec::new()),
-            secrets,
-            client: http1_client(),
-            _dir: dir,
-        }
-    }
-}
-
-/// The running binary ([`Proxy`]: killed on drop), and the answers it gave.
-struct Sidecar {
-    proxy: Proxy,
-    answers: Mutex<Vec<String>>,
-    secrets: Vec<String>,
-    client: HttpClient,
-    _dir: TempDir,
-}
-
-impl Deref for Sidecar {
-    type Target = Proxy;
-    fn deref(&self) -> &Proxy {
-        &self.proxy
-    }
-}
-
-impl DerefMut for Sidecar {
-    fn deref_mut(&mut self) -> &mut Proxy {
-        &mut self.proxy
-    }
-}
-
-impl Sidecar {
-    /// A request through the proxy with the HTTP/1.1 client.
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Answer {
-        let a = request(
-            &self.client,
-            method,
-            &self.url(path),
-            headers,
-            full(body.into()),
-        )
-        .await;
-        if a.body.len() < 64 * 1024 {
-            self.record(&a);
-        }
-        a
-    }
-
-    /// `GET path` as `account` through the proxy.
-    async fn get_as(&self, account: &str, path: &str) -> Answer {
-        self.send("GET", path, &[("x-oauth-account", account)], "")
-            .await
-    }
-
-    /// A request to the admin listener; its answer is kept for the secret check.
-    async fn admin(&self, method: &str, path: &str, auth: Option<&str>, body: &str) -> Answer {
-        let uri = self.admin_url(path);
-        let auth = auth.map(|t| format!("Bearer {t}"));
-        let mut headers = vec![];
-        if let Some(a) = &auth {
-            headers.push(("authorization", a.as_str()));
-        }
-        let a = request(&self.client, method, &uri, &headers, full(body.to_string())).await;
-        self.record(&a);
-        a
-    }
-
-    async fn metrics(&self) -> String {
-        let a = self.admin("GET", "/metrics", None, "").await;
-        assert_eq!(a.status, 200);
-        a.text()
-    }
-
-    fn record(&self, a: &Answer) {
-        self.answers
-            .lock()
-            .unwrap()
-            .push(format!("{:?}\n{}", a.headers, a.text()));
-    }
-
-    /// Stops the process and asserts that no secret appears in its stderr or in any recorded
-    /// answer, and that the stderr is not empty.
-    fn finish(self, realm: &Realm) {
-        self.finish_with_logs(realm);
-    }
-
-    /// [`Sidecar::finish`], returning the child's stderr.
-    fn finish_with_logs(self, realm: &Realm) -> String {
-        let mut secrets = realm.secrets();
-        secrets.extend(self.secrets.iter().cloned());
-        let logs = self.proxy.assert_no_secret_in_stderr(&secrets);
-        let answers = self.answers.lock().unwrap().join("\n");
-        for s in &secrets {
-            assert!(
-                !answers.contains(s.as_str()),
-                "secret {s:?} in an answer: {answers}"
-            );
-        }
-        logs
-    }
-}
-
-/// A deterministic, non-repeating-looking body of `n` bytes.
-fn pattern(n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. Command line.
@@ -1105,8 +779,26 @@ async fn a_transient_backend_failure_is_503_with_retry_after() {
     assert_eq!(w.realm.backend_calls.get(), 2, "max_attempts = 2");
     assert_eq!(w.realm.api_calls.get(), 0);
 
-    // Transient is not fatal: the next request refreshes and goes through.
+    // Transient is not fatal, but the account is in cooldown (SPEC 2): requests during it are
+    // answered 503 with the seconds left and make no backend call; the first request after
+    // it refreshes and goes through.
     let a = sc.get_as("octo", "/github/user").await;
+    assert_eq!(a.status, 503);
+    let left: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=6).contains(&left), "Retry-After {left}");
+    assert_eq!(
+        w.realm.backend_calls.get(),
+        2,
+        "no backend call in cooldown"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let a = loop {
+        let a = sc.get_as("octo", "/github/user").await;
+        if a.status != 503 || std::time::Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // pacing, not synchronisation
+    };
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(w.realm.backend_calls.get(), 3);
     let m = sc.metrics().await;

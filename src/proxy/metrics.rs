@@ -2,7 +2,7 @@
 //!
 //! Request counts and the two latency histograms are recorded as they happen
 //! ([`Metrics::observe_request`], [`Metrics::observe_upstream`], [`Metrics::observe_refresh`]).
-//! The refresh, coalescing and replay counters and the `orp_tokens` gauge are read from the
+//! The refresh, coalescing, cooldown and replay counters and the `orp_tokens` gauge are read from the
 //! [`Tokens`] cache at render time, so they are exact and always present for both providers,
 //! even at zero. No token value and no account id is ever part of the output.
 
@@ -323,6 +323,7 @@ impl Collector for TokensCollector {
 
         let mut refresh = Vec::new();
         let mut coalesced = Vec::new();
+        let mut cooldown = Vec::new();
         let mut replay = Vec::new();
         for (p, s) in &stats {
             for (outcome, v) in [
@@ -333,6 +334,7 @@ impl Collector for TokensCollector {
                 refresh.push((vec![("provider", *p), ("outcome", outcome)], v));
             }
             coalesced.push((vec![("provider", *p)], s.coalesced));
+            cooldown.push((vec![("provider", *p)], s.cooldown));
             for (outcome, v) in [
                 ("replayed", s.replayed),
                 ("not_replayable", s.not_replayable),
@@ -351,6 +353,12 @@ impl Collector for TokensCollector {
             "orp_refresh_coalesced",
             "Requests that waited on a refresh another request had started",
             &coalesced,
+        )?;
+        Self::counter_family(
+            &mut encoder,
+            "orp_refresh_cooldown",
+            "Requests answered refresh_unavailable without a backend call: the account was in cooldown after a failed refresh, or awaiting a timed-out attempt's answer",
+            &cooldown,
         )?;
         Self::counter_family(
             &mut encoder,
@@ -464,6 +472,7 @@ mod tests {
             "orp_refresh_duration_seconds histogram",
             "orp_refresh counter",
             "orp_refresh_coalesced counter",
+            "orp_refresh_cooldown counter",
             "orp_replay counter",
             "orp_tokens gauge",
         ] {
@@ -483,6 +492,13 @@ mod tests {
                 value(
                     &text,
                     &format!("orp_refresh_coalesced_total{{provider=\"{p}\"}}")
+                ),
+                "0"
+            );
+            assert_eq!(
+                value(
+                    &text,
+                    &format!("orp_refresh_cooldown_total{{provider=\"{p}\"}}")
                 ),
                 "0"
             );
@@ -519,6 +535,7 @@ mod tests {
             "orp_refresh_total",
             "orp_refresh_duration_seconds_",
             "orp_refresh_coalesced_total",
+            "orp_refresh_cooldown_total",
             "orp_replay_total",
             "orp_tokens{",
         ];

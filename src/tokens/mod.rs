@@ -107,8 +107,9 @@ struct Entry {
     flight: Option<Flight>,
     /// The flight's attempt timed out after sending; its answer is still awaited.
     late: bool,
-    /// When the last flight started (for `min_interval`).
-    last_attempt_at: Option<Instant>,
+    /// When the current tokens were obtained by a refresh (here or by another replica), for
+    /// `min_interval`; `None` for tokens put by the operator or the config.
+    refreshed_at: Option<Instant>,
     /// No refresh before this (a failed cycle's cooldown).
     cooldown_until: Option<Instant>,
     /// Consecutive failed cycles (the cooldown doubles with each).
@@ -606,7 +607,7 @@ impl Tokens {
                 needs_reauth: false,
                 flight: None,
                 late: false,
-                last_attempt_at: None,
+                refreshed_at: None,
                 cooldown_until: None,
                 failed_cycles: 0,
                 last_refresh_at: None,
@@ -633,9 +634,7 @@ impl Tokens {
         // New tokens (put here or adopted from another replica) end any cooldown.
         e.cooldown_until = None;
         e.failed_cycles = 0;
-        if local {
-            e.last_attempt_at = None;
-        }
+        e.refreshed_at = None;
         e.last_refresh_at = state
             .last_refresh_at
             .and_then(|t| timestamp_to_system_time(t as i64));
@@ -648,7 +647,16 @@ impl Tokens {
         match update {
             StoreUpdate::Changed(state) => {
                 tracing::debug!(provider = %state.provider, account = %state.account, generation = state.generation, "account changed elsewhere");
-                self.set_state(Arc::from(state.account.as_str()), state, false);
+                let (provider, generation) = (state.provider, state.generation);
+                let refreshed = state.last_refresh_at.is_some();
+                let account: Arc<str> = Arc::from(state.account.as_str());
+                self.set_state(account.clone(), state, false);
+                // Another replica's refresh counts for `min_interval` here too.
+                if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(&*account) {
+                    if refreshed && e.generation == generation {
+                        e.refreshed_at = Some(Instant::now());
+                    }
+                }
             }
             StoreUpdate::Removed { provider, account } => {
                 self.inner.maps[idx(provider)].remove(account.as_str());
@@ -871,10 +879,12 @@ impl Tokens {
         }
     }
 
-    /// Whether the entry's last flight started less than `min_interval` ago.
+    /// Whether the entry's tokens came from a refresh less than `min_interval` ago (and no
+    /// refresh runs now): they are used as returned, however soon they expire.
     fn within_min_interval(&self, e: &Entry) -> bool {
-        e.last_attempt_at
-            .is_some_and(|t| t.elapsed() < self.inner.min_interval)
+        e.flight.is_none()
+            && e.refreshed_at
+                .is_some_and(|t| t.elapsed() < self.inner.min_interval)
     }
 
     /// Decides, under the entry's lock, whether to use the current token, join the flight under
@@ -966,7 +976,7 @@ impl Tokens {
                 .cooldown_until
                 .and_then(|t| t.checked_duration_since(Instant::now()))
                 .or_else(|| {
-                    e.last_attempt_at.and_then(|t| {
+                    e.refreshed_at.and_then(|t| {
                         (t + self.inner.min_interval).checked_duration_since(Instant::now())
                     })
                 });
@@ -985,7 +995,6 @@ impl Tokens {
         let (tx, rx) = watch::channel(None);
         e.flight = Some(rx.clone());
         e.late = false;
-        e.last_attempt_at = Some(Instant::now());
         let task = FlightTask {
             tokens: self.clone(),
             provider,
@@ -1065,6 +1074,7 @@ impl Tokens {
                         .max(now + self.inner.min_interval);
                     e.cooldown_until = None;
                     e.failed_cycles = 0;
+                    e.refreshed_at = Some(Instant::now());
                     e.header = Some(header.clone());
                     e.generation = next.generation.max(e.generation + 1);
                     e.last_refresh_at = Some(now);

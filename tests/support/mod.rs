@@ -5,6 +5,7 @@
 
 pub mod http_client;
 pub mod process;
+pub mod world;
 
 use std::convert::Infallible;
 use std::pin::Pin;
