@@ -40,7 +40,9 @@
 //!   answer is awaited for up to `late_answer_window`: no new attempt for the account starts
 //!   meanwhile (requests that need a refresh get `503` at once), and a late success is applied
 //!   and persisted like a prompt one — a rotated refresh token is kept.
-//! * **Cooldown.** A cycle that failed without a rejection puts the account in cooldown: the
+//! * **Cooldown.** A cycle that called the backend and failed without a rejection puts the
+//!   account in cooldown (a shared store that could not be reached, before any backend call,
+//!   does not): the
 //!   backend's `Retry-After` when it sent one, else 5 s doubling per consecutive failed cycle,
 //!   both capped at 5 min, plus up to 10% jitter. Until it ends, requests that need a refresh get
 //!   `503 refresh_unavailable` with `Retry-After` = the seconds left and no backend call is
@@ -1104,6 +1106,18 @@ impl Tokens {
                         e.needs_reauth = true;
                         bump(&counters.refresh_rejected);
                         event = RefreshOutcome::Rejected {
+                            reason: err.to_string(),
+                        };
+                    } else if adopted {
+                        // The backend was never called (the shared store could not be read or
+                        // locked): nothing to cool down from, the store's own bounds apply.
+                        if task.ahead {
+                            let retry_in =
+                                (self.inner.refresh_ahead / 10).max(Duration::from_secs(1));
+                            e.ahead_at = e.ahead_at.max(now + retry_in);
+                        }
+                        bump(&counters.refresh_transient_error);
+                        event = RefreshOutcome::Failed {
                             reason: err.to_string(),
                         };
                     } else {
