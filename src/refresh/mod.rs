@@ -535,6 +535,7 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -555,40 +556,18 @@ mod tests {
         }
     }
 
-    /// A refresher answering from a script, counting calls; an entry of `None` never answers
-    /// within the test (it sleeps `delay` first, then succeeds).
-    struct Scripted {
-        calls: std::sync::atomic::AtomicU32,
-        script: std::sync::Mutex<Vec<Result<Refreshed, RefreshError>>>,
+    use scripted::{Script, Scripted};
+
+    /// A scripted refresher: `answers` in order, then a success, each after `delay`.
+    fn script(
+        answers: Vec<Result<Refreshed, RefreshError>>,
         delay: Duration,
-    }
-
-    impl Scripted {
-        fn new(script: Vec<Result<Refreshed, RefreshError>>, delay: Duration) -> Self {
-            Scripted {
-                calls: Default::default(),
-                script: std::sync::Mutex::new(script),
-                delay,
-            }
+    ) -> (Arc<Script>, Scripted) {
+        let s = Script::delayed(ok("default").unwrap(), delay);
+        for a in answers {
+            s.push(a);
         }
-        fn calls(&self) -> u32 {
-            self.calls.load(std::sync::atomic::Ordering::SeqCst)
-        }
-    }
-
-    impl Refresher for Scripted {
-        fn refresh<'a>(
-            &'a self,
-            _: Provider,
-            _: &'a Secret,
-        ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
-            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let next = self.script.lock().unwrap().remove(0);
-            Box::pin(async move {
-                tokio::time::sleep(self.delay).await;
-                next
-            })
-        }
+        (s.clone(), Scripted(s))
     }
 
     fn ok(token: &str) -> Result<Refreshed, RefreshError> {
@@ -618,90 +597,64 @@ mod tests {
             .block_on(f)
     }
 
+    /// Runs `answers` (then successes) under a 1 s timeout and 1 s late window; returns the
+    /// result and the number of calls.
+    async fn run_script(
+        answers: Vec<Result<Refreshed, RefreshError>>,
+    ) -> (Result<Refreshed, RefreshError>, usize) {
+        let (s, r) = script(answers, Duration::ZERO);
+        let got = policy(1000, 1000)
+            .run(&r, Provider::Google, &Secret::new("r"))
+            .await;
+        (got, s.calls())
+    }
+
     #[test]
     fn only_unspent_failures_are_retried() {
         block_on(async {
-            let r = Scripted::new(
-                vec![
-                    Err(RefreshError::transient("503")),
-                    Err(RefreshError::transient("connection refused")),
-                    ok("a"),
-                ],
-                Duration::ZERO,
-            );
-            let got = policy(1000, 1000)
-                .run(&r, Provider::Google, &Secret::new("r"))
-                .await;
-            assert_eq!(got.unwrap().access_token.expose(), "a");
-            assert_eq!(r.calls(), 3);
+            let (got, calls) = run_script(vec![
+                Err(RefreshError::transient("503")),
+                Err(RefreshError::transient("connection refused")),
+            ])
+            .await;
+            assert_eq!(got.unwrap().access_token.expose(), "default");
+            assert_eq!(calls, 3);
 
-            let r = Scripted::new(
-                vec![Err(RefreshError::unconfirmed("broken 2xx")), ok("never")],
-                Duration::ZERO,
-            );
-            let got = policy(1000, 1000)
-                .run(&r, Provider::Google, &Secret::new("r"))
-                .await;
+            let (got, calls) = run_script(vec![Err(RefreshError::unconfirmed("broken 2xx"))]).await;
             assert!(matches!(got, Err(RefreshError::Unconfirmed(_))));
-            assert_eq!(
-                r.calls(),
-                1,
-                "a possibly spent refresh token is never re-sent"
-            );
+            assert_eq!(calls, 1, "a possibly spent refresh token is never re-sent");
 
             // A transient status, then an unconfirmed failure: two calls, then stop.
-            let r = Scripted::new(
-                vec![
-                    Err(RefreshError::transient("503")),
-                    Err(RefreshError::unconfirmed("reset after sending")),
-                    ok("never"),
-                ],
-                Duration::ZERO,
-            );
-            let got = policy(1000, 1000)
-                .run(&r, Provider::Google, &Secret::new("r"))
-                .await;
+            let (got, calls) = run_script(vec![
+                Err(RefreshError::transient("503")),
+                Err(RefreshError::unconfirmed("reset after sending")),
+            ])
+            .await;
             assert_eq!(
                 got.unwrap_err().to_string(),
                 "refresh temporarily unavailable: reset after sending (after 2 attempts)"
             );
-            assert_eq!(r.calls(), 2);
+            assert_eq!(calls, 2);
         });
     }
 
     #[test]
     fn a_long_retry_after_ends_the_cycle_and_a_short_one_is_waited() {
         block_on(async {
-            let r = Scripted::new(
-                vec![
-                    Err(RefreshError::transient("429").with_retry_after(Duration::from_secs(60))),
-                    ok("never"),
-                ],
-                Duration::ZERO,
-            );
-            let got = policy(1000, 1000)
-                .run(&r, Provider::GitHub, &Secret::new("r"))
-                .await;
+            let long = RefreshError::transient("429").with_retry_after(Duration::from_secs(60));
+            let (got, calls) = run_script(vec![Err(long)]).await;
             assert_eq!(
                 got.unwrap_err().retry_after(),
                 Some(Duration::from_secs(60))
             );
-            assert_eq!(r.calls(), 1);
+            assert_eq!(calls, 1);
 
-            let r = Scripted::new(
-                vec![
-                    Err(RefreshError::transient("503").with_retry_after(Duration::from_millis(15))),
-                    ok("b"),
-                ],
-                Duration::ZERO,
-            );
+            let short = RefreshError::transient("503").with_retry_after(Duration::from_millis(15));
             let started = tokio::time::Instant::now();
-            let got = policy(1000, 1000)
-                .run(&r, Provider::GitHub, &Secret::new("r"))
-                .await;
-            assert_eq!(got.unwrap().access_token.expose(), "b");
+            let (got, calls) = run_script(vec![Err(short)]).await;
+            assert_eq!(got.unwrap().access_token.expose(), "default");
             assert!(started.elapsed() >= Duration::from_millis(15));
-            assert_eq!(r.calls(), 2);
+            assert_eq!(calls, 2);
         });
     }
 
@@ -709,7 +662,7 @@ mod tests {
     fn a_timed_out_attempt_is_awaited_not_retried() {
         block_on(async {
             // Answers after 3 s; callers wait 1 s; the late answer is returned.
-            let r = Scripted::new(vec![ok("late"), ok("never")], Duration::from_secs(3));
+            let (s, r) = script(vec![ok("late"), ok("never")], Duration::from_secs(3));
             let started = tokio::time::Instant::now();
             let mut told_at = None;
             let got = policy(1000, 120_000)
@@ -723,20 +676,20 @@ mod tests {
             assert_eq!(got.access_token.expose(), "late");
             assert_eq!(got.refresh_token.unwrap().expose(), "late-rotated");
             assert_eq!(
-                r.calls(),
+                s.calls(),
                 1,
                 "the timed-out attempt was not followed by another"
             );
 
             // No answer within the window: one call, an unconfirmed error at timeout + window.
-            let r = Scripted::new(vec![ok("too late")], Duration::from_secs(600));
+            let (s, r) = script(vec![ok("too late")], Duration::from_secs(600));
             let started = tokio::time::Instant::now();
             let got = policy(1000, 2000)
                 .run(&r, Provider::GitHub, &Secret::new("r"))
                 .await;
             assert!(matches!(got, Err(RefreshError::Unconfirmed(_))));
             assert_eq!(started.elapsed(), Duration::from_secs(3));
-            assert_eq!(r.calls(), 1);
+            assert_eq!(s.calls(), 1);
         });
     }
 }

@@ -916,20 +916,7 @@ impl Tokens {
         // This generation itself was refused upstream: only a refresh helps.
         let refused = seen == Some(e.generation);
         let valid_by_clock = e.header.is_some() && now < e.expires_at;
-        if e.flight.is_some() && e.late {
-            // A timed-out attempt may still rotate the refresh token: no new attempt.
-            if valid_by_clock && !refused && !force {
-                return Ok(Step::Use(current(&e).expect("valid")));
-            }
-            bump(&self.inner.counters[idx(provider)].cooldown);
-            return Err(unavailable(
-                provider,
-                account,
-                "a timed-out refresh attempt's answer is still awaited",
-                LATE_RETRY_AFTER,
-            ));
-        }
-        if let Some(flight) = &e.flight {
+        if let (Some(flight), false) = (&e.flight, e.late) {
             bump(&self.inner.counters[idx(provider)].coalesced);
             return Ok(Step::Wait(flight.clone()));
         }
@@ -942,21 +929,24 @@ impl Tokens {
                 return Ok(Step::Use(current(&e).expect("present")));
             }
         }
-        if let Some(left) = e
-            .cooldown_until
-            .filter(|_| !force)
-            .and_then(|until| until.checked_duration_since(Instant::now()))
-        {
-            if valid_by_clock && !refused {
+        let blocked = if e.flight.is_some() {
+            // A timed-out attempt may still rotate the refresh token: no new attempt.
+            Some((
+                "a timed-out refresh attempt's answer is still awaited",
+                LATE_RETRY_AFTER,
+            ))
+        } else {
+            e.cooldown_until
+                .filter(|_| !force)
+                .and_then(|until| until.checked_duration_since(Instant::now()))
+                .map(|left| ("the last refresh failed; the account is in cooldown", left))
+        };
+        if let Some((why, after)) = blocked {
+            if valid_by_clock && !refused && !force {
                 return Ok(Step::Use(current(&e).expect("valid")));
             }
             bump(&self.inner.counters[idx(provider)].cooldown);
-            return Err(unavailable(
-                provider,
-                account,
-                "the last refresh failed; the account is in cooldown",
-                left,
-            ));
+            return Err(unavailable(provider, account, why, after));
         }
         let flight = self.launch(provider, account, &mut e, false);
         Ok(Step::Wait(flight))
