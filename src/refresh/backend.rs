@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::http::{
     build_client, check_url, loggable_code, read_limited, transient_status, transient_status_error,
-    transport_error, InvalidUrl,
+    transport_error, InvalidUrl, DEFAULT_EXCHANGE_BOUND,
 };
 use super::{BoxFuture, RefreshError, Refreshed, Refresher};
 use crate::provider::Provider;
@@ -54,7 +54,9 @@ impl std::fmt::Debug for BackendRefresher {
 
 impl BackendRefresher {
     /// A refresher for the backend at `backend_url` (`http` or `https`, no query, no
-    /// credentials in the URL), with a 10 s request timeout.
+    /// credentials in the URL). Each exchange is bounded by 2 min 10 s (connect: 10 s): the
+    /// [`RetryPolicy`](crate::RetryPolicy) answers callers after its `timeout` and keeps
+    /// waiting for a late answer within its `late_answer_window`.
     ///
     /// ```
     /// # use oauth_refresh_proxy::BackendRefresher;
@@ -63,7 +65,7 @@ impl BackendRefresher {
     pub fn new(backend_url: &str) -> Result<Self, InvalidUrl> {
         check_url(backend_url, "backend")?;
         Ok(BackendRefresher {
-            client: build_client(Duration::from_secs(10)),
+            client: build_client(DEFAULT_EXCHANGE_BOUND),
             base: backend_url.trim_end_matches('/').to_string(),
             bearer: None,
         })
@@ -81,7 +83,9 @@ impl BackendRefresher {
         self
     }
 
-    /// Bounds each backend request (connect, send, read) by `timeout`.
+    /// Bounds each backend exchange (connect, send, read) by `timeout` (connect: at most 10 s).
+    /// Keep it at least the retry policy's `timeout + late_answer_window`, or a late answer
+    /// cannot be read.
     ///
     /// ```
     /// # use oauth_refresh_proxy::BackendRefresher;

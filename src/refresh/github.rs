@@ -43,7 +43,8 @@ impl GitHubRefresher {
     pub const TOKEN_URL: &'static str = "https://github.com/login/oauth/access_token";
 
     /// A refresher for the OAuth client `client_id` / `client_secret` at [`Self::TOKEN_URL`],
-    /// with a 10 s request timeout.
+    /// each exchange bounded by 2 min 10 s (connect: 10 s), the default retry policy's
+    /// `timeout` plus its `late_answer_window`.
     ///
     /// ```
     /// # use oauth_refresh_proxy::{GitHubRefresher, Secret};
@@ -76,7 +77,9 @@ impl GitHubRefresher {
         Ok(self)
     }
 
-    /// Bounds each request to the token endpoint (connect, send, read) by `timeout`.
+    /// Bounds each exchange with the token endpoint (connect, send, read) by `timeout`
+    /// (connect: at most 10 s). Keep it at least the retry policy's
+    /// `timeout + late_answer_window`, or a late answer cannot be read.
     ///
     /// ```
     /// # use oauth_refresh_proxy::{GitHubRefresher, Secret};

@@ -65,12 +65,22 @@ pub(crate) fn check_url(url: &str, what: &'static str) -> Result<(), InvalidUrl>
     Ok(())
 }
 
-/// A reqwest client for refresh calls: bounded time, no redirects, no proxy from the
-/// environment.
-pub(crate) fn build_client(timeout: Duration) -> reqwest::Client {
+/// How long one refresh exchange may last by default: the default
+/// [`RetryPolicy`](super::RetryPolicy) `timeout` (10 s) plus its `late_answer_window` (2 min).
+/// Callers are answered at the policy's `timeout`; the exchange itself goes on so that a late
+/// answer (and its rotated refresh token) can still be read.
+pub(crate) const DEFAULT_EXCHANGE_BOUND: Duration = Duration::from_secs(130);
+
+/// The longest TCP/TLS connect of a refresh call: a connection never made never carried a
+/// refresh token, so failing it early is always safe (and retryable).
+const MAX_CONNECT: Duration = Duration::from_secs(10);
+
+/// A reqwest client for refresh calls: each exchange bounded by `total` (connect at most
+/// 10 s), no redirects, no proxy from the environment.
+pub(crate) fn build_client(total: Duration) -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
+        .timeout(total)
+        .connect_timeout(total.min(MAX_CONNECT))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
@@ -194,7 +204,7 @@ impl TokenEndpoint {
     ) -> Self {
         TokenEndpoint {
             provider,
-            client: build_client(Duration::from_secs(10)),
+            client: build_client(DEFAULT_EXCHANGE_BOUND),
             url: default_url.to_string(),
             client_id,
             client_secret,
