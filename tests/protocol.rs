@@ -71,16 +71,22 @@ struct RawUpstream {
 
 impl RawUpstream {
     async fn start(behaviour: Behaviour) -> RawUpstream {
+        RawUpstream::start_seq(vec![behaviour]).await
+    }
+
+    /// A fake whose n-th connection behaves as `seq[n]` (the last one for all after it).
+    async fn start_seq(seq: Vec<Behaviour>) -> RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let saw = Arc::new(watch::channel(Saw::default()).0);
         let state = saw.clone();
         tokio::spawn(async move {
-            loop {
+            for n in 0.. {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                tokio::spawn(raw_connection(stream, behaviour.clone(), state.clone()));
+                let behaviour = seq[n.min(seq.len() - 1)].clone();
+                tokio::spawn(raw_connection(stream, behaviour, state.clone()));
             }
         });
         RawUpstream { addr, saw }
@@ -294,6 +300,20 @@ fn config(t: &Creds, root: &str, upstream: &str, routes: &[(&str, String)]) -> S
     c
 }
 
+/// [`config`], refreshing at the fake backend `backend` (its bearer in
+/// `ORP_TEST_BACKEND_TOKEN`).
+fn config_with_backend(
+    t: &Creds,
+    backend: &str,
+    upstream: &str,
+    routes: &[(&str, String)],
+) -> String {
+    config(t, "", upstream, routes).replace(
+        "backend_url = \"http://127.0.0.1:9\"",
+        &format!("backend_url = \"{backend}\"\nbackend_token = \"env:ORP_TEST_BACKEND_TOKEN\""),
+    )
+}
+
 /// `[upstream]` keys with every bound at 1 s.
 const ONE_SECOND_BOUNDS: &str =
     "connect_timeout = \"1s\"\nresponse_timeout = \"1s\"\nbody_idle_timeout = \"1s\"";
@@ -327,22 +347,94 @@ async fn a_silent_upstream_is_504_within_the_response_timeout_and_sent_once() {
         a.json()["error"]["message"],
         "no response head from the upstream within 1s"
     );
-    assert!(took >= Duration::from_millis(900), "answered after {took:?}");
-    assert!(took <= Duration::from_secs(1) + SLACK, "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}"
+    );
+    assert!(
+        took <= Duration::from_secs(1) + SLACK,
+        "answered after {took:?}"
+    );
 
     // The attempt was aborted (the proxy closed the connection) and never retried.
-    let saw = silent.wait("the upstream connection closed", |s| s.closed == 1).await;
+    let saw = silent
+        .wait("the upstream connection closed", |s| s.closed == 1)
+        .await;
     assert_eq!(saw.requests, 1, "{saw:?}");
     assert_eq!(saw.connections, 1, "{saw:?}");
     assert!(
-        saw.heads[0]
-            .to_ascii_lowercase()
-            .contains(&format!("authorization: bearer {}", t.access.to_ascii_lowercase())),
+        saw.heads[0].to_ascii_lowercase().contains(&format!(
+            "authorization: bearer {}",
+            t.access.to_ascii_lowercase()
+        )),
         "the request went out authenticated: {}",
         saw.heads[0]
     );
     let logs = proxy.assert_no_secret_in_stderr(&t.secrets(&[]));
     assert!(logs.contains("no response head from the upstream within 1s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_after_a_401_is_bounded_by_the_response_timeout_too() {
+    let t = Creds::new("replay");
+    let backend = start_backend(t.realm.clone()).await;
+    // First attempt: 401 (the token is refreshed and the request replayed); the replay: silence.
+    let upstream = RawUpstream::start_seq(vec![
+        Behaviour::Answer(Bytes::from_static(
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )),
+        Behaviour::Silent,
+    ])
+    .await;
+    let cfg = config_with_backend(
+        &t,
+        &backend,
+        ONE_SECOND_BOUNDS,
+        &[("/replay", format!("http://{}", upstream.addr))],
+    );
+    let backend_token = t.realm.backend_token.clone().unwrap();
+    let proxy = Proxy::start(&cfg, &[], &[("ORP_TEST_BACKEND_TOKEN", &backend_token)]).await;
+
+    let started = Instant::now();
+    let a = get(&http1_client(), &proxy.url("/replay/user")).await;
+    let took = started.elapsed();
+    assert_eq!(a.status, 504, "{}", a.text());
+    assert_eq!(a.code(), "upstream_timeout");
+    assert_eq!(t.realm.backend_calls.get(), 1);
+    // The 401 and the refresh take milliseconds: the replay's own bound decides.
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}"
+    );
+    assert!(
+        took <= Duration::from_secs(1) + SLACK,
+        "answered after {took:?}"
+    );
+    let saw = upstream
+        .wait("the replay's connection closed", |s| {
+            s.closed == 1 && s.requests == 2
+        })
+        .await;
+    assert_eq!(
+        saw.requests, 2,
+        "the first attempt and one replay, nothing more"
+    );
+    assert_eq!(saw.connections, 2);
+    let auth = |head: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("authorization: "))
+            .map(str::to_string)
+    };
+    assert_eq!(auth(&saw.heads[0]), Some(format!("Bearer {}", t.access)));
+    let replay_auth = auth(&saw.heads[1]).unwrap();
+    assert_ne!(
+        replay_auth,
+        format!("Bearer {}", t.access),
+        "replayed with the new token"
+    );
+    let mut secrets = t.realm.secrets();
+    secrets.extend(t.secrets(&[]));
+    proxy.assert_no_secret_in_stderr(&secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +493,10 @@ async fn a_stalled_response_body_aborts_the_callers_response() {
         );
         assert_eq!(got, b"0123456789", "{path} {how}");
         assert!(took >= Duration::from_millis(800), "{path} {how}: {took:?}");
-        assert!(took <= Duration::from_secs(1) + SLACK, "{path} {how}: {took:?}");
+        assert!(
+            took <= Duration::from_secs(1) + SLACK,
+            "{path} {how}: {took:?}"
+        );
         // The upstream connection is let go too.
         let n = (i / 2 + 1) as u64;
         fake.wait("the upstream connection closed", |s| s.closed == n)
@@ -445,6 +540,42 @@ async fn a_slow_but_steady_response_body_is_not_cut() {
     let a = get(&http1_client(), &proxy.url("/steady/x")).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.text(), "abcdefgh");
+    proxy.assert_no_secret_in_stderr(&t.secrets(&[]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_upstream_keeps_reading_outlasts_the_response_timeout() {
+    // 8 chunks 300 ms apart: 2.4 s of upload against a 1 s response bound, which counts from the
+    // last body byte the upstream took.
+    let t = Creds::new("upload");
+    let github = start_api(t.realm.clone(), Provider::GitHub).await;
+    let cfg = config(
+        &t,
+        "",
+        ONE_SECOND_BOUNDS,
+        &[("/github", format!("http://{github}"))],
+    );
+    let proxy = Proxy::start(&cfg, &[], &[]).await;
+    let mut caller = RawCaller::connect(proxy.proxy_addr()).await;
+    caller
+        .send(b"POST /github/upload HTTP/1.1\r\nhost: proxy\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(300));
+    for i in 0..8u8 {
+        tick.tick().await;
+        caller
+            .send(format!("1\r\n{}\r\n", (b'a' + i) as char).as_bytes())
+            .await;
+    }
+    caller.send(b"0\r\n\r\n").await;
+    let a = caller.response().await;
+    assert!(started.elapsed() > Duration::from_secs(2));
+    assert_eq!(a.status, 200, "{a:?}");
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["len"], 8);
+    assert_eq!(v["sha256"], sha256_hex(b"abcdefgh"));
+    assert_eq!(t.realm.api_calls.get(), 1);
     proxy.assert_no_secret_in_stderr(&t.secrets(&[]));
 }
 
@@ -528,7 +659,9 @@ async fn a_stalled_request_body_is_408_and_its_upstream_request_aborted() {
     );
     assert!(took >= BODY_READ_TIMEOUT - SLACK, "answered after {took:?}");
     // The upstream request was aborted: its connection closed with the body incomplete.
-    let saw = sink.wait("the upstream connection closed", |s| s.closed == 1).await;
+    let saw = sink
+        .wait("the upstream connection closed", |s| s.closed == 1)
+        .await;
     assert_eq!(saw.requests, 1);
     assert_eq!(saw.after_head, b"0123456789");
     proxy.assert_no_secret_in_stderr(&t.secrets(&[]));
@@ -570,7 +703,9 @@ async fn a_malformed_chunked_body_is_400_and_its_upstream_request_aborted() {
                 .starts_with("malformed request body: "),
             "{v}"
         );
-        let saw = sink.wait("the upstream connection closed", |s| s.closed == n).await;
+        let saw = sink
+            .wait("the upstream connection closed", |s| s.closed == n)
+            .await;
         assert!(
             !saw.after_head.ends_with(b"0\r\n\r\n"),
             "the upstream saw a complete body: {:?}",
@@ -789,14 +924,23 @@ async fn an_invalid_host_is_served_but_never_reflected_into_location_or_link() {
     let upstream_location = format!("http://{github}/after-redirect?from=redirect");
 
     let mut calls = 0;
-    for host in ["a@evil.example", "", "host/path", "evil.example:80/x", "a b"] {
+    for host in [
+        "a@evil.example",
+        "",
+        "host/path",
+        "evil.example:80/x",
+        "a b",
+    ] {
         for (path, status, header, unchanged) in [
             ("/github/user/repos", 200, "link", &upstream_link),
             ("/github/redirect", 302, "location", &upstream_location),
         ] {
             let mut caller = RawCaller::connect(proxy.proxy_addr()).await;
             caller
-                .send(format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes())
+                .send(
+                    format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
                 .await;
             let a = caller.response().await;
             calls += 1;
@@ -808,7 +952,12 @@ async fn an_invalid_host_is_served_but_never_reflected_into_location_or_link() {
     for host in ["proxy.example:8080", "[::1]:8080", "localhost"] {
         let mut caller = RawCaller::connect(proxy.proxy_addr()).await;
         caller
-            .send(format!("GET /github/user/repos HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes())
+            .send(
+                format!(
+                    "GET /github/user/repos HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
             .await;
         let a = caller.response().await;
         calls += 1;
@@ -821,7 +970,12 @@ async fn an_invalid_host_is_served_but_never_reflected_into_location_or_link() {
         );
         let mut caller = RawCaller::connect(proxy.proxy_addr()).await;
         caller
-            .send(format!("GET /github/redirect HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes())
+            .send(
+                format!(
+                    "GET /github/redirect HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
             .await;
         let a = caller.response().await;
         calls += 1;

@@ -401,7 +401,10 @@ mod tests {
 
     #[test]
     fn hints_pass_through() {
-        let body = IdleTimeout::new(Full::new(Bytes::from_static(b"abc")), Duration::from_secs(1));
+        let body = IdleTimeout::new(
+            Full::new(Bytes::from_static(b"abc")),
+            Duration::from_secs(1),
+        );
         assert_eq!(body.size_hint().exact(), Some(3));
         assert!(!body.is_end_stream());
         let empty = IdleTimeout::new(Full::new(Bytes::new()), Duration::from_secs(1));
