@@ -6,8 +6,8 @@
 //! # How it is read
 //!
 //! The text is parsed into a [`toml::Table`] and walked by hand: every table (the root,
-//! `refresh`, `refresh.google`, `refresh.github`, `store`, each `[[route]]`, each `[[account]]`,
-//! `refresh_api`) lists the keys it knows, and the first key it does not know is reported by
+//! `refresh`, `refresh.google`, `refresh.github`, `store`, `upstream`, each `[[route]]`, each
+//! `[[account]]`, `refresh_api`) lists the keys it knows, and the first key it does not know is reported by
 //! name. Walking by hand rather than through serde gives every error a precise, stable,
 //! single-line message that names the offending key.
 //!
@@ -170,6 +170,42 @@ pub struct Config {
     pub accounts: Vec<AccountSeed>,
     /// The self-hosted refresh API (`[refresh_api]`); `Some` only when `enabled = true`.
     pub refresh_api: Option<RefreshApiSettings>,
+    /// Bounds on every upstream request (`[upstream]`).
+    pub upstream: UpstreamSettings,
+}
+
+/// Bounds on every upstream request: the `[upstream]` table (SPEC 4.2).
+///
+/// ```
+/// use std::time::Duration;
+/// use oauth_refresh_proxy::proxy::config::UpstreamSettings;
+///
+/// let u = UpstreamSettings::default();
+/// assert_eq!(u.connect_timeout, Duration::from_secs(10));
+/// assert_eq!(u.response_timeout, Duration::from_secs(60));
+/// assert_eq!(u.body_idle_timeout, Duration::from_secs(60));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    /// TCP connect plus TLS handshake (`connect_timeout`, default 10 s); past it the request is
+    /// answered `502 upstream_unavailable`.
+    pub connect_timeout: Duration,
+    /// No response head this long after the request (or its last body byte) was sent
+    /// (`response_timeout`, default 60 s): `504 upstream_timeout`.
+    pub response_timeout: Duration,
+    /// The upstream's response body sends no byte this long (`body_idle_timeout`, default
+    /// 60 s): the response to the caller is aborted.
+    pub body_idle_timeout: Duration,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// How tokens are refreshed: the `[refresh]` table.
@@ -465,6 +501,7 @@ impl Default for Config {
             routes: Route::defaults(),
             accounts: Vec::new(),
             refresh_api: None,
+            upstream: UpstreamSettings::default(),
         }
     }
 }
@@ -607,6 +644,18 @@ impl Config {
                 if r.google.is_none() && r.github.is_none() {
                     return Err("refresh.mode: \"direct\" needs [refresh.google] or [refresh.github] credentials".into());
                 }
+            }
+        }
+
+        // Upstream.
+        let u = &self.upstream;
+        for (key, d) in [
+            ("connect_timeout", u.connect_timeout),
+            ("response_timeout", u.response_timeout),
+            ("body_idle_timeout", u.body_idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("upstream.{key}: must be greater than zero"));
             }
         }
 
@@ -781,6 +830,14 @@ impl Config {
                 )
             }
         };
+        let u = &self.upstream;
+        let _ = writeln!(
+            out,
+            "upstream:        connect_timeout {}, response_timeout {}, body_idle_timeout {}",
+            format_duration(u.connect_timeout),
+            format_duration(u.response_timeout),
+            format_duration(u.body_idle_timeout)
+        );
         let _ = match &self.refresh_api {
             Some(_) => writeln!(
                 out,
@@ -1013,6 +1070,7 @@ impl Parser<'_> {
             "route",
             "account",
             "refresh_api",
+            "upstream",
         ])?;
         let mut config = Config::default();
         if let Some(addr) = t.socket_addr("listen")? {
@@ -1053,6 +1111,9 @@ impl Parser<'_> {
         }
         if let Some(api) = t.table("refresh_api")? {
             config.refresh_api = self.refresh_api(&api)?;
+        }
+        if let Some(u) = t.table("upstream")? {
+            config.upstream = upstream(&u)?;
         }
         Ok(config)
     }
@@ -1220,6 +1281,21 @@ impl Parser<'_> {
         };
         Ok(Some(Secret::new(value)))
     }
+}
+
+fn upstream(t: &Tbl<'_>) -> Result<UpstreamSettings, String> {
+    t.only(&["connect_timeout", "response_timeout", "body_idle_timeout"])?;
+    let mut u = UpstreamSettings::default();
+    for (key, slot) in [
+        ("connect_timeout", &mut u.connect_timeout),
+        ("response_timeout", &mut u.response_timeout),
+        ("body_idle_timeout", &mut u.body_idle_timeout),
+    ] {
+        if let Some(d) = t.duration(key)? {
+            *slot = d;
+        }
+    }
+    Ok(u)
 }
 
 fn store(t: &Tbl<'_>) -> Result<StoreSettings, String> {
@@ -2329,6 +2405,62 @@ token   = "env:ORP_REFRESH_API_TOKEN"
             "{e}"
         );
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn upstream_table() {
+        let c = parse(BACKEND).unwrap();
+        assert_eq!(c.upstream, UpstreamSettings::default());
+        assert!(
+            c.summary().contains(
+                "upstream:        connect_timeout 10s, response_timeout 1m, body_idle_timeout 1m"
+            ),
+            "{}",
+            c.summary()
+        );
+        let c = parse(&format!(
+            "{BACKEND}[upstream]\nconnect_timeout = \"1500ms\"\nresponse_timeout = \"2m30s\"\nbody_idle_timeout = \"5s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.upstream,
+            UpstreamSettings {
+                connect_timeout: Duration::from_millis(1500),
+                response_timeout: Duration::from_secs(150),
+                body_idle_timeout: Duration::from_secs(5),
+            }
+        );
+        assert!(c.summary().contains(
+            "upstream:        connect_timeout 1s500ms, response_timeout 2m30s, body_idle_timeout 5s"
+        ));
+        // Only the keys set change.
+        let c = parse(&format!("{BACKEND}[upstream]\nresponse_timeout = \"1s\"\n")).unwrap();
+        assert_eq!(c.upstream.response_timeout, Duration::from_secs(1));
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream.body_idle_timeout, Duration::from_secs(60));
+
+        assert_eq!(
+            err(&format!("{BACKEND}[upstream]\nresponse_timout = \"1s\"\n")),
+            "proxy.toml: unknown key \"response_timout\" in table upstream"
+        );
+        assert_eq!(
+            err(&format!("{BACKEND}[upstream]\nconnect_timeout = \"ten seconds\"\n")),
+            "proxy.toml: upstream.connect_timeout: invalid duration \"ten seconds\" (expected e.g. \"30s\", \"5m\")"
+        );
+        assert_eq!(
+            err(&format!("{BACKEND}[upstream]\nbody_idle_timeout = 60\n")),
+            "proxy.toml: upstream.body_idle_timeout: expected a string, found integer"
+        );
+        for key in ["connect_timeout", "response_timeout", "body_idle_timeout"] {
+            assert_eq!(
+                err(&format!("{BACKEND}[upstream]\n{key} = \"0s\"\n")),
+                format!("proxy.toml: upstream.{key}: must be greater than zero")
+            );
+        }
+        assert_eq!(
+            err(&format!("upstream = 5\n{BACKEND}")),
+            "proxy.toml: upstream: expected a table ([upstream]), found integer"
+        );
     }
 
     #[test]

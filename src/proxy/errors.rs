@@ -1,10 +1,18 @@
 //! The responses the sidecar makes itself (SPEC 4.4): a JSON body
 //! `{"error": {"code", "message", "provider"?, "account"?}}` with `content-type: application/json`.
+//!
+//! A failed upstream attempt is told apart by the first cause in its error's source chain that
+//! the proxy recognises: the caller's request body failing ([`BodyError`]: stalled ⇒
+//! `408 request_timeout`, malformed ⇒ `400 bad_request`), no response head in time
+//! ([`UpstreamError::Timeout`] ⇒ `504 upstream_timeout`); anything else is
+//! `502 upstream_unavailable`.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use super::timeouts::BodyError;
+use super::upstream::UpstreamError;
 use crate::{Error, ErrorKind, Provider};
 
 /// One of the error codes of SPEC 4.4.
@@ -30,9 +38,14 @@ pub enum Code {
     RefreshUnavailable,
     /// Upstream connect/TLS/protocol failure (502).
     UpstreamUnavailable,
-    /// A request the proxy never forwards: absolute-form URI (400).
+    /// No response head within `upstream.response_timeout` (504).
+    UpstreamTimeout,
+    /// The caller's request body stalled longer than `server.body_read_timeout` (408).
+    RequestTimeout,
+    /// A request the proxy never forwards: absolute-form URI, or malformed body framing
+    /// (chunked encoding) (400).
     BadRequest,
-    /// CONNECT (405).
+    /// CONNECT and TRACE (405).
     MethodNotAllowed,
     /// The token store could not be reached or written (503).
     StoreUnavailable,
@@ -49,6 +62,8 @@ impl Code {
             Code::RefreshRejected => "refresh_rejected",
             Code::RefreshUnavailable => "refresh_unavailable",
             Code::UpstreamUnavailable => "upstream_unavailable",
+            Code::UpstreamTimeout => "upstream_timeout",
+            Code::RequestTimeout => "request_timeout",
             Code::BadRequest => "bad_request",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::StoreUnavailable => "store_unavailable",
@@ -64,11 +79,20 @@ impl Code {
             Code::RefreshRejected => StatusCode::UNAUTHORIZED,
             Code::RefreshUnavailable | Code::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
-    /// The code of a layer error.
+    /// The code of a layer error; a failed upstream attempt by its cause (module docs).
+    ///
+    /// ```
+    /// use oauth_refresh_proxy::proxy::errors::Code;
+    /// use oauth_refresh_proxy::Error;
+    ///
+    /// assert_eq!(Code::of(&Error::account_required(None)), Code::AccountRequired);
+    /// ```
     pub fn of(err: &Error) -> Code {
         match err.kind() {
             ErrorKind::AccountRequired => Code::AccountRequired,
@@ -76,9 +100,38 @@ impl Code {
             ErrorKind::RefreshRejected => Code::RefreshRejected,
             ErrorKind::RefreshUnavailable => Code::RefreshUnavailable,
             ErrorKind::StoreUnavailable => Code::StoreUnavailable,
-            _ => Code::UpstreamUnavailable,
+            _ => failure(err).0,
         }
     }
+}
+
+/// The code of a failed upstream attempt, and a message naming its cause: the first link of
+/// the source chain the proxy recognises (module docs).
+fn failure(err: &Error) -> (Code, String) {
+    let mut cur = std::error::Error::source(err);
+    while let Some(e) = cur {
+        if let Some(body) = e.downcast_ref::<BodyError>() {
+            return match body {
+                BodyError::Idle(d) => (
+                    Code::RequestTimeout,
+                    format!("the request body sent no byte for {d:?}"),
+                ),
+                BodyError::Failed(cause) => (
+                    Code::BadRequest,
+                    format!("malformed request body: {}", root_cause(&**cause)),
+                ),
+            };
+        }
+        if let Some(UpstreamError::Timeout(_)) = e.downcast_ref::<UpstreamError>() {
+            return (Code::UpstreamTimeout, e.to_string());
+        }
+        cur = e.source();
+    }
+    // The inner error may name an upstream address; keep the reason generic but useful.
+    (
+        Code::UpstreamUnavailable,
+        format!("upstream request failed: {}", root_cause(err)),
+    )
 }
 
 /// Seconds a caller is asked to wait after `refresh_unavailable`.
@@ -147,11 +200,9 @@ pub fn error_response(
 /// assert_eq!(from_error(&Error::account_required(None)).status(), 400);
 /// ```
 pub fn from_error(err: &Error) -> Response<Full<Bytes>> {
-    let code = Code::of(err);
-    let message = match code {
-        // The inner error may name an upstream address; keep the reason generic but useful.
-        Code::UpstreamUnavailable => format!("upstream request failed: {}", root_cause(err)),
-        _ => err.to_string(),
+    let (code, message) = match err.kind() {
+        ErrorKind::Inner => failure(err),
+        _ => (Code::of(err), err.to_string()),
     };
     let mut resp = error_response(
         code,
@@ -174,4 +225,104 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn inner(source: impl Into<crate::BoxError>) -> Error {
+        Error::inner(Some(Provider::GitHub), None, source)
+    }
+
+    fn code_and_message(err: &Error) -> (u16, String, String) {
+        let resp = from_error(err);
+        let status = resp.status().as_u16();
+        let body = body_bytes(resp);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (
+            status,
+            v["error"]["code"].as_str().unwrap().to_string(),
+            v["error"]["message"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn body_bytes(resp: Response<Full<Bytes>>) -> Bytes {
+        use http_body_util::BodyExt;
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(resp.into_body().collect())
+            .unwrap()
+            .to_bytes()
+    }
+
+    #[test]
+    fn upstream_failures_are_told_apart_by_their_cause() {
+        let timeout = inner(UpstreamError::Timeout(Duration::from_secs(1)));
+        assert_eq!(Code::of(&timeout), Code::UpstreamTimeout);
+        assert_eq!(
+            code_and_message(&timeout),
+            (
+                504,
+                "upstream_timeout".into(),
+                "no response head from the upstream within 1s".into()
+            )
+        );
+
+        let stalled = inner(UpstreamError::RequestBody(BodyError::Idle(
+            Duration::from_secs(2),
+        )));
+        assert_eq!(
+            code_and_message(&stalled),
+            (
+                408,
+                "request_timeout".into(),
+                "the request body sent no byte for 2s".into()
+            )
+        );
+
+        let framing = std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid chunk size");
+        let malformed = inner(UpstreamError::RequestBody(BodyError::Failed(
+            std::sync::Arc::new(framing),
+        )));
+        assert_eq!(
+            code_and_message(&malformed),
+            (
+                400,
+                "bad_request".into(),
+                "malformed request body: invalid chunk size".into()
+            )
+        );
+
+        // A BodyError deeper in the chain (as HTTP/1.1 reports it) is found too.
+        #[derive(Debug, thiserror::Error)]
+        #[error("connection error")]
+        struct Wrapper(#[source] BodyError);
+        let deep = inner(Wrapper(BodyError::Idle(Duration::from_millis(1500))));
+        assert_eq!(Code::of(&deep), Code::RequestTimeout);
+
+        let other = inner(std::io::Error::other("connection refused"));
+        assert_eq!(
+            code_and_message(&other),
+            (
+                502,
+                "upstream_unavailable".into(),
+                "upstream request failed: connection refused".into()
+            )
+        );
+    }
+
+    #[test]
+    fn new_codes_have_their_statuses() {
+        for (code, status, s) in [
+            (Code::UpstreamTimeout, 504, "upstream_timeout"),
+            (Code::RequestTimeout, 408, "request_timeout"),
+            (Code::BadRequest, 400, "bad_request"),
+            (Code::MethodNotAllowed, 405, "method_not_allowed"),
+        ] {
+            assert_eq!((code.status().as_u16(), code.as_str()), (status, s));
+        }
+    }
 }

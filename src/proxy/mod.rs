@@ -15,3 +15,5 @@ pub mod refresh_api;
 pub mod router;
 pub mod server;
 pub mod sidecar;
+pub mod timeouts;
+pub mod upstream;

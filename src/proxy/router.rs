@@ -1,5 +1,6 @@
 //! Prefix routes (SPEC 4.3): which upstream a request goes to, the upstream URI, and the
-//! rewriting of `Location` and `Link` URLs that point back at the upstream.
+//! rewriting of `Location` and `Link` URLs that point back at the upstream, to the request's
+//! `Host` when that is a plain `host[:port]` ([`rewrite_authority`]).
 
 use http::uri::{Authority, Scheme};
 use http::Uri;
@@ -108,6 +109,58 @@ fn origin(scheme: Option<&Scheme>, authority: Option<&Authority>) -> Option<Orig
         host: authority.host().to_ascii_lowercase(),
         port,
     })
+}
+
+/// `host` (a request's `Host`) when it may become the authority of rewritten `Location`/`Link`
+/// URLs: a `host[:port]` whose host is a DNS-style name (ASCII letters, digits, `-`, `.`, `_`;
+/// not starting with `-` or `.`), an IPv4 address or a bracketed IPv6 address, and whose
+/// optional port is 1 to 5 digits up to 65535. Anything else — userinfo (`a@evil.example`), an
+/// empty value, a path (`host/path`), a query, spaces, quotes — is `None`, and the response's
+/// URLs are then left as the upstream sent them (SPEC 4.3).
+///
+/// ```
+/// use oauth_refresh_proxy::proxy::router::rewrite_authority;
+///
+/// assert_eq!(rewrite_authority("127.0.0.1:8080"), Some("127.0.0.1:8080"));
+/// assert_eq!(rewrite_authority("[::1]:8080"), Some("[::1]:8080"));
+/// assert_eq!(rewrite_authority("proxy.internal"), Some("proxy.internal"));
+/// assert_eq!(rewrite_authority("a@evil.example"), None);
+/// assert_eq!(rewrite_authority(""), None);
+/// assert_eq!(rewrite_authority("host/path"), None);
+/// ```
+pub fn rewrite_authority(host: &str) -> Option<&str> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let end = rest.find(']')?;
+            rest[..end].parse::<std::net::Ipv6Addr>().ok()?;
+            ("", &rest[end + 1..])
+        }
+        None => match host.rfind(':') {
+            Some(i) => (&host[..i], &host[i..]),
+            None => (host, ""),
+        },
+    };
+    if !host.starts_with('[') {
+        let well_formed = !name.is_empty()
+            && name.len() <= 253
+            && !name.starts_with(['-', '.'])
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !well_formed {
+            return None;
+        }
+    }
+    if !port.is_empty() {
+        let digits = port.strip_prefix(':')?;
+        let valid = (1..=5).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && digits.parse::<u16>().is_ok();
+        if !valid {
+            return None;
+        }
+    }
+    Some(host)
 }
 
 /// Rewrites an absolute URL on `route`'s upstream origin (and under its base path) to the
@@ -221,6 +274,53 @@ mod tests {
         assert!(r.find("/").is_none());
         let root = Router::new(vec![route("/", "https://a.googleapis.com")]);
         assert_eq!(root.find("/anything").unwrap().1, "/anything");
+    }
+
+    #[test]
+    fn only_plain_host_port_authorities_are_used_for_rewriting() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:1",
+            "proxy.internal:65535",
+            "my_host.example",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::7]:443",
+            "XN--bcher-kva.example",
+        ] {
+            assert_eq!(rewrite_authority(ok), Some(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a@evil.example",
+            "user:pw@evil.example:80",
+            "host/path",
+            "host:80/path",
+            "host?x=1",
+            "host#f",
+            ":8080",
+            "host:",
+            "host:65536",
+            "host:123456",
+            "host:8o",
+            "host:80:80",
+            "-host",
+            ".host",
+            "ho st",
+            "host\"",
+            "evil>; rel=\"x\"",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[not-v6]:80",
+            "[::1]:99999",
+            "h\u{e9}te.example",
+        ] {
+            assert_eq!(rewrite_authority(bad), None, "{bad:?}");
+        }
+        let long = "a".repeat(254);
+        assert_eq!(rewrite_authority(&long), None);
     }
 
     #[test]

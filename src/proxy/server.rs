@@ -1,13 +1,20 @@
 //! The sidecar's proxy listener: a router in front of the [`RefreshLayer`](crate::RefreshLayer).
 //!
 //! The proxy has no refresh path of its own. For each request it checks the inbound rules
-//! (no absolute-form or CONNECT), hands `/auth/{provider}/refresh` to the served
+//! (no TRACE, absolute-form or CONNECT), hands `/auth/{provider}/refresh` to the served
 //! [`RefreshApi`] when `[refresh_api]` is enabled (before `client_token`, which does not apply
-//! there: the API has its own bearer, SPEC 4.9), checks `client_token`, finds the route, names the account and the
-//! provider in the request's extensions, rewrites the URI to the route's upstream, drops
-//! hop-by-hop headers, and hands the request to the layer-wrapped hyper-util client (rustls,
-//! HTTP/1.1 and HTTP/2 by ALPN, pooled). Bodies stream both ways; only the layer's
-//! `ReplayBody` keeps up to `max_replay_body` bytes for a replay.
+//! there: the API has its own bearer, SPEC 4.9), checks `client_token` (`Proxy-Authorization`,
+//! scheme `Bearer` in any case), finds the route, names the account and the provider in the
+//! request's extensions, rewrites the URI to the route's upstream, drops hop-by-hop headers,
+//! and hands the request to the layer-wrapped [`Upstream`] (rustls, HTTP/1.1 and HTTP/2 by
+//! ALPN, pooled, every attempt bounded: see [`super::upstream`]). Bodies stream both ways;
+//! only the layer's `ReplayBody` keeps up to `max_replay_body` bytes for a replay. The caller's
+//! body is bounded by `body_read_timeout` ([`IdleTimeout`]); when it stalls or its framing is
+//! malformed the upstream attempt is aborted and the caller gets `408`/`400` (SPEC 4.4).
+//!
+//! On the way back, a `Content-Length` beside a `Transfer-Encoding` is dropped, and absolute
+//! `Location`/`Link` URLs on the route's upstream are rewritten to the proxy, but only when the
+//! request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,8 +26,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -32,63 +37,21 @@ use super::config::Config;
 use super::errors::{error_response, from_error, Code};
 use super::metrics::{Metrics, RouteMetrics};
 use super::refresh_api::{self, RefreshApi};
-use super::router::{rewrite_link, rewrite_url, upstream_uri, Router};
-use crate::layer::{Refresh, RefreshLayer, ReplayBody};
+use super::router::{rewrite_authority, rewrite_link, rewrite_url, upstream_uri, Router};
+use super::timeouts::{IdleTimeout, ProxyTimeouts};
+use super::upstream::UpstreamBody;
+use crate::layer::{Refresh, RefreshLayer};
 use crate::token::Secret;
 use crate::{Account, BoxError, Tokens};
 
-/// The connector the sidecar uses upstream: rustls (platform verifier), HTTP/1.1 and HTTP/2.
-pub type UpstreamConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub use super::upstream::{upstream_client, Upstream, UpstreamClient, UpstreamConnector};
 
-/// The pooled upstream client.
-pub type UpstreamClient = Client<UpstreamConnector, ReplayBody<Incoming>>;
-
-/// The upstream client as the layer's inner service: shared behind an `Arc`, so the clones a
-/// tower service needs per request cost one atomic increment instead of copying the client.
-#[derive(Clone, Debug)]
-pub struct Upstream(Arc<UpstreamClient>);
-
-impl tower::Service<Request<ReplayBody<Incoming>>> for Upstream {
-    type Response = Response<Incoming>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = hyper_util::client::legacy::ResponseFuture;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<ReplayBody<Incoming>>) -> Self::Future {
-        self.0.request(req)
-    }
-}
-
-/// The body of the proxy's responses: the upstream's, streamed, or one the proxy made.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// The body of the proxy's responses: the upstream's, streamed (and bounded by
+/// `upstream.body_idle_timeout`), or one the proxy made.
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// The header naming the account of a request.
 pub static X_OAUTH_ACCOUNT: HeaderName = HeaderName::from_static("x-oauth-account");
-
-/// Builds the upstream client: rustls with the platform's roots (honouring `SSL_CERT_FILE`),
-/// HTTP/1.1 and HTTP/2 negotiated by ALPN, pooled connections.
-pub fn upstream_client() -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_platform_verifier()
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https)
-}
 
 struct RouteState {
     metrics: RouteMetrics,
@@ -105,6 +68,7 @@ pub struct Proxy {
     client_token: Option<Secret>,
     metrics: Arc<Metrics>,
     refresh_api: Option<RefreshApi>,
+    body_read_timeout: Duration,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -113,13 +77,20 @@ impl std::fmt::Debug for Proxy {
             .field("routes", &self.router)
             .field("client_token", &self.client_token)
             .field("refresh_api", &self.refresh_api)
+            .field("body_read_timeout", &self.body_read_timeout)
             .finish()
     }
 }
 
 impl Proxy {
-    /// A proxy for `config`'s routes, taking tokens from `tokens`.
-    pub fn new(config: &Config, tokens: Tokens, metrics: Arc<Metrics>) -> Self {
+    /// A proxy for `config`'s routes, taking tokens from `tokens`, each request bounded by
+    /// `timeouts`.
+    pub fn new(
+        config: &Config,
+        tokens: Tokens,
+        metrics: Arc<Metrics>,
+        timeouts: ProxyTimeouts,
+    ) -> Self {
         let layer = RefreshLayer::new(tokens).max_replay_body(config.max_replay_body);
         let router = Router::new(config.routes.clone());
         let per_route = router
@@ -134,10 +105,11 @@ impl Proxy {
             router,
             per_route,
             unrouted: metrics.route(""),
-            client: layer.layer(Upstream(Arc::new(upstream_client()))),
+            client: layer.layer(Upstream::new(&timeouts)),
             client_token: config.client_token.clone(),
             metrics,
             refresh_api: None,
+            body_read_timeout: timeouts.body_read,
         }
     }
 
@@ -171,6 +143,16 @@ impl Proxy {
 
     async fn route(&self, req: Request<Incoming>) -> (Label, Response<ProxyBody>) {
         let own = own_response;
+        // An upstream echoing TRACE would hand the injected token back to the caller.
+        if req.method() == Method::TRACE {
+            return (
+                Label::Unrouted,
+                own(
+                    Code::MethodNotAllowed,
+                    "TRACE is not supported: it would echo the injected credentials",
+                ),
+            );
+        }
         if req.method() == Method::CONNECT {
             return (
                 Label::Unrouted,
@@ -205,7 +187,7 @@ impl Proxy {
                 .headers()
                 .get(header::PROXY_AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+                .and_then(bearer_credentials);
             if !presented.is_some_and(|p| expected.constant_time_eq(p)) {
                 return (
                     Label::Unrouted,
@@ -258,8 +240,8 @@ impl Proxy {
                 )
             }
         };
-        // Kept as a header value (a reference-count increment); read only when a response
-        // carries Location or Link.
+        // Kept as a header value (a reference-count increment); read (and checked to be a
+        // plain `host[:port]`) only when a response carries Location or Link.
         let proxy_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -267,6 +249,9 @@ impl Proxy {
         });
 
         let (mut parts, body) = req.into_parts();
+        // The caller's body fails with a BodyError when it stalls or its framing is bad: the
+        // upstream attempt is aborted and the answer is 408 or 400 (errors::from_error).
+        let body = IdleTimeout::new(body, self.body_read_timeout);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(&X_OAUTH_ACCOUNT);
         parts.headers.remove(header::HOST);
@@ -282,26 +267,47 @@ impl Proxy {
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
-                match e.kind() {
-                    crate::ErrorKind::UnknownAccount
-                    | crate::ErrorKind::AccountRequired
-                    | crate::ErrorKind::RefreshRejected => {
+                let resp = from_error(&e);
+                match Code::of(&e) {
+                    Code::UnknownAccount
+                    | Code::AccountRequired
+                    | Code::RefreshRejected
+                    | Code::RequestTimeout
+                    | Code::BadRequest => {
                         tracing::info!(route = %route.prefix, error = %e, "request refused")
                     }
                     _ => tracing::warn!(route = %route.prefix, error = %e, "request failed"),
                 }
-                return (label, from_error(&e).map(Either::Right));
+                return (label, resp.map(Either::Right));
             }
         };
+        // A message framed by Transfer-Encoding ignores its Content-Length (RFC 9112 §6.3);
+        // forwarding that Content-Length would cut the re-framed body short.
+        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         strip_hop_by_hop(resp.headers_mut());
         let h = resp.headers();
         if h.contains_key(header::LOCATION) || h.contains_key(header::LINK) {
-            if let Some(host) = proxy_host.as_ref().and_then(|h| h.to_str().ok()) {
+            if let Some(host) = proxy_host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .and_then(rewrite_authority)
+            {
                 rewrite_location_and_link(resp.headers_mut(), route, host);
             }
         }
         (label, resp.map(Either::Left))
     }
+}
+
+/// The credentials of an `Authorization`-style value with the `Bearer` scheme, matched
+/// case-insensitively (RFC 9110 §11.1), after one or more spaces.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
 }
 
 fn own_response(code: Code, msg: &str) -> Response<ProxyBody> {

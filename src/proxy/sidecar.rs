@@ -13,6 +13,7 @@ use super::config::{Config, RefreshMode, RefreshSettings, StoreSettings};
 use super::metrics::Metrics;
 use super::refresh_api::RefreshApi;
 use super::server::{serve, Proxy};
+use super::timeouts::{ProxyTimeouts, DEFAULT_BODY_READ_TIMEOUT};
 use crate::refresh::{
     BackendRefresher, DirectRefresher, GitHubRefresher, GoogleRefresher, Refresher, RetryPolicy,
 };
@@ -219,7 +220,9 @@ impl Sidecar {
             .map_err(|e| SetupError(e.to_string()))?;
         let metrics = Metrics::new(tokens.clone());
         metrics.spawn_event_listener();
-        let mut proxy = Proxy::new(config, tokens.clone(), metrics.clone());
+        // body_read: wired to server.body_read_timeout at merge.
+        let timeouts = ProxyTimeouts::new(&config.upstream, DEFAULT_BODY_READ_TIMEOUT);
+        let mut proxy = Proxy::new(config, tokens.clone(), metrics.clone(), timeouts);
         if let Some(api) = &config.refresh_api {
             // SPEC 4.9: the same refreshers and retries as the proxy, whatever refresh.mode is.
             proxy = proxy.with_refresh_api(RefreshApi::new(
