@@ -1113,6 +1113,7 @@ async fn admin_health_readiness_and_metrics() {
         "orp_refresh_total",
         "orp_refresh_duration_seconds",
         "orp_refresh_coalesced_total",
+        "orp_refresh_cooldown_total",
         "orp_replay_total",
         "orp_tokens",
     ] {
