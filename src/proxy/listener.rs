@@ -19,6 +19,8 @@
 //! * **Connections** (`max_connections`): each listener has its own budget; a TCP connection
 //!   past it is accepted and closed at once, so the admin listener's [`ADMIN_MAX_CONNECTIONS`]
 //!   keep `/healthz` answering while the proxy listener is full.
+//! * **Bursts** of new connections wait in a listen queue of [`LISTEN_BACKLOG`] ([`bind`]) rather
+//!   than being dropped by the kernel (which makes their clients retry after a second).
 //! * **Accept errors** (out of descriptors and the like) back off for 50 ms instead of spinning,
 //!   and are logged at most once a second, with the number held back.
 //! * **Shutdown**: once `shutdown` turns true, the listener stops accepting, every connection is
@@ -53,7 +55,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -70,6 +72,9 @@ pub const RESERVED_DESCRIPTORS: u64 = 256;
 /// How long a connection asked to close gracefully (idle, or at shutdown) with nothing in flight
 /// may take before it is closed anyway.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The listen queue of [`bind`] (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// The pause after an accept error that is not about one connection (out of descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -120,6 +125,27 @@ impl Limits {
             ..Limits::proxy(server)
         }
     }
+}
+
+/// Binds a listener on `addr` (with `SO_REUSEADDR`, as [`TcpListener::bind`] does) with a listen
+/// queue of [`LISTEN_BACKLOG`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let listener = oauth_refresh_proxy::proxy::listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+/// assert!(listener.local_addr().unwrap().port() > 0);
+/// # }
+/// ```
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force
@@ -225,12 +251,14 @@ pub async fn serve<H, Fut, B>(
                 continue;
             }
         };
-        if let Some(suppressed) = accept_errors.take_suppressed() {
-            tracing::warn!(
-                listener = name,
-                suppressed,
-                "accepting again after failed accepts"
-            );
+        if accept_errors.suppressed > 0 {
+            if let Some(suppressed) = accept_errors.held_back(Instant::now()) {
+                tracing::warn!(
+                    listener = name,
+                    suppressed,
+                    "accepting again; accept errors since the last report"
+                );
+            }
         }
         let Ok(permit) = budget.clone().try_acquire_owned() else {
             if let Some(suppressed) = over_limit.admit(Instant::now()) {
@@ -335,9 +363,18 @@ impl Throttle {
         }
     }
 
-    /// The number held back since the last line, if any (and resets it).
-    fn take_suppressed(&mut self) -> Option<u64> {
-        (self.suppressed > 0).then(|| std::mem::take(&mut self.suppressed))
+    /// The number held back since the last line, when there are some and a line may be logged
+    /// at `now` (the report of a burst's tail keeps the rate too).
+    fn held_back(&mut self, now: Instant) -> Option<u64> {
+        if self.suppressed == 0
+            || self
+                .last
+                .is_some_and(|last| now.saturating_duration_since(last) < LOG_EVERY)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -708,9 +745,16 @@ mod tests {
         }
         assert_eq!(t.admit(t0 + Duration::from_millis(1000)), Some(5));
         assert_eq!(t.admit(t0 + Duration::from_millis(1500)), None);
-        assert_eq!(t.take_suppressed(), Some(1));
-        assert_eq!(t.take_suppressed(), None);
-        assert_eq!(t.admit(t0 + Duration::from_millis(2000)), Some(0));
+        // The tail of a burst is reported once a line may be logged again.
+        assert_eq!(t.held_back(t0 + Duration::from_millis(1900)), None);
+        assert_eq!(t.held_back(t0 + Duration::from_millis(2000)), Some(1));
+        assert_eq!(
+            t.held_back(t0 + Duration::from_millis(3500)),
+            None,
+            "nothing held back"
+        );
+        assert_eq!(t.admit(t0 + Duration::from_millis(2500)), None);
+        assert_eq!(t.admit(t0 + Duration::from_millis(3000)), Some(1));
     }
 
     #[test]

@@ -262,14 +262,13 @@ impl Sidecar {
         &self.metrics
     }
 
-    /// Binds the proxy and (when configured) admin listeners.
+    /// Binds the proxy and (when configured) admin listeners ([`listener::bind`]).
     pub async fn bind(config: &Config) -> std::io::Result<(TcpListener, Option<TcpListener>)> {
-        let proxy = TcpListener::bind(config.listen)
-            .await
+        let proxy = listener::bind(config.listen)
             .map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", config.listen)))?;
         let admin =
             match config.admin_listen {
-                Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                Some(addr) => Some(listener::bind(addr).map_err(|e| {
                     std::io::Error::new(e.kind(), format!("admin_listen {addr}: {e}"))
                 })?),
                 None => None,
