@@ -151,6 +151,14 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force
 /// (`None` where it cannot be read). A failure to raise it is logged, and the old soft limit
 /// returned.
+///
+/// ```
+/// use oauth_refresh_proxy::proxy::listener::raise_nofile_limit;
+///
+/// let now = raise_nofile_limit();
+/// assert!(now.is_none_or(|n| n > 0));
+/// assert_eq!(raise_nofile_limit(), now, "raising again changes nothing");
+/// ```
 pub fn raise_nofile_limit() -> Option<u64> {
     #[cfg(unix)]
     {
@@ -205,6 +213,51 @@ pub fn fit_max_connections(requested: usize, nofile: u64) -> usize {
 /// Serves `handler` on `listener` (HTTP/1.1 and HTTP/2 prior knowledge) within `limits`, with
 /// `open` counting the connections open now, until `shutdown` turns true; then stops accepting
 /// and waits up to `drain` for in-flight requests before closing what is left.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use http::Response;
+/// use oauth_refresh_proxy::proxy::config::ServerSettings;
+/// use oauth_refresh_proxy::proxy::listener::{bind, serve, Limits};
+/// use prometheus_client::metrics::gauge::Gauge;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+/// let addr = listener.local_addr().unwrap();
+/// let server = ServerSettings {
+///     header_read_timeout: Duration::from_millis(200),
+///     ..ServerSettings::default()
+/// };
+/// let (stop, shutdown) = tokio::sync::watch::channel(false);
+/// let open = Gauge::default();
+/// let task = tokio::spawn(serve(
+///     listener,
+///     |_req| async { Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))) },
+///     Limits::proxy(&server),
+///     open.clone(),
+///     shutdown,
+///     Duration::from_secs(5),
+/// ));
+///
+/// let mut answered = tokio::net::TcpStream::connect(addr).await.unwrap();
+/// answered.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+/// let mut text = String::new();
+/// answered.read_to_string(&mut text).await.unwrap();
+/// assert!(text.starts_with("HTTP/1.1 200 OK") && text.ends_with("ok"));
+///
+/// // A connection that never sends a request head is closed after header_read_timeout.
+/// let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+/// let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut [0u8; 1])).await;
+/// assert_eq!(read.unwrap().unwrap(), 0);
+///
+/// stop.send(true).unwrap();
+/// task.await.unwrap();
+/// assert_eq!(open.get(), 0);
+/// # }
+/// ```
 pub async fn serve<H, Fut, B>(
     listener: TcpListener,
     handler: H,
