@@ -1,8 +1,9 @@
 //! Black-box tests of the listeners' bounds (SPEC 4.2 `[server]`, 4.6 `orp_connections`, 5):
 //! the real binary in front of the crate's fake GitHub API and refresh backend, attacked over
 //! raw TCP by idle, slow-header and HTTP/2 preface-only connections while a well-behaved caller
-//! and `/healthz` keep being served; idle keep-alive, the connection limit, SIGTERM with a
-//! half-sent request head, the connection gauge, and the descriptor limit.
+//! and `/healthz` keep being served; idle keep-alive, a client that stops reading, the
+//! connection limit, SIGTERM with a half-sent request head, the connection gauge, the descriptor
+//! limit and accept errors.
 //!
 //! The tests that measure time run one at a time ([`serial`]): two floods at once on two shared
 //! cores would measure the machine, not the proxy.
@@ -379,6 +380,14 @@ async fn assert_all_open(admin: SocketAddr, n: u64) {
 
 /// Every answer 200 within 1 s, at least `min` of each kind.
 fn assert_served(s: &Served, min: usize) {
+    let slowest = |v: &[(u16, Duration)]| v.iter().map(|(_, d)| *d).max();
+    eprintln!(
+        "served during the attack: {} proxied (slowest {:?}), {} healthz (slowest {:?})",
+        s.proxied.len(),
+        slowest(&s.proxied),
+        s.health.len(),
+        slowest(&s.health)
+    );
     for (what, answers) in [("proxied", &s.proxied), ("healthz", &s.health)] {
         assert!(
             answers.len() >= min,
@@ -627,6 +636,43 @@ async fn idle_keep_alive_connections_are_closed_after_idle_timeout_h1_and_h2() {
         "h1 half-sent second head closed after {h1_head_closed:?}, expected {head:?} (+1 s)"
     );
     assert_eq!(w.realm.api_calls.get(), 3);
+    proxy.assert_no_secret_in_stderr(&w.secrets());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_response_is_closed_after_idle_timeout() {
+    let _serial = serial().await;
+    let w = World::new("reader").await;
+    let proxy = w
+        .start("header_read_timeout = \"5s\"\nidle_timeout = \"2s\"")
+        .await;
+    let (p, a) = (proxy.proxy_addr(), proxy.admin_addr());
+    // 64 MiB, far more than the socket buffers hold; never read.
+    let size = 64 << 20;
+    let mut s = connect(p).await;
+    let raw = format!("GET /github/download?bytes={size} HTTP/1.1\r\nHost: proxy\r\n\r\n");
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    await_connections(a, 1, 1).await;
+    await_connections(a, 0, 1).await;
+    let took = sent.elapsed();
+    eprintln!("a stalled reader was closed {took:?} after its request");
+    let idle = Duration::from_secs(2);
+    assert!(
+        took >= idle - Duration::from_millis(100) && took <= idle + Duration::from_secs(2),
+        "closed after {took:?}, expected idle_timeout {idle:?} after the writes blocked"
+    );
+    // What had reached the socket buffers, and no more.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(WAIT, s.read(&mut buf)).await.unwrap() {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < size, "the whole body arrived: {got} bytes");
+    assert_eq!(w.realm.api_calls.get(), 1);
     proxy.assert_no_secret_in_stderr(&w.secrets());
 }
 

@@ -16,6 +16,9 @@
 //!   keep-alive, HTTP/2 with no open stream) is shut down gracefully (HTTP/2: `GOAWAY`) and
 //!   closed at the latest [`CLOSE_GRACE`] later. HTTP/2 control frames (`PING`,
 //!   `WINDOW_UPDATE`) are no activity: only requests are.
+//! * **Slow readers** (`idle_timeout` too): a connection whose write to the socket stays blocked
+//!   this long, with a request in flight (the client stopped reading its response), is closed
+//!   at once.
 //! * **Connections** (`max_connections`): each listener has its own budget; a TCP connection
 //!   past it is accepted and closed at once, so the admin listener's [`ADMIN_MAX_CONNECTIONS`]
 //!   keep `/healthz` answering while the proxy listener is full.
@@ -435,13 +438,16 @@ impl Throttle {
 // One connection.
 // ---------------------------------------------------------------------------------------------
 
-/// What a connection with nothing in flight is waiting for.
+/// What a connection is waiting for, when it has a deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Waiting {
-    /// A request head (the first, or one whose first byte arrived): `header_read_timeout`.
+    /// Nothing in flight, a request head (the first, or one whose first byte arrived):
+    /// `header_read_timeout`.
     Head,
-    /// The next request: `idle_timeout`.
+    /// Nothing in flight, the next request: `idle_timeout`.
     Idle,
+    /// In flight, with a write to the socket blocked: the client to read (`idle_timeout`).
+    Reader,
 }
 
 #[derive(Debug)]
@@ -452,15 +458,20 @@ struct State {
     since: Instant,
     /// The connection speaks HTTP/2 (seen on its first request).
     h2: bool,
+    /// Since when a write to the socket has been blocked (the client is not reading).
+    blocked_since: Option<Instant>,
 }
 
 /// What a connection's watchdog knows of it: requests in flight (counted by [`InFlight`]
-/// guards) and, while an HTTP/1.1 connection is idle, whether a byte arrived ([`Watched`]).
+/// guards), while an HTTP/1.1 connection is idle whether a byte arrived, and whether a write is
+/// blocked ([`Watched`]).
 #[derive(Debug)]
 struct Activity {
     state: Mutex<State>,
     /// Set while an HTTP/1.1 connection is idle: the next byte read starts a request head.
     idle_h1: AtomicBool,
+    /// Set while a write to the socket is blocked.
+    write_blocked: AtomicBool,
     /// Wakes the watchdog when a deadline starts.
     wake: Notify,
 }
@@ -473,8 +484,10 @@ impl Activity {
                 waiting: Waiting::Head,
                 since: now,
                 h2: false,
+                blocked_since: None,
             }),
             idle_h1: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -520,15 +533,34 @@ impl Activity {
         }
     }
 
-    /// The connection's current wait and its deadline, `None` while a request is in flight.
+    /// A write to the socket returned: `pending` (the client is not reading) or not.
+    fn wrote(&self, pending: bool) {
+        if pending {
+            if !self.write_blocked.swap(true, Ordering::AcqRel) {
+                self.state().blocked_since = Some(Instant::now());
+                self.wake.notify_one();
+            }
+        } else if self.write_blocked.load(Ordering::Relaxed)
+            && self.write_blocked.swap(false, Ordering::AcqRel)
+        {
+            self.state().blocked_since = None;
+        }
+    }
+
+    /// The connection's current wait and its deadline: `None` while a request is in flight
+    /// and its writes go through.
     fn wait(&self, limits: &Limits) -> Option<Wait> {
         let s = self.state();
         if s.in_flight > 0 {
-            return None;
+            return s.blocked_since.map(|since| Wait {
+                waiting: Waiting::Reader,
+                since,
+                at: since + limits.idle_timeout,
+            });
         }
         let timeout = match s.waiting {
             Waiting::Head => limits.header_read_timeout,
-            Waiting::Idle => limits.idle_timeout,
+            Waiting::Idle | Waiting::Reader => limits.idle_timeout,
         };
         Some(Wait {
             waiting: s.waiting,
@@ -537,15 +569,17 @@ impl Activity {
         })
     }
 
-    /// When the watchdog acts next, and how; `None` while a request is in flight. Once asked
-    /// to close (at `closing`), a connection with nothing in flight gets [`CLOSE_GRACE`] from
-    /// then, or from the end of its last request if that came later (so that hyper can finish
-    /// writing the response), and never more than its own deadline.
+    /// When the watchdog acts next, and how; `None` while a request is in flight and its
+    /// writes go through. Once asked to close (at `closing`), a connection with nothing in
+    /// flight gets [`CLOSE_GRACE`] from then, or from the end of its last request if that came
+    /// later (so that hyper can finish writing the response), and never more than its own
+    /// deadline.
     fn due(&self, limits: &Limits, closing: Option<Instant>) -> Option<(Instant, Expiry)> {
         let w = self.wait(limits)?;
         let own = match w.waiting {
             Waiting::Head => Expiry::Head,
             Waiting::Idle => Expiry::Idle,
+            Waiting::Reader => return Some((w.at, Expiry::Stalled)),
         };
         Some(match closing {
             None => (w.at, own),
@@ -579,6 +613,8 @@ enum Expiry {
     Idle,
     /// Asked to close and not closed within [`CLOSE_GRACE`]: close at once.
     Close,
+    /// A write blocked for `idle_timeout` (the client stopped reading): close at once.
+    Stalled,
 }
 
 /// One request in flight on its connection, until dropped.
@@ -625,7 +661,7 @@ impl<B: http_body::Body> http_body::Body for InFlightBody<B> {
     }
 }
 
-/// The socket, reporting reads to its connection's [`Activity`].
+/// The socket, reporting reads and blocked writes to its connection's [`Activity`].
 struct Watched {
     inner: TcpStream,
     activity: Arc<Activity>,
@@ -652,7 +688,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.wrote(written.is_pending());
+        written
     }
 
     fn poll_write_vectored(
@@ -660,7 +698,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.wrote(written.is_pending());
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -772,6 +812,10 @@ impl Connection {
                             tracing::debug!(listener = name, %peer, timeout = ?limits.header_read_timeout, "request head not complete in time: closing");
                             return;
                         }
+                        Some((at, Expiry::Stalled)) if at <= now => {
+                            tracing::debug!(listener = name, %peer, timeout = ?limits.idle_timeout, "the client stopped reading: closing");
+                            return;
+                        }
                         Some((at, Expiry::Close)) if at <= now => {
                             tracing::debug!(listener = name, %peer, grace = ?CLOSE_GRACE, "connection did not close in time: closing");
                             return;
@@ -867,6 +911,22 @@ mod tests {
         assert_eq!(head.at, head.since + secs(2));
         a.read();
         assert_eq!(a.wait(&limits), Some(head));
+
+        // A blocked write while in flight: the client has idle_timeout to read.
+        let g = a.start(Version::HTTP_11);
+        assert_eq!(a.wait(&limits), None);
+        a.wrote(false);
+        assert_eq!(a.wait(&limits), None);
+        a.wrote(true);
+        let w = a.wait(&limits).unwrap();
+        assert_eq!(w.waiting, Waiting::Reader);
+        assert_eq!(w.at, w.since + secs(5));
+        assert_eq!(a.due(&limits, Some(t0)), Some((w.at, Expiry::Stalled)));
+        a.wrote(true);
+        assert_eq!(a.wait(&limits), Some(w), "the first blocked write counts");
+        a.wrote(false);
+        assert_eq!(a.wait(&limits), None);
+        drop(g);
 
         // HTTP/2: bytes on an idle connection (PING, WINDOW_UPDATE) are no activity.
         let a = Arc::new(Activity::new(t0));
