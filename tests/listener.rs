@@ -1011,8 +1011,10 @@ async fn accept_errors_back_off_and_are_logged_at_most_once_a_second() {
     }
     let before = proxy.stderr().matches("accept failed").count();
     let ticks = proxy.cpu_ticks();
+    let watched = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let used = proxy.cpu_ticks() - ticks;
+    let window = watched.elapsed();
     let logs = plain(&proxy.stderr());
     let lines: Vec<&str> = logs
         .lines()
@@ -1020,12 +1022,14 @@ async fn accept_errors_back_off_and_are_logged_at_most_once_a_second() {
         .collect();
     let during = lines.len() - before;
     eprintln!(
-        "{during} accept-error lines in 3 s, {used} CPU ticks; last: {:?}",
+        "{during} accept-error lines in {window:?}, {used} CPU ticks; last: {:?}",
         lines.last()
     );
+    // At most one a second (one more for a window that starts just before a line).
+    let most = window.as_secs_f64().ceil() as usize + 1;
     assert!(
-        (2..=4).contains(&during),
-        "{during} lines in 3 s:\n{}",
+        (2..=most).contains(&during),
+        "{during} lines in {window:?}:\n{}",
         lines.join("\n")
     );
     assert!(
@@ -1040,8 +1044,9 @@ async fn accept_errors_back_off_and_are_logged_at_most_once_a_second() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no suppressed= count: {lines:?}"));
-    // 50 ms back-off: about 20 errors a second, one of them logged.
-    assert!((10..=25).contains(&suppressed), "suppressed={suppressed}");
+    // 50 ms back-off: at most about 20 errors a second (fewer when the machine is busy), one
+    // of them logged and the others counted.
+    assert!((1..=25).contains(&suppressed), "suppressed={suppressed}");
     // No spinning: well under a tenth of a core (a busy loop would use 300 ticks at 100 Hz).
     assert!(
         used < 30,
