@@ -6,8 +6,8 @@
 //! # How it is read
 //!
 //! The text is parsed into a [`toml::Table`] and walked by hand: every table (the root,
-//! `refresh`, `refresh.google`, `refresh.github`, `store`, `upstream`, each `[[route]]`, each
-//! `[[account]]`, `refresh_api`) lists the keys it knows, and the first key it does not know is reported by
+//! `refresh`, `refresh.google`, `refresh.github`, `store`, `server`, `upstream`, each
+//! `[[route]]`, each `[[account]]`, `refresh_api`) lists the keys it knows, and the first key it does not know is reported by
 //! name. Walking by hand rather than through serde gives every error a precise, stable,
 //! single-line message that names the offending key.
 //!
@@ -172,6 +172,8 @@ pub struct Config {
     pub refresh_api: Option<RefreshApiSettings>,
     /// Bounds on every upstream request (`[upstream]`).
     pub upstream: UpstreamSettings,
+    /// Timeouts and the connection limit of both listeners (`[server]`).
+    pub server: ServerSettings,
 }
 
 /// Bounds on every upstream request: the `[upstream]` table (SPEC 4.2).
@@ -204,6 +206,34 @@ impl Default for UpstreamSettings {
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
             body_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Timeouts and the connection limit of both listeners: the `[server]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// A request head not complete this long after the connection opened (or, on a reused
+    /// HTTP/1.1 connection, after its first byte) closes the connection
+    /// (`header_read_timeout`, default 30 s).
+    pub header_read_timeout: Duration,
+    /// A connection with nothing in flight this long is closed (`idle_timeout`, default 90 s).
+    pub idle_timeout: Duration,
+    /// A request body that sends no byte this long is answered `408 request_timeout`
+    /// (`body_read_timeout`, default 30 s).
+    pub body_read_timeout: Duration,
+    /// Connections the proxy listener keeps open at once; past it, new ones are closed at once
+    /// (`max_connections`, default 10 000, at least 1).
+    pub max_connections: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
         }
     }
 }
@@ -502,6 +532,7 @@ impl Default for Config {
             accounts: Vec::new(),
             refresh_api: None,
             upstream: UpstreamSettings::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -729,7 +760,7 @@ impl Config {
     }
 
     /// A multi-line, human-readable summary for `check-config`: listeners, refresh settings,
-    /// store, routes and accounts. It never contains a secret value, only whether one is set.
+    /// store, `[server]` limits, routes and accounts. It never contains a secret value, only whether one is set.
     ///
     /// ```
     /// # use oauth_refresh_proxy::proxy::config::Config;
@@ -845,6 +876,15 @@ impl Config {
             ),
             None => writeln!(out, "refresh_api:     disabled"),
         };
+        let s = &self.server;
+        let _ = writeln!(
+            out,
+            "server:          header_read_timeout {}, idle_timeout {}, body_read_timeout {}, max_connections {}",
+            format_duration(s.header_read_timeout),
+            format_duration(s.idle_timeout),
+            format_duration(s.body_read_timeout),
+            s.max_connections
+        );
         let _ = writeln!(out, "routes ({}):", self.routes.len());
         for route in &self.routes {
             let upstream = route.upstream.to_string();
@@ -1071,6 +1111,7 @@ impl Parser<'_> {
             "account",
             "refresh_api",
             "upstream",
+            "server",
         ])?;
         let mut config = Config::default();
         if let Some(addr) = t.socket_addr("listen")? {
@@ -1114,6 +1155,9 @@ impl Parser<'_> {
         }
         if let Some(u) = t.table("upstream")? {
             config.upstream = upstream(&u)?;
+        }
+        if let Some(s) = t.table("server")? {
+            config.server = server(&s)?;
         }
         Ok(config)
     }
@@ -1324,6 +1368,37 @@ fn store(t: &Tbl<'_>) -> Result<StoreSettings, String> {
             "store.kind: unknown store kind {other:?} (expected \"memory\", \"file\" or \"redis\")"
         )),
     }
+}
+
+fn server(t: &Tbl<'_>) -> Result<ServerSettings, String> {
+    t.only(&[
+        "header_read_timeout",
+        "idle_timeout",
+        "body_read_timeout",
+        "max_connections",
+    ])?;
+    let mut s = ServerSettings::default();
+    for (key, field) in [
+        ("header_read_timeout", &mut s.header_read_timeout),
+        ("idle_timeout", &mut s.idle_timeout),
+        ("body_read_timeout", &mut s.body_read_timeout),
+    ] {
+        if let Some(d) = t.duration(key)? {
+            if d.is_zero() {
+                return Err(format!("{}: must be greater than zero", t.key(key)));
+            }
+            *field = d;
+        }
+    }
+    if let Some(n) = t.int("max_connections")? {
+        s.max_connections = u32::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
+            format!(
+                "server.max_connections: must be between 1 and {}, found {n}",
+                u32::MAX
+            )
+        })? as usize;
+    }
+    Ok(s)
 }
 
 fn route(t: &Tbl<'_>) -> Result<Route, String> {
@@ -1743,6 +1818,79 @@ token   = "env:ORP_REFRESH_API_TOKEN"
                 "timeout 10s, max_attempts 3, skew 1m, refresh_ahead 5m, default_lifetime 55m"
             ),
             "{summary}"
+        );
+    }
+
+    #[test]
+    fn server_table() {
+        let c = parse(BACKEND).unwrap();
+        assert_eq!(c.server, ServerSettings::default());
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.server.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.max_connections, 10_000);
+        assert!(
+            c.summary().contains(
+                "server:          header_read_timeout 30s, idle_timeout 1m30s, body_read_timeout 30s, max_connections 10000\n"
+            ),
+            "{}",
+            c.summary()
+        );
+
+        let c = parse(&format!(
+            "{BACKEND}[server]\nheader_read_timeout = \"2s\"\nidle_timeout = \"500ms\"\n\
+             body_read_timeout = \"1m\"\nmax_connections = 50\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.server,
+            ServerSettings {
+                header_read_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_millis(500),
+                body_read_timeout: Duration::from_secs(60),
+                max_connections: 50,
+            }
+        );
+        assert!(c.summary().contains(
+            "header_read_timeout 2s, idle_timeout 500ms, body_read_timeout 1m, max_connections 50"
+        ));
+        // One key alone leaves the others at their defaults.
+        let c = parse(&format!("{BACKEND}[server]\nmax_connections = 1\n")).unwrap();
+        assert_eq!(c.server.max_connections, 1);
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(90));
+
+        let bad = |body: &str| err(&format!("{BACKEND}[server]\n{body}\n"));
+        assert_eq!(
+            bad("idle_timout = \"1s\""),
+            "proxy.toml: unknown key \"idle_timout\" in table server"
+        );
+        assert_eq!(
+            bad("header_read_timeout = \"soon\""),
+            "proxy.toml: server.header_read_timeout: invalid duration \"soon\" (expected e.g. \"30s\", \"5m\")"
+        );
+        assert_eq!(
+            bad("idle_timeout = 90"),
+            "proxy.toml: server.idle_timeout: expected a string, found integer"
+        );
+        for key in ["header_read_timeout", "idle_timeout", "body_read_timeout"] {
+            assert_eq!(
+                bad(&format!("{key} = \"0s\"")),
+                format!("proxy.toml: server.{key}: must be greater than zero")
+            );
+        }
+        for n in ["0", "-1", "4294967296"] {
+            assert_eq!(
+                bad(&format!("max_connections = {n}")),
+                format!("proxy.toml: server.max_connections: must be between 1 and 4294967295, found {n}")
+            );
+        }
+        assert_eq!(
+            bad("max_connections = \"100\""),
+            "proxy.toml: server.max_connections: expected an integer, found string"
+        );
+        assert_eq!(
+            err(&format!("server = 1\n{BACKEND}")),
+            "proxy.toml: server: expected a table ([server]), found integer"
         );
     }
 

@@ -4,7 +4,8 @@
 //! ([`Metrics::observe_request`], [`Metrics::observe_upstream`], [`Metrics::observe_refresh`]).
 //! The refresh, coalescing, cooldown and replay counters and the `orp_tokens` gauge are read from the
 //! [`Tokens`] cache at render time, so they are exact and always present for both providers,
-//! even at zero. No token value and no account id is ever part of the output.
+//! even at zero. `orp_connections{listener}` is a gauge the listeners move themselves
+//! ([`Metrics::connections`]). No token value and no account id is ever part of the output.
 
 use std::sync::{Arc, Weak};
 
@@ -12,7 +13,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -44,6 +45,14 @@ struct RouteLabels {
 struct ProviderLabels {
     provider: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+/// The listeners of `orp_connections{listener}`.
+const LISTENERS: [&str; 2] = ["proxy", "admin"];
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -110,6 +119,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     upstream: HistogramFamily<RouteLabels>,
     refresh: HistogramFamily<ProviderLabels>,
+    connections: Family<ListenerLabels, Gauge>,
     tokens: Tokens,
 }
 
@@ -157,6 +167,15 @@ impl Metrics {
             "Duration of finished refreshes (retries included), by provider",
             refresh.clone(),
         );
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        for listener in LISTENERS {
+            let _ = connections.get_or_create(&ListenerLabels { listener });
+        }
+        registry.register(
+            "orp_connections",
+            "Connections open now, by listener",
+            connections.clone(),
+        );
         registry.register_collector(Box::new(TokensCollector {
             tokens: tokens.clone(),
         }));
@@ -165,8 +184,27 @@ impl Metrics {
             requests,
             upstream,
             refresh,
+            connections,
             tokens,
         })
+    }
+
+    /// The `orp_connections{listener}` gauge of `listener` (`"proxy"` or `"admin"`): the
+    /// listener increments it for each connection it keeps and decrements it when that
+    /// connection closes.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{proxy::metrics::Metrics, BackendRefresher, Tokens};
+    /// # let metrics = Metrics::new(Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build());
+    /// let open = metrics.connections("proxy");
+    /// open.inc();
+    /// assert!(metrics.render().contains("orp_connections{listener=\"proxy\"} 1"));
+    /// assert!(metrics.render().contains("orp_connections{listener=\"admin\"} 0"));
+    /// ```
+    pub fn connections(&self, listener: &'static str) -> Gauge {
+        self.connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
     }
 
     /// Counts one answered request: `orp_requests_total{route, status}`; `route` is the matched
@@ -475,6 +513,7 @@ mod tests {
             "orp_refresh_cooldown counter",
             "orp_replay counter",
             "orp_tokens gauge",
+            "orp_connections gauge",
         ] {
             assert!(types.contains(&t), "missing TYPE {t} in\n{text}");
         }
@@ -538,6 +577,7 @@ mod tests {
             "orp_refresh_cooldown_total",
             "orp_replay_total",
             "orp_tokens{",
+            "orp_connections{",
         ];
         for k in samples(&text).keys() {
             assert!(
@@ -545,7 +585,36 @@ mod tests {
                 "unexpected sample {k}"
             );
         }
+        for l in LISTENERS {
+            assert_eq!(
+                value(&text, &format!("orp_connections{{listener=\"{l}\"}}")),
+                "0"
+            );
+        }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn connection_gauges_move_per_listener() {
+        let (tokens, _) = setup();
+        let m = Metrics::new(tokens);
+        let proxy = m.connections("proxy");
+        let admin = m.connections("admin");
+        for _ in 0..3 {
+            proxy.inc();
+        }
+        admin.inc();
+        proxy.dec();
+        let text = m.render();
+        assert!(text.contains("# TYPE orp_connections gauge\n"), "{text}");
+        assert_eq!(value(&text, "orp_connections{listener=\"proxy\"}"), "2");
+        assert_eq!(value(&text, "orp_connections{listener=\"admin\"}"), "1");
+        // A second handle moves the same gauge.
+        m.connections("proxy").dec();
+        assert_eq!(
+            value(&m.render(), "orp_connections{listener=\"proxy\"}"),
+            "1"
+        );
     }
 
     #[tokio::test]

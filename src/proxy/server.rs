@@ -16,8 +16,6 @@
 //! `Location`/`Link` URLs on the route's upstream are rewritten to the proxy, but only when the
 //! request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,11 +24,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tower::{Layer, ServiceExt};
 
 use super::config::Config;
@@ -42,7 +35,7 @@ use super::timeouts::{IdleTimeout, ProxyTimeouts};
 use super::upstream::UpstreamBody;
 use crate::layer::{Refresh, RefreshLayer};
 use crate::token::Secret;
-use crate::{Account, BoxError, Tokens};
+use crate::{Account, Tokens};
 
 pub use super::upstream::{upstream_client, Upstream, UpstreamClient, UpstreamConnector};
 
@@ -386,57 +379,5 @@ fn rewrite_location_and_link(headers: &mut HeaderMap, route: &super::config::Rou
         for v in values {
             headers.append(header::LINK, v);
         }
-    }
-}
-
-/// Serves `handler` on `listener` (HTTP/1.1 and HTTP/2 prior knowledge) until `shutdown`
-/// turns true, then stops accepting and waits up to `drain` for in-flight requests.
-pub async fn serve<H, Fut, B>(
-    listener: TcpListener,
-    handler: H,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-) where
-    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of descriptors and the like: back off a moment, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!("connections drained"),
-        _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "drain timeout: closing remaining connections"),
     }
 }

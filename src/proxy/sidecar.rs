@@ -1,5 +1,6 @@
 //! Assembling the sidecar from a [`Config`]: the token cache, the proxy, the admin listener,
-//! the metrics, and their lifecycle (SPEC 4.8).
+//! the metrics, the listeners' limits ([`listener`](super::listener)), and their lifecycle
+//! (SPEC 4.8).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +11,11 @@ use tokio::sync::watch;
 
 use super::admin::{self, AdminState};
 use super::config::{Config, RefreshMode, RefreshSettings, StoreSettings};
+use super::listener::{self, serve, Limits};
 use super::metrics::Metrics;
 use super::refresh_api::RefreshApi;
-use super::server::{serve, Proxy};
-use super::timeouts::{ProxyTimeouts, DEFAULT_BODY_READ_TIMEOUT};
+use super::server::Proxy;
+use super::timeouts::ProxyTimeouts;
 use crate::refresh::{
     BackendRefresher, DirectRefresher, GitHubRefresher, GoogleRefresher, Refresher, RetryPolicy,
 };
@@ -49,12 +51,16 @@ pub struct Sidecar {
     metrics: Arc<Metrics>,
     proxy: Arc<Proxy>,
     admin: Arc<AdminState>,
+    proxy_limits: Limits,
+    admin_limits: Limits,
 }
 
 impl std::fmt::Debug for Sidecar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sidecar")
             .field("proxy", &self.proxy)
+            .field("proxy_limits", &self.proxy_limits)
+            .field("admin_limits", &self.admin_limits)
             .finish()
     }
 }
@@ -220,8 +226,7 @@ impl Sidecar {
             .map_err(|e| SetupError(e.to_string()))?;
         let metrics = Metrics::new(tokens.clone());
         metrics.spawn_event_listener();
-        // body_read: wired to server.body_read_timeout at merge.
-        let timeouts = ProxyTimeouts::new(&config.upstream, DEFAULT_BODY_READ_TIMEOUT);
+        let timeouts = ProxyTimeouts::new(&config.upstream, config.server.body_read_timeout);
         let mut proxy = Proxy::new(config, tokens.clone(), metrics.clone(), timeouts);
         if let Some(api) = &config.refresh_api {
             // SPEC 4.9: the same refreshers and retries as the proxy, whatever refresh.mode is.
@@ -243,7 +248,15 @@ impl Sidecar {
             metrics,
             proxy,
             admin,
+            proxy_limits: proxy_limits(config),
+            admin_limits: Limits::admin(&config.server),
         })
+    }
+
+    /// The proxy listener's limits: `[server]`, with `max_connections` clamped to what fits
+    /// under the descriptor limit.
+    pub fn proxy_limits(&self) -> &Limits {
+        &self.proxy_limits
     }
 
     /// The token cache.
@@ -256,14 +269,13 @@ impl Sidecar {
         &self.metrics
     }
 
-    /// Binds the proxy and (when configured) admin listeners.
+    /// Binds the proxy and (when configured) admin listeners ([`listener::bind`]).
     pub async fn bind(config: &Config) -> std::io::Result<(TcpListener, Option<TcpListener>)> {
-        let proxy = TcpListener::bind(config.listen)
-            .await
+        let proxy = listener::bind(config.listen)
             .map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", config.listen)))?;
         let admin =
             match config.admin_listen {
-                Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                Some(addr) => Some(listener::bind(addr).map_err(|e| {
                     std::io::Error::new(e.kind(), format!("admin_listen {addr}: {e}"))
                 })?),
                 None => None,
@@ -286,6 +298,8 @@ impl Sidecar {
                 let proxy = proxy.clone();
                 async move { proxy.handle(req).await }
             },
+            self.proxy_limits.clone(),
+            self.metrics.connections("proxy"),
             shutdown.clone(),
             drain,
         ));
@@ -297,6 +311,8 @@ impl Sidecar {
                     let state = state.clone();
                     async move { admin::handle(&state, req).await }
                 },
+                self.admin_limits.clone(),
+                self.metrics.connections("admin"),
                 shutdown.clone(),
                 drain,
             ))
@@ -306,6 +322,32 @@ impl Sidecar {
             let _ = t.await;
         }
     }
+}
+
+/// The proxy listener's limits of `config`: raises the descriptor limit
+/// ([`listener::raise_nofile_limit`]) and clamps `server.max_connections` to what fits under it
+/// ([`listener::fit_max_connections`]), saying so once at `warn`.
+fn proxy_limits(config: &Config) -> Limits {
+    let mut limits = Limits::proxy(&config.server);
+    let Some(nofile) = listener::raise_nofile_limit() else {
+        return limits;
+    };
+    let fit = listener::fit_max_connections(limits.max_connections, nofile);
+    if fit < limits.max_connections {
+        tracing::warn!(
+            configured = limits.max_connections,
+            clamped = fit,
+            nofile,
+            "server.max_connections = {} does not fit under the open-descriptor limit of {nofile} \
+             (each connection may hold an upstream socket; {} are kept for the admin listener and {} \
+             for the rest): clamped to {fit}",
+            limits.max_connections,
+            listener::ADMIN_MAX_CONNECTIONS,
+            listener::RESERVED_DESCRIPTORS,
+        );
+        limits.max_connections = fit;
+    }
+    limits
 }
 
 #[cfg(test)]

@@ -24,11 +24,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::config::UpstreamSettings;
+use super::config::{ServerSettings, UpstreamSettings};
 use crate::BoxError;
-
-/// The default request body read bound, until `[server] body_read_timeout` sets it: 30 s.
-pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The time bounds of one proxied request.
 ///
@@ -70,7 +67,10 @@ impl ProxyTimeouts {
 impl Default for ProxyTimeouts {
     /// The defaults of SPEC 4.2: body read 30 s, connect 10 s, response 60 s, body idle 60 s.
     fn default() -> Self {
-        ProxyTimeouts::new(&UpstreamSettings::default(), DEFAULT_BODY_READ_TIMEOUT)
+        ProxyTimeouts::new(
+            &UpstreamSettings::default(),
+            ServerSettings::default().body_read_timeout,
+        )
     }
 }
 
