@@ -30,6 +30,7 @@
 //! tried again after a tenth of the window; once inside `skew`, requests wait for a refresh.
 
 mod events;
+mod index;
 pub mod store;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use http::HeaderValue;
 use tokio::sync::watch;
 
 pub use events::{Events, RefreshEvent, RefreshOutcome};
+pub use index::AccountPage;
 
 use crate::error::Error;
 use crate::provider::{Account, Provider};
@@ -149,6 +151,8 @@ fn bump(c: &std::sync::atomic::AtomicU64) {
 
 struct Inner {
     maps: [DashMap<Arc<str>, Entry, foldhash::fast::RandomState>; 2],
+    /// The maps' ids, sorted, for paged listings; changed only under the map's entry guard.
+    index: index::Index,
     counters: [Counters; 2],
     refresher: Arc<dyn Refresher>,
     policy: RetryPolicy,
@@ -266,6 +270,7 @@ impl TokensBuilder {
                     DashMap::with_hasher(Default::default()),
                     DashMap::with_hasher(Default::default()),
                 ],
+                index: Default::default(),
                 counters: Default::default(),
                 refresher: self.refresher,
                 policy: self.policy,
@@ -542,6 +547,10 @@ impl Tokens {
                 last_error: None,
             }
         });
+        if !existed {
+            // Under the new entry's guard: lock order map entry, then index.
+            self.inner.index.insert(state.provider, e.key().clone());
+        }
         if !local && existed && e.generation >= state.generation {
             return existed;
         }
@@ -573,7 +582,7 @@ impl Tokens {
                 self.set_state(Arc::from(state.account.as_str()), state, false);
             }
             StoreUpdate::Removed { provider, account } => {
-                self.inner.maps[idx(provider)].remove(account.as_str());
+                self.remove(provider, &account);
             }
         }
     }
@@ -586,10 +595,12 @@ impl Tokens {
     /// assert!(!tokens.remove(Provider::Google, "nobody"));
     /// ```
     pub fn remove(&self, provider: Provider, account: &str) -> bool {
-        self.inner.maps[idx(provider)].remove(account).is_some()
+        let map = &self.inner.maps[idx(provider)];
+        index::remove(map, &self.inner.index, provider, account)
     }
 
-    /// Lists every account, sorted by provider and account, without any secret.
+    /// Lists every account, sorted by provider and account, without any secret. With many
+    /// accounts, prefer [`Tokens::list_page`], which reads one page at a time.
     ///
     /// ```
     /// # use oauth_refresh_proxy::{BackendRefresher, Tokens};
@@ -597,14 +608,7 @@ impl Tokens {
     /// assert!(tokens.list().is_empty());
     /// ```
     pub fn list(&self) -> Vec<AccountInfo> {
-        let mut out = Vec::new();
-        for p in Provider::ALL {
-            for e in self.inner.maps[idx(p)].iter() {
-                out.push(info(p, e.key(), e.value()));
-            }
-        }
-        out.sort_by(|a, b| (a.provider, &a.account).cmp(&(b.provider, &b.account)));
-        out
+        self.list_page(None, usize::MAX).entries
     }
 
     /// One account's listing entry.
