@@ -4,14 +4,42 @@
 //! No answer and no log line ever carries a token value: listings hold expiries and
 //! generations only, error bodies never echo the request body, and only the method, path and
 //! status are logged (at debug).
+//!
+//! # Paged, streamed listing
+//!
+//! `GET /tokens?limit=N&after=provider/account` answers one page of the accounts sorted by
+//! provider (`google`, then `github`) and account id (byte order), strictly after `after`:
+//!
+//! * `limit`: from 1 to [`MAX_LIMIT`] (10 000); default [`DEFAULT_LIMIT`] (1 000). A larger
+//!   value, 0 or a non-number is `400 bad_request` — not clamped, so a client asking for more
+//!   than a page learns it at once.
+//! * `after`: `provider/account`, percent-decoded as a whole (strictly: a malformed escape or
+//!   invalid UTF-8 is 400; `+` is a plus), split at the first `/`; an unknown provider or an
+//!   empty account is 400. It need not name an existing account.
+//! * any other query parameter, or one given twice, is 400.
+//! * when more accounts remain, `Link: </tokens?limit=N&after=provider/account>; rel="next"`
+//!   names the next page (the account id percent-encoded, all but `A-Z a-z 0-9 - . _ ~`).
+//!   Following it from the first page visits every account that exists throughout, once, in
+//!   order. The last page has no `Link`; a page after the last account is `[]`.
+//!
+//! A page costs O(log n + limit) whatever the number of accounts ([`Tokens::list_page`]'s
+//! index). The body streams: the page's ids are taken at once (shared pointers, no copies), then
+//! entries are looked up and serialised [`CHUNK`] at a time as hyper asks for the next frame,
+//! so a listing holds at most one chunk of JSON and a slow reader holds no more. Each chunk is
+//! a short, bounded piece of work on the runtime, so listings interleave with proxied requests
+//! instead of stalling them.
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use serde::Deserialize;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
 
 use crate::provider::Provider;
 use crate::proxy::errors::{self, Code};
@@ -21,6 +49,23 @@ use crate::tokens::{AccountInfo, Tokens};
 
 /// The largest request body the admin API reads (64 KiB); larger ones get 413.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// The page size of `GET /tokens` without `?limit=`.
+pub const DEFAULT_LIMIT: usize = 1000;
+
+/// The largest `?limit=` of `GET /tokens`; a larger one is `400 bad_request`.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// How many accounts one frame of a streamed `GET /tokens` body holds at most.
+pub const CHUNK: usize = 100;
+
+/// What the `Link` header percent-encodes in an account id: all but RFC 3986's unreserved
+/// characters.
+const ACCOUNT_IN_QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// What the admin handler works on.
 ///
@@ -75,7 +120,9 @@ impl std::fmt::Debug for AdminState {
 /// Unknown paths get 404 `not_found`, a wrong method 405 `method_not_allowed` (with `Allow`),
 /// malformed input 400 `bad_request`, a body over [`MAX_BODY`] 413 `payload_too_large`, and —
 /// when `admin_token` is set — a `/tokens` request without the right bearer 401
-/// `unauthorized` (with `WWW-Authenticate: Bearer`). Account ids in paths are percent-decoded.
+/// `unauthorized` (with `WWW-Authenticate: Bearer`; the scheme is matched case-insensitively,
+/// the token in constant time). Account ids in paths are percent-decoded. `GET /tokens` is paged
+/// and streamed (see the [module docs](self)).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -100,9 +147,17 @@ impl std::fmt::Debug for AdminState {
 ///
 /// let anonymous = http::Request::get("/tokens").body(Full::new(Bytes::new())).unwrap();
 /// assert_eq!(handle(&state, anonymous).await.status(), 401);
+///
+/// let page = http::Request::get("/tokens?limit=1")
+///     .header("authorization", "bearer admin-secret")
+///     .body(Full::new(Bytes::new()))
+///     .unwrap();
+/// let resp = handle(&state, page).await;
+/// assert_eq!(resp.status(), 200);
+/// assert!(resp.headers().get("link").is_none(), "one account: no next page");
 /// # });
 /// ```
-pub async fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Full<Bytes>>
+pub async fn handle<B>(state: &AdminState, req: Request<B>) -> Response<AdminBody>
 where
     B: Body,
     B::Error: std::fmt::Display,
@@ -114,7 +169,22 @@ where
     resp
 }
 
-async fn route<B>(state: &AdminState, req: Request<B>) -> Response<Full<Bytes>>
+async fn route<B>(state: &AdminState, req: Request<B>) -> Response<AdminBody>
+where
+    B: Body,
+    B::Error: std::fmt::Display,
+{
+    if req.uri().path() == "/tokens" && req.method() == Method::GET {
+        if let Some(denied) = check_admin_token(state, req.headers()) {
+            return denied.map(AdminBody::from);
+        }
+        return list(state, req.uri().query());
+    }
+    other(state, req).await.map(AdminBody::from)
+}
+
+/// Everything but the listing.
+async fn other<B>(state: &AdminState, req: Request<B>) -> Response<Full<Bytes>>
 where
     B: Body,
     B::Error: std::fmt::Display,
@@ -154,29 +224,14 @@ where
 
     // Everything else is the token API (or unknown): behind the admin token when set, so an
     // anonymous caller learns nothing about the paths either.
-    if let Some(token) = &state.admin_token {
-        if !authorized(token, req.headers()) {
-            let mut resp = json_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this endpoint requires Authorization: Bearer <admin_token>",
-            );
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
-        }
+    if let Some(denied) = check_admin_token(state, req.headers()) {
+        return denied;
     }
 
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match segments.as_slice() {
-        ["tokens"] => match *req.method() {
-            Method::GET => {
-                let list: Vec<serde_json::Value> =
-                    state.tokens.list().iter().map(listing_entry).collect();
-                json(StatusCode::OK, &serde_json::Value::Array(list))
-            }
-            _ => method_not_allowed("GET"),
-        },
+        // GET is answered by `list`.
+        ["tokens"] => method_not_allowed("GET"),
         ["tokens", provider, account] => {
             let allowed = "PUT, DELETE";
             if *req.method() != Method::PUT && *req.method() != Method::DELETE {
@@ -331,6 +386,25 @@ where
     Ok(buf.freeze())
 }
 
+/// `None` when the request may use the token API; else the 401 answer.
+fn check_admin_token(
+    state: &AdminState,
+    headers: &http::HeaderMap,
+) -> Option<Response<Full<Bytes>>> {
+    let token = state.admin_token.as_ref()?;
+    if authorized(token, headers) {
+        return None;
+    }
+    let mut resp = json_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this endpoint requires Authorization: Bearer <admin_token>",
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(resp)
+}
+
 /// Checks `Authorization: Bearer <token>` (scheme case-insensitive) in constant time.
 fn authorized(token: &Secret, headers: &http::HeaderMap) -> bool {
     let Some(value) = headers
@@ -388,16 +462,245 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// One account's listing entry (SPEC 4.5): never a token value.
+#[derive(Serialize)]
+struct ListingEntry<'a> {
+    provider: &'static str,
+    account: &'a str,
+    expires_at: Option<u64>,
+    generation: u64,
+    needs_reauth: bool,
+    last_refresh_at: Option<u64>,
+    last_error: Option<&'a str>,
+}
+
+impl<'a> From<&'a AccountInfo> for ListingEntry<'a> {
+    fn from(a: &'a AccountInfo) -> Self {
+        ListingEntry {
+            provider: a.provider.as_str(),
+            account: &a.account,
+            expires_at: a.expires_at,
+            generation: a.generation,
+            needs_reauth: a.needs_reauth,
+            last_refresh_at: a.last_refresh_at,
+            last_error: a.last_error.as_deref(),
+        }
+    }
+}
+
+/// One account's listing entry as a JSON value (the answer of `PUT`).
 fn listing_entry(a: &AccountInfo) -> serde_json::Value {
-    serde_json::json!({
-        "provider": a.provider.as_str(),
-        "account": a.account,
-        "expires_at": a.expires_at,
-        "generation": a.generation,
-        "needs_reauth": a.needs_reauth,
-        "last_refresh_at": a.last_refresh_at,
-        "last_error": a.last_error,
+    serde_json::to_value(ListingEntry::from(a)).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /tokens: paged and streamed.
+// ---------------------------------------------------------------------------------------------
+
+/// The query of `GET /tokens`.
+#[derive(Debug, PartialEq, Eq)]
+struct ListQuery {
+    limit: usize,
+    after: Option<(Provider, String)>,
+}
+
+/// Parses `limit=N&after=provider/account` (see the module docs).
+fn parse_list_query(query: Option<&str>) -> Result<ListQuery, String> {
+    let mut limit = None;
+    let mut after = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" if limit.is_none() => {
+                let n = value.parse::<usize>().ok().filter(|n| {
+                    (1..=MAX_LIMIT).contains(n) && value.bytes().all(|b| b.is_ascii_digit())
+                });
+                limit =
+                    Some(n.ok_or_else(|| {
+                        format!("limit must be an integer from 1 to {MAX_LIMIT}")
+                    })?);
+            }
+            "after" if after.is_none() => {
+                let invalid = || {
+                    "after must be provider/account (provider \"google\" or \"github\", \
+                     the account percent-encoded)"
+                        .to_string()
+                };
+                let decoded = percent_decode(value).ok_or_else(invalid)?;
+                let (provider, account) = decoded.split_once('/').ok_or_else(invalid)?;
+                let provider: Provider = provider.parse().map_err(|_| invalid())?;
+                if account.is_empty() {
+                    return Err(invalid());
+                }
+                after = Some((provider, account.to_string()));
+            }
+            "limit" | "after" => return Err("each query parameter may be given once".into()),
+            // Never echoed: the query is the caller's input.
+            _ => return Err("unknown query parameter; GET /tokens accepts limit and after".into()),
+        }
+    }
+    Ok(ListQuery {
+        limit: limit.unwrap_or(DEFAULT_LIMIT),
+        after,
     })
+}
+
+/// `</tokens?limit=N&after=provider/account>; rel="next"`.
+fn next_link(limit: usize, provider: Provider, account: &str) -> HeaderValue {
+    let link = format!(
+        "</tokens?limit={limit}&after={}/{}>; rel=\"next\"",
+        provider.as_str(),
+        utf8_percent_encode(account, ACCOUNT_IN_QUERY)
+    );
+    // Only ASCII is left after encoding.
+    HeaderValue::try_from(link).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The answer of `GET /tokens`: the page's ids now, the entries streamed.
+fn list(state: &AdminState, query: Option<&str>) -> Response<AdminBody> {
+    let q = match parse_list_query(query) {
+        Ok(q) => q,
+        Err(message) => return bad_request(&message).map(AdminBody::from),
+    };
+    let page = state
+        .tokens
+        .page_ids(q.after.as_ref().map(|(p, a)| (*p, a.as_str())), q.limit);
+    let next = match (page.more, page.ids.last()) {
+        (true, Some((p, id))) => Some(next_link(q.limit, *p, id)),
+        _ => None,
+    };
+    let mut resp = Response::new(AdminBody(Kind::Listing(Listing {
+        tokens: state.tokens.clone(),
+        ids: page.ids.into_iter(),
+        opened: false,
+        written: 0,
+        done: false,
+    })));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(link) = next {
+        headers.insert(header::LINK, link);
+    }
+    resp
+}
+
+/// The streamed JSON array of one page: entries looked up and serialised [`CHUNK`] at a time.
+struct Listing {
+    tokens: Tokens,
+    ids: std::vec::IntoIter<(Provider, Arc<str>)>,
+    /// `[` written.
+    opened: bool,
+    /// Entries written (a `,` goes before every one but the first).
+    written: usize,
+    /// `]` written.
+    done: bool,
+}
+
+impl Listing {
+    /// The next non-empty piece of the array, or `None` after the `]`.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut buf = Vec::with_capacity(CHUNK * 192);
+        if !self.opened {
+            self.opened = true;
+            buf.push(b'[');
+        }
+        let prefix = buf.len();
+        // Accounts removed since the ids were taken are skipped: go on until the piece holds
+        // an entry or the `]`, looking at most CHUNK ids per round.
+        loop {
+            for (provider, id) in self.ids.by_ref().take(CHUNK) {
+                let Some(info) = self.tokens.get(provider, &id) else {
+                    continue;
+                };
+                let start = buf.len();
+                if self.written > 0 {
+                    buf.push(b',');
+                }
+                if serde_json::to_writer(&mut buf, &ListingEntry::from(&info)).is_ok() {
+                    self.written += 1;
+                } else {
+                    buf.truncate(start);
+                }
+            }
+            if self.ids.len() == 0 {
+                buf.push(b']');
+                self.done = true;
+                break;
+            }
+            if buf.len() > prefix {
+                break;
+            }
+        }
+        Some(Bytes::from(buf))
+    }
+}
+
+/// The body of the admin listener's answers: one buffer, or a streamed `GET /tokens` page.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use oauth_refresh_proxy::proxy::admin::AdminBody;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let body = AdminBody::from(Full::new(Bytes::from_static(b"ok")));
+/// assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
+/// # });
+/// ```
+pub struct AdminBody(Kind);
+
+enum Kind {
+    Full(Full<Bytes>),
+    Listing(Listing),
+}
+
+impl From<Full<Bytes>> for AdminBody {
+    fn from(body: Full<Bytes>) -> Self {
+        AdminBody(Kind::Full(body))
+    }
+}
+
+impl std::fmt::Debug for AdminBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Full(_) => "AdminBody::Full",
+            Kind::Listing(_) => "AdminBody::Listing",
+        })
+    }
+}
+
+impl Body for AdminBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut self.get_mut().0 {
+            Kind::Full(body) => Pin::new(body).poll_frame(cx),
+            Kind::Listing(listing) => Poll::Ready(listing.next_chunk().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Full(body) => body.is_end_stream(),
+            Kind::Listing(listing) => listing.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Full(body) => body.size_hint(),
+            Kind::Listing(_) => SizeHint::default(),
+        }
+    }
 }
 
 fn unknown_account(provider: Provider, account: &str) -> Response<Full<Bytes>> {
@@ -927,6 +1230,298 @@ mod tests {
             assert_eq!(a.status, 405, "{method} {path}");
             assert_eq!(a.headers["allow"], allow);
             assert_eq!(a.code(), "method_not_allowed");
+        }
+    }
+
+    /// Walks `GET /tokens?limit=N` along its `Link`s; returns the pages (as JSON arrays).
+    async fn walk(f: &Fixture, limit: usize) -> Vec<Vec<serde_json::Value>> {
+        let mut pages = Vec::new();
+        let mut uri = format!("/tokens?limit={limit}");
+        loop {
+            let a = f.send("GET", &uri, None, "").await;
+            assert_eq!(a.status, 200, "{uri}: {}", a.body);
+            assert_eq!(a.headers["content-type"], "application/json");
+            pages.push(a.json().as_array().unwrap().clone());
+            let Some(link) = a.headers.get("link") else {
+                break;
+            };
+            let link = link.to_str().unwrap();
+            let rest = link.strip_prefix('<').unwrap();
+            let (target, rel) = rest.split_once('>').unwrap();
+            assert_eq!(rel, "; rel=\"next\"");
+            assert!(target.starts_with(&format!("/tokens?limit={limit}&after=")));
+            uri = target.to_string();
+            assert!(pages.len() < 1000, "no end");
+        }
+        pages
+    }
+
+    #[tokio::test]
+    async fn paging_follows_link_in_order() {
+        let f = fixture(None);
+        // Ids that need encoding in a query: space, '@', '&', '#', '+', '%', '/', non-ASCII.
+        let odd = ["a b", "a@b", "a&b", "a#b", "a+b", "a%b", "a/b", "é", "x=y"];
+        for id in odd {
+            f.state.tokens.insert(
+                Provider::GitHub,
+                id,
+                TokenSeed::new(REFRESH).access_token(ACCESS),
+            );
+        }
+        for i in 0..250 {
+            f.state.tokens.insert(
+                Provider::Google,
+                format!("g{i:03}"),
+                TokenSeed::new(REFRESH),
+            );
+        }
+        let expected: Vec<(String, String)> = f
+            .state
+            .tokens
+            .list()
+            .iter()
+            .map(|a| (a.provider.to_string(), a.account.clone()))
+            .collect();
+        assert_eq!(expected.len(), 259);
+        for limit in [1, 7, 100, 258, 259, 1000] {
+            let pages = walk(&f, limit).await;
+            assert_eq!(pages.len(), 259usize.div_ceil(limit), "limit {limit}");
+            let mut seen = Vec::new();
+            for p in &pages {
+                assert!(p.len() <= limit);
+                for e in p {
+                    seen.push((
+                        e["provider"].as_str().unwrap().to_string(),
+                        e["account"].as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+            assert_eq!(seen, expected, "limit {limit}");
+        }
+        // The default page is everything here (fewer than 1000), with no Link.
+        let a = f.send("GET", "/tokens", None, "").await;
+        assert_eq!(a.json().as_array().unwrap().len(), 259);
+        assert!(a.headers.get("link").is_none());
+        // The Link of a page ending on an odd id, exactly.
+        let a = f
+            .send("GET", "/tokens?limit=1&after=github/a%20b", None, "")
+            .await;
+        assert_eq!(a.json()[0]["account"], "a#b");
+        assert_eq!(
+            a.headers["link"],
+            "</tokens?limit=1&after=github/a%23b>; rel=\"next\""
+        );
+        let a = f
+            .send("GET", "/tokens?after=github/a%2Fb&limit=1", None, "")
+            .await;
+        assert_eq!(a.json()[0]["account"], "a@b");
+        assert_eq!(
+            a.headers["link"],
+            "</tokens?limit=1&after=github/a%40b>; rel=\"next\""
+        );
+        f.assert_no_secrets();
+    }
+
+    #[tokio::test]
+    async fn paging_boundaries_and_bad_queries() {
+        let f = fixture(Some(ADMIN));
+        for id in ["a", "b", "c"] {
+            f.state
+                .tokens
+                .insert(Provider::Google, id, TokenSeed::new(REFRESH));
+        }
+        // After the last account (existing or not): an empty array, no Link.
+        for q in [
+            "after=google/c",
+            "after=github/zzz",
+            "after=github/a&limit=10000",
+        ] {
+            let a = f.send("GET", &format!("/tokens?{q}"), bearer(), "").await;
+            assert_eq!((a.status, a.body.as_str()), (200, "[]"), "{q}");
+            assert!(a.headers.get("link").is_none(), "{q}");
+        }
+        // Exactly the rest: no Link.
+        let a = f
+            .send("GET", "/tokens?after=google/a&limit=2", bearer(), "")
+            .await;
+        assert_eq!(a.json().as_array().unwrap().len(), 2);
+        assert!(a.headers.get("link").is_none());
+        // One short: a Link.
+        let a = f.send("GET", "/tokens?limit=2", bearer(), "").await;
+        assert_eq!(
+            a.headers["link"],
+            "</tokens?limit=2&after=google/b>; rel=\"next\""
+        );
+        // Empty pieces are ignored.
+        let a = f.send("GET", "/tokens?&limit=3&", bearer(), "").await;
+        assert_eq!((a.status, a.json().as_array().unwrap().len()), (200, 3));
+        for q in [
+            "limit=0",
+            "limit=10001",
+            "limit=99999999999999999999999",
+            "limit=-1",
+            "limit=+5",
+            "limit=",
+            "limit",
+            "limit=1.5",
+            "limit=ten",
+            "after=",
+            "after=google",
+            "after=google/",
+            "after=gitlab/a",
+            "after=/a",
+            "after=google/%zz",
+            "after=google/%ff",
+            "after=google%2",
+            "limit=1&limit=2",
+            "after=google/a&after=google/b",
+            "offset=5",
+            "LIMIT=5",
+        ] {
+            let a = f.send("GET", &format!("/tokens?{q}"), bearer(), "").await;
+            assert_eq!(a.status, 400, "{q}: {}", a.body);
+            assert_eq!(a.code(), "bad_request", "{q}");
+            assert!(a.headers.get("link").is_none());
+        }
+        let a = f.send("GET", "/tokens?limit=10001", bearer(), "").await;
+        assert_eq!(
+            a.json()["error"]["message"],
+            "limit must be an integer from 1 to 10000"
+        );
+        // `after` is percent-decoded as a whole: the '/' may be encoded too.
+        let a = f
+            .send("GET", "/tokens?after=google%2Fa", bearer(), "")
+            .await;
+        assert_eq!(a.json()[0]["account"], "b");
+        // The limit and the cursor are behind the admin token like the rest.
+        let a = f.send("GET", "/tokens?limit=1", None, "").await;
+        assert_eq!(a.status, 401);
+        let a = f.send("GET", "/tokens?limit=0", None, "").await;
+        assert_eq!(a.status, 401, "authorisation comes before validation");
+        f.assert_no_secrets();
+    }
+
+    #[tokio::test]
+    async fn the_listing_streams_in_chunks() {
+        let f = fixture(None);
+        for i in 0..(CHUNK * 3 + 5) {
+            f.state.tokens.insert(
+                Provider::GitHub,
+                format!("acct-{i:04}"),
+                TokenSeed::new(REFRESH).access_token(ACCESS),
+            );
+        }
+        let req = Request::get("/tokens")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = handle(&f.state, req).await;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), None);
+        // Accounts removed after the answer's head are left out; one chunk loses all of its.
+        for i in CHUNK..CHUNK * 2 {
+            assert!(f
+                .state
+                .tokens
+                .remove(Provider::GitHub, &format!("acct-{i:04}")));
+        }
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        assert!(body.is_end_stream());
+        // '[' + 100, 100 (the next non-empty ids), the last 5 + ']'.
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        assert!(frames.iter().all(|f| !f.is_empty()));
+        let text: String = frames
+            .iter()
+            .map(|f| std::str::from_utf8(f).unwrap())
+            .collect();
+        let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(list.len(), CHUNK * 2 + 5);
+        assert_eq!(list[CHUNK - 1]["account"], format!("acct-{:04}", CHUNK - 1));
+        assert_eq!(list[CHUNK]["account"], format!("acct-{:04}", CHUNK * 2));
+        assert!(!text.contains(ACCESS) && !text.contains(REFRESH));
+        // The chunk is bounded: no frame holds more than CHUNK entries.
+        for frame in &frames {
+            let entries = frame.windows(11).filter(|w| w == b"\"provider\"").count();
+            assert!(entries <= CHUNK, "{entries}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bearer_scheme_in_any_case() {
+        let f = fixture(Some(ADMIN));
+        for auth in [
+            "Bearer ADMIN-SECRET-xyz",
+            "bearer ADMIN-SECRET-xyz",
+            "BEARER ADMIN-SECRET-xyz",
+            "bEaReR ADMIN-SECRET-xyz",
+        ] {
+            for (method, path) in [("GET", "/tokens"), ("GET", "/tokens?limit=5")] {
+                let a = f.send(method, path, Some(auth), "").await;
+                assert_eq!(a.status, 200, "{auth}");
+            }
+            let a = f
+                .send("DELETE", "/tokens/google/nobody", Some(auth), "")
+                .await;
+            assert_eq!(a.status, 404, "{auth}: authorised, then unknown");
+        }
+        for auth in [
+            "Bearer admin-secret-xyz",
+            "Bearerx ADMIN-SECRET-xyz",
+            "Bear ADMIN-SECRET-xyz",
+        ] {
+            let a = f.send("GET", "/tokens", Some(auth), "").await;
+            assert_eq!(a.status, 401, "{auth}: the token itself is case-sensitive");
+        }
+    }
+
+    #[test]
+    fn list_query() {
+        assert_eq!(
+            parse_list_query(None),
+            Ok(ListQuery {
+                limit: DEFAULT_LIMIT,
+                after: None
+            })
+        );
+        assert_eq!(
+            parse_list_query(Some("after=github/octo%40home&limit=10000")),
+            Ok(ListQuery {
+                limit: MAX_LIMIT,
+                after: Some((Provider::GitHub, "octo@home".into()))
+            })
+        );
+        assert_eq!(
+            parse_list_query(Some("after=google/a/b")).unwrap().after,
+            Some((Provider::Google, "a/b".into()))
+        );
+        assert_eq!(
+            parse_list_query(Some("after=google/a+b")).unwrap().after,
+            Some((Provider::Google, "a+b".into()))
+        );
+        assert_eq!(
+            next_link(5, Provider::Google, "a b/é~-._"),
+            "</tokens?limit=5&after=google/a%20b%2F%C3%A9~-._>; rel=\"next\""
+        );
+        // What the Link encodes parses back to the same cursor.
+        for id in ["a b", "a&limit=3", "100%", "a/b", "é", "a+b", "~x"] {
+            let link = next_link(7, Provider::GitHub, id);
+            let target = link.to_str().unwrap();
+            let query = target
+                .strip_prefix("</tokens?")
+                .and_then(|t| t.strip_suffix(">; rel=\"next\""))
+                .unwrap();
+            assert_eq!(
+                parse_list_query(Some(query)),
+                Ok(ListQuery {
+                    limit: 7,
+                    after: Some((Provider::GitHub, id.to_string()))
+                }),
+                "{id}"
+            );
         }
     }
 

@@ -194,7 +194,6 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::sync::Arc;
 
     use crate::provider::Provider::{self, GitHub, Google};
     use crate::refresh::scripted::{Script, Scripted};
