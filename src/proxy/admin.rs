@@ -23,11 +23,11 @@
 //!   order. The last page has no `Link`; a page after the last account is `[]`.
 //!
 //! A page costs O(log n + limit) whatever the number of accounts ([`Tokens::list_page`]'s
-//! index). The body streams: the page's ids are taken at once (shared pointers, no copies), then
-//! entries are looked up and serialised [`CHUNK`] at a time as hyper asks for the next frame,
-//! so a listing holds at most one chunk of JSON and a slow reader holds no more. Each chunk is
-//! a short, bounded piece of work on the runtime, so listings interleave with proxied requests
-//! instead of stalling them.
+//! index). The body streams ([`ListingBody`]): the page's ids are taken at once (shared
+//! pointers, no copies), then entries are looked up and serialised [`CHUNK`] at a time by a
+//! producer on a thread of its own, one chunk ahead of the socket, so a listing holds at most
+//! two chunks of JSON, a slow reader holds no more, and the serialising never runs on the
+//! proxy's workers (see `listing.rs`).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -38,8 +38,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::provider::Provider;
 use crate::proxy::errors::{self, Code};
@@ -50,22 +49,10 @@ use crate::tokens::{AccountInfo, Tokens};
 /// The largest request body the admin API reads (64 KiB); larger ones get 413.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// The page size of `GET /tokens` without `?limit=`.
-pub const DEFAULT_LIMIT: usize = 1000;
+mod listing;
 
-/// The largest `?limit=` of `GET /tokens`; a larger one is `400 bad_request`.
-pub const MAX_LIMIT: usize = 10_000;
-
-/// How many accounts one frame of a streamed `GET /tokens` body holds at most.
-pub const CHUNK: usize = 100;
-
-/// What the `Link` header percent-encodes in an account id: all but RFC 3986's unreserved
-/// characters.
-const ACCOUNT_IN_QUERY: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+use listing::ListingEntry;
+pub use listing::{ListingBody, CHUNK, DEFAULT_LIMIT, MAX_LIMIT};
 
 /// What the admin handler works on.
 ///
@@ -461,183 +448,35 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// One account's listing entry (SPEC 4.5): never a token value.
-#[derive(Serialize)]
-struct ListingEntry<'a> {
-    provider: &'static str,
-    account: &'a str,
-    expires_at: Option<u64>,
-    generation: u64,
-    needs_reauth: bool,
-    last_refresh_at: Option<u64>,
-    last_error: Option<&'a str>,
-}
-
-impl<'a> From<&'a AccountInfo> for ListingEntry<'a> {
-    fn from(a: &'a AccountInfo) -> Self {
-        ListingEntry {
-            provider: a.provider.as_str(),
-            account: &a.account,
-            expires_at: a.expires_at,
-            generation: a.generation,
-            needs_reauth: a.needs_reauth,
-            last_refresh_at: a.last_refresh_at,
-            last_error: a.last_error.as_deref(),
-        }
-    }
-}
-
 /// One account's listing entry as a JSON value (the answer of `PUT`).
 fn listing_entry(a: &AccountInfo) -> serde_json::Value {
     serde_json::to_value(ListingEntry::from(a)).unwrap_or_default()
 }
 
-// ---------------------------------------------------------------------------------------------
-// GET /tokens: paged and streamed.
-// ---------------------------------------------------------------------------------------------
-
-/// The query of `GET /tokens`.
-#[derive(Debug, PartialEq, Eq)]
-struct ListQuery {
-    limit: usize,
-    after: Option<(Provider, String)>,
-}
-
-/// Parses `limit=N&after=provider/account` (see the module docs).
-fn parse_list_query(query: Option<&str>) -> Result<ListQuery, String> {
-    let mut limit = None;
-    let mut after = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "limit" if limit.is_none() => {
-                let n = value.parse::<usize>().ok().filter(|n| {
-                    (1..=MAX_LIMIT).contains(n) && value.bytes().all(|b| b.is_ascii_digit())
-                });
-                limit =
-                    Some(n.ok_or_else(|| {
-                        format!("limit must be an integer from 1 to {MAX_LIMIT}")
-                    })?);
-            }
-            "after" if after.is_none() => {
-                let invalid = || {
-                    "after must be provider/account (provider \"google\" or \"github\", \
-                     the account percent-encoded)"
-                        .to_string()
-                };
-                let decoded = percent_decode(value).ok_or_else(invalid)?;
-                let (provider, account) = decoded.split_once('/').ok_or_else(invalid)?;
-                let provider: Provider = provider.parse().map_err(|_| invalid())?;
-                if account.is_empty() {
-                    return Err(invalid());
-                }
-                after = Some((provider, account.to_string()));
-            }
-            "limit" | "after" => return Err("each query parameter may be given once".into()),
-            // Never echoed: the query is the caller's input.
-            _ => return Err("unknown query parameter; GET /tokens accepts limit and after".into()),
-        }
-    }
-    Ok(ListQuery {
-        limit: limit.unwrap_or(DEFAULT_LIMIT),
-        after,
-    })
-}
-
-/// `</tokens?limit=N&after=provider/account>; rel="next"`.
-fn next_link(limit: usize, provider: Provider, account: &str) -> HeaderValue {
-    let link = format!(
-        "</tokens?limit={limit}&after={}/{}>; rel=\"next\"",
-        provider.as_str(),
-        utf8_percent_encode(account, ACCOUNT_IN_QUERY)
-    );
-    // Only ASCII is left after encoding.
-    HeaderValue::try_from(link).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// The answer of `GET /tokens`: the page's ids now, the entries streamed.
+/// The answer of `GET /tokens` (see the module docs).
 fn list(state: &AdminState, query: Option<&str>) -> Response<AdminBody> {
-    let q = match parse_list_query(query) {
+    let q = match listing::parse_list_query(query) {
         Ok(q) => q,
         Err(message) => return bad_request(&message).map(AdminBody::from),
     };
-    let page = state
-        .tokens
-        .page_ids(q.after.as_ref().map(|(p, a)| (*p, a.as_str())), q.limit);
-    let next = match (page.more, page.ids.last()) {
-        (true, Some((p, id))) => Some(next_link(q.limit, *p, id)),
-        _ => None,
+    let Some((link, body)) = listing::page(&state.tokens, &q) else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the listing could not be started",
+        )
+        .map(AdminBody::from);
     };
-    let mut resp = Response::new(AdminBody(Kind::Listing(Listing {
-        tokens: state.tokens.clone(),
-        ids: page.ids.into_iter(),
-        opened: false,
-        written: 0,
-        done: false,
-    })));
+    let mut resp = Response::new(AdminBody(Kind::Listing(body)));
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(link) = next {
+    if let Some(link) = link {
         headers.insert(header::LINK, link);
     }
     resp
-}
-
-/// The streamed JSON array of one page: entries looked up and serialised [`CHUNK`] at a time.
-struct Listing {
-    tokens: Tokens,
-    ids: std::vec::IntoIter<(Provider, Arc<str>)>,
-    /// `[` written.
-    opened: bool,
-    /// Entries written (a `,` goes before every one but the first).
-    written: usize,
-    /// `]` written.
-    done: bool,
-}
-
-impl Listing {
-    /// The next non-empty piece of the array, or `None` after the `]`.
-    fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
-        let mut buf = Vec::with_capacity(CHUNK * 192);
-        if !self.opened {
-            self.opened = true;
-            buf.push(b'[');
-        }
-        let prefix = buf.len();
-        // Accounts removed since the ids were taken are skipped: go on until the piece holds
-        // an entry or the `]`, looking at most CHUNK ids per round.
-        loop {
-            for (provider, id) in self.ids.by_ref().take(CHUNK) {
-                let Some(info) = self.tokens.get(provider, &id) else {
-                    continue;
-                };
-                let start = buf.len();
-                if self.written > 0 {
-                    buf.push(b',');
-                }
-                if serde_json::to_writer(&mut buf, &ListingEntry::from(&info)).is_ok() {
-                    self.written += 1;
-                } else {
-                    buf.truncate(start);
-                }
-            }
-            if self.ids.len() == 0 {
-                buf.push(b']');
-                self.done = true;
-                break;
-            }
-            if buf.len() > prefix {
-                break;
-            }
-        }
-        Some(Bytes::from(buf))
-    }
 }
 
 /// The body of the admin listener's answers: one buffer, or a streamed `GET /tokens` page.
@@ -656,7 +495,7 @@ pub struct AdminBody(Kind);
 
 enum Kind {
     Full(Full<Bytes>),
-    Listing(Listing),
+    Listing(ListingBody),
 }
 
 impl From<Full<Bytes>> for AdminBody {
@@ -684,21 +523,21 @@ impl Body for AdminBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match &mut self.get_mut().0 {
             Kind::Full(body) => Pin::new(body).poll_frame(cx),
-            Kind::Listing(listing) => Poll::Ready(listing.next_chunk().map(|b| Ok(Frame::data(b)))),
+            Kind::Listing(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Full(body) => body.is_end_stream(),
-            Kind::Listing(listing) => listing.done,
+            Kind::Listing(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Full(body) => body.size_hint(),
-            Kind::Listing(_) => SizeHint::default(),
+            Kind::Listing(body) => body.size_hint(),
         }
     }
 }
@@ -1416,36 +1255,27 @@ mod tests {
             .unwrap();
         let resp = handle(&f.state, req).await;
         assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("content-length").is_none());
         let mut body = resp.into_body();
-        assert!(!body.is_end_stream());
         assert_eq!(body.size_hint().exact(), None);
-        // Accounts removed after the answer's head are left out; one chunk loses all of its.
-        for i in CHUNK..CHUNK * 2 {
-            assert!(f
-                .state
-                .tokens
-                .remove(Provider::GitHub, &format!("acct-{i:04}")));
-        }
         let mut frames = Vec::new();
         while let Some(frame) = body.frame().await {
             frames.push(frame.unwrap().into_data().unwrap());
         }
-        assert!(body.is_end_stream());
-        // '[' + 100, 100 (the next non-empty ids), the last 5 + ']'.
-        assert_eq!(frames.len(), 3, "{frames:?}");
-        assert!(frames.iter().all(|f| !f.is_empty()));
+        // '[' + 100, 100, 100, the last 5 + ']'.
+        assert_eq!(frames.len(), 4, "{frames:?}");
         let text: String = frames
             .iter()
             .map(|f| std::str::from_utf8(f).unwrap())
             .collect();
         let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-        assert_eq!(list.len(), CHUNK * 2 + 5);
-        assert_eq!(list[CHUNK - 1]["account"], format!("acct-{:04}", CHUNK - 1));
-        assert_eq!(list[CHUNK]["account"], format!("acct-{:04}", CHUNK * 2));
+        assert_eq!(list.len(), CHUNK * 3 + 5);
+        for (i, e) in list.iter().enumerate() {
+            assert_eq!(e["account"], format!("acct-{i:04}"));
+        }
         assert!(!text.contains(ACCESS) && !text.contains(REFRESH));
-        // The chunk is bounded: no frame holds more than CHUNK entries.
         for frame in &frames {
-            let entries = frame.windows(11).filter(|w| w == b"\"provider\"").count();
+            let entries = frame.windows(10).filter(|w| w == b"\"provider\"").count();
             assert!(entries <= CHUNK, "{entries}");
         }
     }
@@ -1475,53 +1305,6 @@ mod tests {
         ] {
             let a = f.send("GET", "/tokens", Some(auth), "").await;
             assert_eq!(a.status, 401, "{auth}: the token itself is case-sensitive");
-        }
-    }
-
-    #[test]
-    fn list_query() {
-        assert_eq!(
-            parse_list_query(None),
-            Ok(ListQuery {
-                limit: DEFAULT_LIMIT,
-                after: None
-            })
-        );
-        assert_eq!(
-            parse_list_query(Some("after=github/octo%40home&limit=10000")),
-            Ok(ListQuery {
-                limit: MAX_LIMIT,
-                after: Some((Provider::GitHub, "octo@home".into()))
-            })
-        );
-        assert_eq!(
-            parse_list_query(Some("after=google/a/b")).unwrap().after,
-            Some((Provider::Google, "a/b".into()))
-        );
-        assert_eq!(
-            parse_list_query(Some("after=google/a+b")).unwrap().after,
-            Some((Provider::Google, "a+b".into()))
-        );
-        assert_eq!(
-            next_link(5, Provider::Google, "a b/é~-._"),
-            "</tokens?limit=5&after=google/a%20b%2F%C3%A9~-._>; rel=\"next\""
-        );
-        // What the Link encodes parses back to the same cursor.
-        for id in ["a b", "a&limit=3", "100%", "a/b", "é", "a+b", "~x"] {
-            let link = next_link(7, Provider::GitHub, id);
-            let target = link.to_str().unwrap();
-            let query = target
-                .strip_prefix("</tokens?")
-                .and_then(|t| t.strip_suffix(">; rel=\"next\""))
-                .unwrap();
-            assert_eq!(
-                parse_list_query(Some(query)),
-                Ok(ListQuery {
-                    limit: 7,
-                    after: Some((Provider::GitHub, id.to_string()))
-                }),
-                "{id}"
-            );
         }
     }
 
