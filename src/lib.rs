@@ -77,5 +77,6 @@ pub use refresh::{
 pub use token::{Secret, TokenSeed};
 pub use tokens::store;
 pub use tokens::{
-    AccountInfo, Events, ProviderStats, RefreshEvent, RefreshOutcome, Tokens, TokensBuilder,
+    AccountInfo, AccountPage, Events, ProviderStats, RefreshEvent, RefreshOutcome, Tokens,
+    TokensBuilder,
 };

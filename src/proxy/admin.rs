@@ -4,12 +4,39 @@
 //! No answer and no log line ever carries a token value: listings hold expiries and
 //! generations only, error bodies never echo the request body, and only the method, path and
 //! status are logged (at debug).
+//!
+//! # Paged, streamed listing
+//!
+//! `GET /tokens?limit=N&after=provider/account` answers one page of the accounts sorted by
+//! provider (`google`, then `github`) and account id (byte order), strictly after `after`:
+//!
+//! * `limit`: from 1 to [`MAX_LIMIT`] (10 000); default [`DEFAULT_LIMIT`] (1 000). A larger
+//!   value, 0 or a non-number is `400 bad_request` — not clamped, so a client asking for more
+//!   than a page learns it at once.
+//! * `after`: `provider/account`, percent-decoded as a whole (strictly: a malformed escape or
+//!   invalid UTF-8 is 400; `+` is a plus), split at the first `/`; an unknown provider or an
+//!   empty account is 400. It need not name an existing account.
+//! * any other query parameter, or one given twice, is 400.
+//! * when more accounts remain, `Link: </tokens?limit=N&after=provider/account>; rel="next"`
+//!   names the next page (the account id percent-encoded, all but `A-Z a-z 0-9 - . _ ~`).
+//!   Following it from the first page visits every account that exists throughout, once, in
+//!   order. The last page has no `Link`; a page after the last account is `[]`.
+//!
+//! A page costs O(log n + limit) whatever the number of accounts ([`Tokens::list_page`]'s
+//! index). The body streams ([`ListingBody`]): the page's ids are taken at once (shared
+//! pointers, no copies), then entries are looked up and serialised [`CHUNK`] at a time by a
+//! producer on a thread of its own, one chunk ahead of the socket, so a listing holds at most
+//! two chunks of JSON, a slow reader holds no more, and the serialising never runs on the
+//! proxy's workers (see `listing.rs`).
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 
@@ -21,6 +48,11 @@ use crate::tokens::{AccountInfo, Tokens};
 
 /// The largest request body the admin API reads (64 KiB); larger ones get 413.
 pub const MAX_BODY: usize = 64 * 1024;
+
+mod listing;
+
+use listing::ListingEntry;
+pub use listing::{ListingBody, CHUNK, DEFAULT_LIMIT, MAX_LIMIT};
 
 /// What the admin handler works on.
 ///
@@ -75,7 +107,9 @@ impl std::fmt::Debug for AdminState {
 /// Unknown paths get 404 `not_found`, a wrong method 405 `method_not_allowed` (with `Allow`),
 /// malformed input 400 `bad_request`, a body over [`MAX_BODY`] 413 `payload_too_large`, and —
 /// when `admin_token` is set — a `/tokens` request without the right bearer 401
-/// `unauthorized` (with `WWW-Authenticate: Bearer`). Account ids in paths are percent-decoded.
+/// `unauthorized` (with `WWW-Authenticate: Bearer`; the scheme is matched case-insensitively,
+/// the token in constant time). Account ids in paths are percent-decoded. `GET /tokens` is paged
+/// and streamed (see the [module docs](self)).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -100,9 +134,17 @@ impl std::fmt::Debug for AdminState {
 ///
 /// let anonymous = http::Request::get("/tokens").body(Full::new(Bytes::new())).unwrap();
 /// assert_eq!(handle(&state, anonymous).await.status(), 401);
+///
+/// let page = http::Request::get("/tokens?limit=1")
+///     .header("authorization", "bearer admin-secret")
+///     .body(Full::new(Bytes::new()))
+///     .unwrap();
+/// let resp = handle(&state, page).await;
+/// assert_eq!(resp.status(), 200);
+/// assert!(resp.headers().get("link").is_none(), "one account: no next page");
 /// # });
 /// ```
-pub async fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Full<Bytes>>
+pub async fn handle<B>(state: &AdminState, req: Request<B>) -> Response<AdminBody>
 where
     B: Body,
     B::Error: std::fmt::Display,
@@ -114,7 +156,22 @@ where
     resp
 }
 
-async fn route<B>(state: &AdminState, req: Request<B>) -> Response<Full<Bytes>>
+async fn route<B>(state: &AdminState, req: Request<B>) -> Response<AdminBody>
+where
+    B: Body,
+    B::Error: std::fmt::Display,
+{
+    if req.uri().path() == "/tokens" && req.method() == Method::GET {
+        if let Some(denied) = check_admin_token(state, req.headers()) {
+            return denied.map(AdminBody::from);
+        }
+        return list(state, req.uri().query());
+    }
+    other(state, req).await.map(AdminBody::from)
+}
+
+/// Everything but the listing.
+async fn other<B>(state: &AdminState, req: Request<B>) -> Response<Full<Bytes>>
 where
     B: Body,
     B::Error: std::fmt::Display,
@@ -154,29 +211,14 @@ where
 
     // Everything else is the token API (or unknown): behind the admin token when set, so an
     // anonymous caller learns nothing about the paths either.
-    if let Some(token) = &state.admin_token {
-        if !authorized(token, req.headers()) {
-            let mut resp = json_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this endpoint requires Authorization: Bearer <admin_token>",
-            );
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
-        }
+    if let Some(denied) = check_admin_token(state, req.headers()) {
+        return denied;
     }
 
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match segments.as_slice() {
-        ["tokens"] => match *req.method() {
-            Method::GET => {
-                let list: Vec<serde_json::Value> =
-                    state.tokens.list().iter().map(listing_entry).collect();
-                json(StatusCode::OK, &serde_json::Value::Array(list))
-            }
-            _ => method_not_allowed("GET"),
-        },
+        // GET is answered by `list`.
+        ["tokens"] => method_not_allowed("GET"),
         ["tokens", provider, account] => {
             let allowed = "PUT, DELETE";
             if *req.method() != Method::PUT && *req.method() != Method::DELETE {
@@ -331,6 +373,25 @@ where
     Ok(buf.freeze())
 }
 
+/// `None` when the request may use the token API; else the 401 answer.
+fn check_admin_token(
+    state: &AdminState,
+    headers: &http::HeaderMap,
+) -> Option<Response<Full<Bytes>>> {
+    let token = state.admin_token.as_ref()?;
+    if authorized(token, headers) {
+        return None;
+    }
+    let mut resp = json_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this endpoint requires Authorization: Bearer <admin_token>",
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(resp)
+}
+
 /// Checks `Authorization: Bearer <token>` (scheme case-insensitive) in constant time.
 fn authorized(token: &Secret, headers: &http::HeaderMap) -> bool {
     let Some(value) = headers
@@ -387,17 +448,98 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// One account's listing entry (SPEC 4.5): never a token value.
+/// One account's listing entry as a JSON value (the answer of `PUT`).
 fn listing_entry(a: &AccountInfo) -> serde_json::Value {
-    serde_json::json!({
-        "provider": a.provider.as_str(),
-        "account": a.account,
-        "expires_at": a.expires_at,
-        "generation": a.generation,
-        "needs_reauth": a.needs_reauth,
-        "last_refresh_at": a.last_refresh_at,
-        "last_error": a.last_error,
-    })
+    serde_json::to_value(ListingEntry::from(a)).unwrap_or_default()
+}
+
+/// The answer of `GET /tokens` (see the module docs).
+fn list(state: &AdminState, query: Option<&str>) -> Response<AdminBody> {
+    let q = match listing::parse_list_query(query) {
+        Ok(q) => q,
+        Err(message) => return bad_request(&message).map(AdminBody::from),
+    };
+    let Some((link, body)) = listing::page(&state.tokens, &q) else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the listing could not be started",
+        )
+        .map(AdminBody::from);
+    };
+    let mut resp = Response::new(AdminBody(Kind::Listing(body)));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(link) = link {
+        headers.insert(header::LINK, link);
+    }
+    resp
+}
+
+/// The body of the admin listener's answers: one buffer, or a streamed `GET /tokens` page.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use oauth_refresh_proxy::proxy::admin::AdminBody;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let body = AdminBody::from(Full::new(Bytes::from_static(b"ok")));
+/// assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
+/// # });
+/// ```
+pub struct AdminBody(Kind);
+
+enum Kind {
+    Full(Full<Bytes>),
+    Listing(ListingBody),
+}
+
+impl From<Full<Bytes>> for AdminBody {
+    fn from(body: Full<Bytes>) -> Self {
+        AdminBody(Kind::Full(body))
+    }
+}
+
+impl std::fmt::Debug for AdminBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Full(_) => "AdminBody::Full",
+            Kind::Listing(_) => "AdminBody::Listing",
+        })
+    }
+}
+
+impl Body for AdminBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut self.get_mut().0 {
+            Kind::Full(body) => Pin::new(body).poll_frame(cx),
+            Kind::Listing(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Full(body) => body.is_end_stream(),
+            Kind::Listing(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Full(body) => body.size_hint(),
+            Kind::Listing(body) => body.size_hint(),
+        }
+    }
 }
 
 fn unknown_account(provider: Provider, account: &str) -> Response<Full<Bytes>> {
@@ -927,6 +1069,242 @@ mod tests {
             assert_eq!(a.status, 405, "{method} {path}");
             assert_eq!(a.headers["allow"], allow);
             assert_eq!(a.code(), "method_not_allowed");
+        }
+    }
+
+    /// Walks `GET /tokens?limit=N` along its `Link`s; returns the pages (as JSON arrays).
+    async fn walk(f: &Fixture, limit: usize) -> Vec<Vec<serde_json::Value>> {
+        let mut pages = Vec::new();
+        let mut uri = format!("/tokens?limit={limit}");
+        loop {
+            let a = f.send("GET", &uri, None, "").await;
+            assert_eq!(a.status, 200, "{uri}: {}", a.body);
+            assert_eq!(a.headers["content-type"], "application/json");
+            pages.push(a.json().as_array().unwrap().clone());
+            let Some(link) = a.headers.get("link") else {
+                break;
+            };
+            let link = link.to_str().unwrap();
+            let rest = link.strip_prefix('<').unwrap();
+            let (target, rel) = rest.split_once('>').unwrap();
+            assert_eq!(rel, "; rel=\"next\"");
+            assert!(target.starts_with(&format!("/tokens?limit={limit}&after=")));
+            uri = target.to_string();
+            assert!(pages.len() < 1000, "no end");
+        }
+        pages
+    }
+
+    #[tokio::test]
+    async fn paging_follows_link_in_order() {
+        let f = fixture(None);
+        // Ids that need encoding in a query: space, '@', '&', '#', '+', '%', '/', non-ASCII.
+        let odd = ["a b", "a@b", "a&b", "a#b", "a+b", "a%b", "a/b", "é", "x=y"];
+        for id in odd {
+            f.state.tokens.insert(
+                Provider::GitHub,
+                id,
+                TokenSeed::new(REFRESH).access_token(ACCESS),
+            );
+        }
+        for i in 0..250 {
+            f.state.tokens.insert(
+                Provider::Google,
+                format!("g{i:03}"),
+                TokenSeed::new(REFRESH),
+            );
+        }
+        let expected: Vec<(String, String)> = f
+            .state
+            .tokens
+            .list()
+            .iter()
+            .map(|a| (a.provider.to_string(), a.account.clone()))
+            .collect();
+        assert_eq!(expected.len(), 259);
+        for limit in [1, 7, 100, 258, 259, 1000] {
+            let pages = walk(&f, limit).await;
+            assert_eq!(pages.len(), 259usize.div_ceil(limit), "limit {limit}");
+            let mut seen = Vec::new();
+            for p in &pages {
+                assert!(p.len() <= limit);
+                for e in p {
+                    seen.push((
+                        e["provider"].as_str().unwrap().to_string(),
+                        e["account"].as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+            assert_eq!(seen, expected, "limit {limit}");
+        }
+        // The default page is everything here (fewer than 1000), with no Link.
+        let a = f.send("GET", "/tokens", None, "").await;
+        assert_eq!(a.json().as_array().unwrap().len(), 259);
+        assert!(a.headers.get("link").is_none());
+        // The Link of a page ending on an odd id, exactly.
+        let a = f
+            .send("GET", "/tokens?limit=1&after=github/a%20b", None, "")
+            .await;
+        assert_eq!(a.json()[0]["account"], "a#b");
+        assert_eq!(
+            a.headers["link"],
+            "</tokens?limit=1&after=github/a%23b>; rel=\"next\""
+        );
+        let a = f
+            .send("GET", "/tokens?after=github/a%2Fb&limit=1", None, "")
+            .await;
+        assert_eq!(a.json()[0]["account"], "a@b");
+        assert_eq!(
+            a.headers["link"],
+            "</tokens?limit=1&after=github/a%40b>; rel=\"next\""
+        );
+        f.assert_no_secrets();
+    }
+
+    #[tokio::test]
+    async fn paging_boundaries_and_bad_queries() {
+        let f = fixture(Some(ADMIN));
+        for id in ["a", "b", "c"] {
+            f.state
+                .tokens
+                .insert(Provider::Google, id, TokenSeed::new(REFRESH));
+        }
+        // After the last account (existing or not): an empty array, no Link.
+        for q in [
+            "after=google/c",
+            "after=github/zzz",
+            "after=github/a&limit=10000",
+        ] {
+            let a = f.send("GET", &format!("/tokens?{q}"), bearer(), "").await;
+            assert_eq!((a.status, a.body.as_str()), (200, "[]"), "{q}");
+            assert!(a.headers.get("link").is_none(), "{q}");
+        }
+        // Exactly the rest: no Link.
+        let a = f
+            .send("GET", "/tokens?after=google/a&limit=2", bearer(), "")
+            .await;
+        assert_eq!(a.json().as_array().unwrap().len(), 2);
+        assert!(a.headers.get("link").is_none());
+        // One short: a Link.
+        let a = f.send("GET", "/tokens?limit=2", bearer(), "").await;
+        assert_eq!(
+            a.headers["link"],
+            "</tokens?limit=2&after=google/b>; rel=\"next\""
+        );
+        // Empty pieces are ignored.
+        let a = f.send("GET", "/tokens?&limit=3&", bearer(), "").await;
+        assert_eq!((a.status, a.json().as_array().unwrap().len()), (200, 3));
+        for q in [
+            "limit=0",
+            "limit=10001",
+            "limit=99999999999999999999999",
+            "limit=-1",
+            "limit=+5",
+            "limit=",
+            "limit",
+            "limit=1.5",
+            "limit=ten",
+            "after=",
+            "after=google",
+            "after=google/",
+            "after=gitlab/a",
+            "after=/a",
+            "after=google/%zz",
+            "after=google/%ff",
+            "after=google%2",
+            "limit=1&limit=2",
+            "after=google/a&after=google/b",
+            "offset=5",
+            "LIMIT=5",
+        ] {
+            let a = f.send("GET", &format!("/tokens?{q}"), bearer(), "").await;
+            assert_eq!(a.status, 400, "{q}: {}", a.body);
+            assert_eq!(a.code(), "bad_request", "{q}");
+            assert!(a.headers.get("link").is_none());
+        }
+        let a = f.send("GET", "/tokens?limit=10001", bearer(), "").await;
+        assert_eq!(
+            a.json()["error"]["message"],
+            "limit must be an integer from 1 to 10000"
+        );
+        // `after` is percent-decoded as a whole: the '/' may be encoded too.
+        let a = f
+            .send("GET", "/tokens?after=google%2Fa", bearer(), "")
+            .await;
+        assert_eq!(a.json()[0]["account"], "b");
+        // The limit and the cursor are behind the admin token like the rest.
+        let a = f.send("GET", "/tokens?limit=1", None, "").await;
+        assert_eq!(a.status, 401);
+        let a = f.send("GET", "/tokens?limit=0", None, "").await;
+        assert_eq!(a.status, 401, "authorisation comes before validation");
+        f.assert_no_secrets();
+    }
+
+    #[tokio::test]
+    async fn the_listing_streams_in_chunks() {
+        let f = fixture(None);
+        for i in 0..(CHUNK * 3 + 5) {
+            f.state.tokens.insert(
+                Provider::GitHub,
+                format!("acct-{i:04}"),
+                TokenSeed::new(REFRESH).access_token(ACCESS),
+            );
+        }
+        let req = Request::get("/tokens")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = handle(&f.state, req).await;
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("content-length").is_none());
+        let mut body = resp.into_body();
+        assert_eq!(body.size_hint().exact(), None);
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        // '[' + 100, 100, 100, the last 5 + ']'.
+        assert_eq!(frames.len(), 4, "{frames:?}");
+        let text: String = frames
+            .iter()
+            .map(|f| std::str::from_utf8(f).unwrap())
+            .collect();
+        let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(list.len(), CHUNK * 3 + 5);
+        for (i, e) in list.iter().enumerate() {
+            assert_eq!(e["account"], format!("acct-{i:04}"));
+        }
+        assert!(!text.contains(ACCESS) && !text.contains(REFRESH));
+        for frame in &frames {
+            let entries = frame.windows(10).filter(|w| w == b"\"provider\"").count();
+            assert!(entries <= CHUNK, "{entries}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bearer_scheme_in_any_case() {
+        let f = fixture(Some(ADMIN));
+        for auth in [
+            "Bearer ADMIN-SECRET-xyz",
+            "bearer ADMIN-SECRET-xyz",
+            "BEARER ADMIN-SECRET-xyz",
+            "bEaReR ADMIN-SECRET-xyz",
+        ] {
+            for (method, path) in [("GET", "/tokens"), ("GET", "/tokens?limit=5")] {
+                let a = f.send(method, path, Some(auth), "").await;
+                assert_eq!(a.status, 200, "{auth}");
+            }
+            let a = f
+                .send("DELETE", "/tokens/google/nobody", Some(auth), "")
+                .await;
+            assert_eq!(a.status, 404, "{auth}: authorised, then unknown");
+        }
+        for auth in [
+            "Bearer admin-secret-xyz",
+            "Bearerx ADMIN-SECRET-xyz",
+            "Bear ADMIN-SECRET-xyz",
+        ] {
+            let a = f.send("GET", "/tokens", Some(auth), "").await;
+            assert_eq!(a.status, 401, "{auth}: the token itself is case-sensitive");
         }
     }
 

@@ -59,6 +59,7 @@
 //!   answer is awaited — that could spend the refresh token twice.
 
 mod events;
+mod index;
 pub mod store;
 
 use std::sync::Arc;
@@ -69,6 +70,7 @@ use http::HeaderValue;
 use tokio::sync::watch;
 
 pub use events::{Events, RefreshEvent, RefreshOutcome};
+pub use index::AccountPage;
 
 use crate::error::Error;
 use crate::provider::{Account, Provider};
@@ -198,6 +200,8 @@ fn bump(c: &std::sync::atomic::AtomicU64) {
 
 struct Inner {
     maps: [DashMap<Arc<str>, Entry, foldhash::fast::RandomState>; 2],
+    /// The maps' ids, sorted, for paged listings; changed only under the map's entry guard.
+    index: index::Index,
     counters: [Counters; 2],
     refresher: Arc<dyn Refresher>,
     policy: RetryPolicy,
@@ -334,6 +338,7 @@ impl TokensBuilder {
                     DashMap::with_hasher(Default::default()),
                     DashMap::with_hasher(Default::default()),
                 ],
+                index: Default::default(),
                 counters: Default::default(),
                 refresher: self.refresher,
                 policy: self.policy,
@@ -616,6 +621,10 @@ impl Tokens {
                 last_error: None,
             }
         });
+        if !existed {
+            // Under the new entry's guard: lock order map entry, then index.
+            self.inner.index.insert(state.provider, e.key().clone());
+        }
         if !local && existed && e.generation >= state.generation {
             return existed;
         }
@@ -661,7 +670,7 @@ impl Tokens {
                 }
             }
             StoreUpdate::Removed { provider, account } => {
-                self.inner.maps[idx(provider)].remove(account.as_str());
+                self.remove(provider, &account);
             }
         }
     }
@@ -674,10 +683,12 @@ impl Tokens {
     /// assert!(!tokens.remove(Provider::Google, "nobody"));
     /// ```
     pub fn remove(&self, provider: Provider, account: &str) -> bool {
-        self.inner.maps[idx(provider)].remove(account).is_some()
+        let map = &self.inner.maps[idx(provider)];
+        index::remove(map, &self.inner.index, provider, account)
     }
 
-    /// Lists every account, sorted by provider and account, without any secret.
+    /// Lists every account, sorted by provider and account, without any secret. With many
+    /// accounts, prefer [`Tokens::list_page`], which reads one page at a time.
     ///
     /// ```
     /// # use oauth_refresh_proxy::{BackendRefresher, Tokens};
@@ -685,14 +696,7 @@ impl Tokens {
     /// assert!(tokens.list().is_empty());
     /// ```
     pub fn list(&self) -> Vec<AccountInfo> {
-        let mut out = Vec::new();
-        for p in Provider::ALL {
-            for e in self.inner.maps[idx(p)].iter() {
-                out.push(info(p, e.key(), e.value()));
-            }
-        }
-        out.sort_by(|a, b| (a.provider, &a.account).cmp(&(b.provider, &b.account)));
-        out
+        self.list_page(None, usize::MAX).entries
     }
 
     /// One account's listing entry.
