@@ -301,6 +301,24 @@ impl Realm {
         self.st().seen.clone()
     }
 
+    /// Forgets what the API saw ([`Realm::seen`]) and the recorded backend calls
+    /// ([`Realm::backend_requests`]), so that a long run (the `soak` example) stays bounded in
+    /// memory; the counters ([`Realm::api_calls`], [`Realm::backend_calls`]) and the valid
+    /// tokens are kept.
+    ///
+    /// ```
+    /// use oauth_refresh_proxy::demo::Realm;
+    ///
+    /// let realm = Realm::new("doc", false);
+    /// realm.clear_seen();
+    /// assert!(realm.seen().is_empty() && realm.backend_requests().is_empty());
+    /// ```
+    pub fn clear_seen(&self) {
+        let mut st = self.st();
+        st.seen = Vec::new();
+        st.backend_requests = Vec::new();
+    }
+
     /// (path, authorization, body) of every backend call.
     pub fn backend_requests(&self) -> Vec<(String, Option<String>, String)> {
         self.st().backend_requests.clone()
