@@ -65,6 +65,8 @@ pub mod layer;
 mod provider;
 pub mod proxy;
 pub mod refresh;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 pub mod token;
 mod tokens;
 
