@@ -61,6 +61,8 @@
 
 pub mod demo;
 mod error;
+#[cfg(feature = "google-apis")]
+pub mod google_apis;
 pub mod layer;
 mod provider;
 pub mod proxy;
