@@ -11,7 +11,7 @@
 //!   untouched: no token is ever sent to another host.
 //! * **Account**: an [`Account`] request extension, else the middleware's
 //!   [`default_account`](RefreshMiddleware::default_account), else the call fails with
-//!   [`ErrorKind::AccountRequired`](crate::ErrorKind::AccountRequired).
+//!   [`ErrorKind::AccountRequired`].
 //! * **Inject**: any `Authorization` header is replaced with `Bearer <the account's token>`,
 //!   marked sensitive; a token that is missing, expired or within `skew` is refreshed first
 //!   (joining a refresh under way).
@@ -231,7 +231,7 @@ fn middleware_error(e: Error) -> reqwest_middleware::Error {
     reqwest_middleware::Error::middleware(e)
 }
 
-/// The cache's [`Error`](crate::Error) inside an error of a client with [`RefreshMiddleware`]
+/// The cache's [`Error`] inside an error of a client with [`RefreshMiddleware`]
 /// (an unknown account, a rejected refresh token, a refresh unavailable for now, no account);
 /// `None` for reqwest's own errors and other middlewares'.
 ///
