@@ -61,10 +61,14 @@
 
 pub mod demo;
 mod error;
+#[cfg(feature = "google-apis")]
+pub mod google_apis;
 pub mod layer;
 mod provider;
 pub mod proxy;
 pub mod refresh;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 pub mod token;
 mod tokens;
 
