@@ -136,13 +136,16 @@ impl HostPattern {
         }
         let (host, pattern) = (host.as_bytes(), self.host.as_bytes());
         if !self.wildcard {
-            return host.eq_ignore_ascii_case(pattern).then_some(HostMatch::Exact);
+            return host
+                .eq_ignore_ascii_case(pattern)
+                .then_some(HostMatch::Exact);
         }
         // At least one label before `.domain`.
         let Some(dot) = host.len().checked_sub(pattern.len() + 1) else {
             return None;
         };
-        let subdomain = dot > 0 && host[dot] == b'.' && host[dot + 1..].eq_ignore_ascii_case(pattern);
+        let subdomain =
+            dot > 0 && host[dot] == b'.' && host[dot + 1..].eq_ignore_ascii_case(pattern);
         subdomain.then_some(HostMatch::Suffix(pattern.len()))
     }
 }
@@ -179,7 +182,9 @@ impl FromStr for HostPattern {
             let what = match b {
                 b'/' | b'?' | b'#' => "a host has no path, query or fragment",
                 b'@' => "a host has no user part",
-                _ => "a host has no spaces, control or non-ASCII characters (write IDNs in punycode)",
+                _ => {
+                    "a host has no spaces, control or non-ASCII characters (write IDNs in punycode)"
+                }
             };
             return Err(err(what));
         }
@@ -201,7 +206,9 @@ impl FromStr for HostPattern {
             }
             if addr.is_empty()
                 || !addr.contains(':')
-                || !addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                || !addr
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
             {
                 return Err(err("not an IPv6 address between `[` and `]`"));
             }
@@ -420,25 +427,61 @@ mod tests {
                 "https://ghe.example.com/api/v3",
                 r#"a host, not a URL (drop the scheme and the path: "ghe.example.com")"#,
             ),
-            ("ghe.example.com/api/v3", "a host has no path, query or fragment"),
+            (
+                "ghe.example.com/api/v3",
+                "a host has no path, query or fragment",
+            ),
             ("user@ghe.example.com", "a host has no user part"),
-            ("ghe example.com", "a host has no spaces, control or non-ASCII characters (write IDNs in punycode)"),
-            ("bücher.example", "a host has no spaces, control or non-ASCII characters (write IDNs in punycode)"),
-            ("*", "a wildcard is a leading `*.` before a domain, as in `*.example.com`"),
+            (
+                "ghe example.com",
+                "a host has no spaces, control or non-ASCII characters (write IDNs in punycode)",
+            ),
+            (
+                "bücher.example",
+                "a host has no spaces, control or non-ASCII characters (write IDNs in punycode)",
+            ),
+            (
+                "*",
+                "a wildcard is a leading `*.` before a domain, as in `*.example.com`",
+            ),
             ("*.", "no host name"),
-            ("a.*.example", "a wildcard is a leading `*.` before a domain, as in `*.example.com`"),
-            ("**.example", "a wildcard is a leading `*.` before a domain, as in `*.example.com`"),
+            (
+                "a.*.example",
+                "a wildcard is a leading `*.` before a domain, as in `*.example.com`",
+            ),
+            (
+                "**.example",
+                "a wildcard is a leading `*.` before a domain, as in `*.example.com`",
+            ),
             ("*.[::1]", "a wildcard needs a domain name, not an address"),
-            ("ghe..example.com", "empty label (two dots in a row, or a leading dot)"),
-            (".example.com", "empty label (two dots in a row, or a leading dot)"),
+            (
+                "ghe..example.com",
+                "empty label (two dots in a row, or a leading dot)",
+            ),
+            (
+                ".example.com",
+                "empty label (two dots in a row, or a leading dot)",
+            ),
             ("ghe.example.com:", "the port is a number from 1 to 65535"),
             ("ghe.example.com:0", "the port is a number from 1 to 65535"),
-            ("ghe.example.com:65536", "the port is a number from 1 to 65535"),
-            ("ghe.example.com:https", "the port is a number from 1 to 65535"),
-            ("::1", "a host name has only letters, digits, `-`, `_` and dots (IPv6 goes in brackets)"),
+            (
+                "ghe.example.com:65536",
+                "the port is a number from 1 to 65535",
+            ),
+            (
+                "ghe.example.com:https",
+                "the port is a number from 1 to 65535",
+            ),
+            (
+                "::1",
+                "a host name has only letters, digits, `-`, `_` and dots (IPv6 goes in brackets)",
+            ),
             ("[::1", "an IPv6 address needs its closing `]`"),
             ("[]", "not an IPv6 address between `[` and `]`"),
-            ("[ghe.example.com]", "not an IPv6 address between `[` and `]`"),
+            (
+                "[ghe.example.com]",
+                "not an IPv6 address between `[` and `]`",
+            ),
             ("[::1]8443", "only `:port` may follow `]`"),
             (":443", "no host name"),
         ] {
@@ -475,11 +518,18 @@ mod tests {
             "ghe.example.com:8080",
             "user@ghe.example.com:443",
         ] {
-            assert_eq!(m.provider(authority, Some(443)), Some(Provider::GitHub), "{authority}");
+            assert_eq!(
+                m.provider(authority, Some(443)),
+                Some(Provider::GitHub),
+                "{authority}"
+            );
         }
         assert_eq!(m.provider("api.ghe.example.com", Some(443)), None);
         assert_eq!(m.provider("ghe.example.com.evil", Some(443)), None);
-        assert_eq!(m.provider("google.internal.example:8443", Some(443)), Some(Provider::Google));
+        assert_eq!(
+            m.provider("google.internal.example:8443", Some(443)),
+            Some(Provider::Google)
+        );
         assert_eq!(m.provider("google.internal.example", Some(443)), None);
         assert_eq!(m.provider("google.internal.example:443", None), None);
         assert_eq!(m.provider("google.internal.example", None), None);
@@ -488,8 +538,14 @@ mod tests {
     #[test]
     fn a_named_port_matches_the_schemes_default() {
         let m = map(&[("ghe.example.com:443", Provider::GitHub)]);
-        assert_eq!(m.provider("ghe.example.com", Some(443)), Some(Provider::GitHub));
-        assert_eq!(m.provider("ghe.example.com:", Some(443)), Some(Provider::GitHub));
+        assert_eq!(
+            m.provider("ghe.example.com", Some(443)),
+            Some(Provider::GitHub)
+        );
+        assert_eq!(
+            m.provider("ghe.example.com:", Some(443)),
+            Some(Provider::GitHub)
+        );
         assert_eq!(m.provider("ghe.example.com", Some(80)), None);
         assert_eq!(m.provider("ghe.example.com:80", Some(443)), None);
         let m = map(&[("[::1]:8443", Provider::Google)]);
@@ -505,27 +561,51 @@ mod tests {
             ("*.git.corp.example", Provider::GitHub),
             ("special.git.corp.example", Provider::Google),
         ]);
-        assert_eq!(m.provider("storage.corp.example", None), Some(Provider::Google));
-        assert_eq!(m.provider("a.b.CORP.example:9", None), Some(Provider::Google));
+        assert_eq!(
+            m.provider("storage.corp.example", None),
+            Some(Provider::Google)
+        );
+        assert_eq!(
+            m.provider("a.b.CORP.example:9", None),
+            Some(Provider::Google)
+        );
         assert_eq!(m.provider("corp.example", None), None);
         assert_eq!(m.provider(".corp.example", None), None);
         assert_eq!(m.provider("xcorp.example", None), None);
-        assert_eq!(m.provider("api.git.corp.example", None), Some(Provider::GitHub));
+        assert_eq!(
+            m.provider("api.git.corp.example", None),
+            Some(Provider::GitHub)
+        );
         assert_eq!(m.provider("git.corp.example", None), Some(Provider::Google));
-        assert_eq!(m.provider("special.git.corp.example", None), Some(Provider::Google));
+        assert_eq!(
+            m.provider("special.git.corp.example", None),
+            Some(Provider::Google)
+        );
     }
 
     #[test]
     fn mappings_win_over_defaults_which_still_apply() {
         let mut m = map(&[("api.github.com", Provider::Google)]);
-        assert_eq!(m.provider("api.github.com", Some(443)), Some(Provider::Google));
-        assert_eq!(m.provider("uploads.github.com", Some(443)), Some(Provider::GitHub));
-        assert_eq!(m.provider("www.googleapis.com", Some(443)), Some(Provider::Google));
+        assert_eq!(
+            m.provider("api.github.com", Some(443)),
+            Some(Provider::Google)
+        );
+        assert_eq!(
+            m.provider("uploads.github.com", Some(443)),
+            Some(Provider::GitHub)
+        );
+        assert_eq!(
+            m.provider("www.googleapis.com", Some(443)),
+            Some(Provider::Google)
+        );
         assert_eq!(m.provider("github.com", Some(443)), None);
         // Mapping the same pattern again replaces its provider.
         m.insert("api.github.com".parse().unwrap(), Provider::GitHub);
         assert_eq!(m.rules.len(), 1);
-        assert_eq!(m.provider("api.github.com", Some(443)), Some(Provider::GitHub));
+        assert_eq!(
+            m.provider("api.github.com", Some(443)),
+            Some(Provider::GitHub)
+        );
     }
 
     #[test]

@@ -412,7 +412,10 @@ mod tests {
             .default_account("alice")
             .host("ghe.example.com".parse().unwrap(), Provider::GitHub)
             .host("127.0.0.1:4000".parse().unwrap(), Provider::GitHub)
-            .host("*.googleapis.internal.example".parse().unwrap(), Provider::Google)
+            .host(
+                "*.googleapis.internal.example".parse().unwrap(),
+                Provider::Google,
+            )
     }
 
     fn get(uri: &str) -> Request<Empty<Bytes>> {
@@ -422,11 +425,20 @@ mod tests {
     #[tokio::test]
     async fn mapped_hosts_get_their_providers_token_without_an_extension() {
         let cases = [
-            ("https://ghe.example.com/api/v3/user/repos", Some("Bearer github-fresh")),
+            (
+                "https://ghe.example.com/api/v3/user/repos",
+                Some("Bearer github-fresh"),
+            ),
             ("http://127.0.0.1:4000/user", Some("Bearer github-fresh")),
-            ("https://storage.googleapis.internal.example/b", Some("Bearer google-fresh")),
+            (
+                "https://storage.googleapis.internal.example/b",
+                Some("Bearer google-fresh"),
+            ),
             ("https://api.github.com/user", Some("Bearer github-fresh")),
-            ("https://www.googleapis.com/drive/v3/files", Some("Bearer google-fresh")),
+            (
+                "https://www.googleapis.com/drive/v3/files",
+                Some("Bearer google-fresh"),
+            ),
             // Not mapped: another port of the fake's address, the GHE host's neighbours.
             ("http://127.0.0.1:4001/user", None),
             ("https://www.ghe.example.com/", None),
@@ -435,18 +447,26 @@ mod tests {
         for (uri, expected) in cases {
             let mut req = get(uri);
             // A caller's own header never survives on a provider host, and is kept elsewhere.
-            req.headers_mut()
-                .insert(AUTHORIZATION, http::HeaderValue::from_static("Bearer caller"));
+            req.headers_mut().insert(
+                AUTHORIZATION,
+                http::HeaderValue::from_static("Bearer caller"),
+            );
             let seen = authorization_seen(layer(), req).await;
-            assert_eq!(seen.as_deref(), Some(expected.unwrap_or("Bearer caller")), "{uri}");
+            assert_eq!(
+                seen.as_deref(),
+                Some(expected.unwrap_or("Bearer caller")),
+                "{uri}"
+            );
         }
     }
 
     #[tokio::test]
     async fn the_host_header_is_mapped_when_the_uri_has_no_authority() {
         let mut req = get("/api/v3/user");
-        req.headers_mut()
-            .insert(http::header::HOST, http::HeaderValue::from_static("GHE.example.com"));
+        req.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("GHE.example.com"),
+        );
         let seen = authorization_seen(layer(), req).await;
         assert_eq!(seen.as_deref(), Some("Bearer github-fresh"));
     }
@@ -467,7 +487,10 @@ mod tests {
         let of = |uri: &'static str| layer.provider_for(&http::Uri::from_static(uri));
         assert_eq!(of("https://ghe.example.com/api/v3"), Some(Provider::GitHub));
         assert_eq!(of("http://ghe.example.com/api/v3"), None);
-        assert_eq!(of("http://ghe.example.com:443/api/v3"), Some(Provider::GitHub));
+        assert_eq!(
+            of("http://ghe.example.com:443/api/v3"),
+            Some(Provider::GitHub)
+        );
         assert_eq!(of("/api/v3"), None);
     }
 }
