@@ -48,6 +48,10 @@
 
 use std::sync::Arc;
 
+/// The octocrab this module builds clients of (`Octocrab`, `Page`, the models, the errors).
+#[doc(no_inline)]
+pub use ::octocrab;
+
 use ::octocrab::service::middleware::base_uri::BaseUriLayer;
 use ::octocrab::service::middleware::extra_headers::ExtraHeadersLayer;
 use ::octocrab::service::middleware::retry::RetryConfig;

@@ -141,9 +141,7 @@ impl HostPattern {
                 .then_some(HostMatch::Exact);
         }
         // At least one label before `.domain`.
-        let Some(dot) = host.len().checked_sub(pattern.len() + 1) else {
-            return None;
-        };
+        let dot = host.len().checked_sub(pattern.len() + 1)?;
         let subdomain =
             dot > 0 && host[dot] == b'.' && host[dot + 1..].eq_ignore_ascii_case(pattern);
         subdomain.then_some(HostMatch::Suffix(pattern.len()))

@@ -87,8 +87,8 @@ impl Setup {
             .realm
             .secrets()
             .into_iter()
-            .filter(|s| s.starts_with("access-"))
-            .last()
+            .rev()
+            .find(|s| s.starts_with("access-"))
             .unwrap();
         assert!(self.realm.is_valid_access(&issued));
         issued
