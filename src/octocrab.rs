@@ -1,4 +1,4 @@
-//! [octocrab](::octocrab) through the layer, with octocrab's defaults (feature `octocrab`).
+//! octocrab through the layer, with octocrab's defaults (feature `octocrab`).
 //!
 //! octocrab's `OctocrabBuilder::with_layer(&RefreshLayer)` does not compile: the layer hands its
 //! inner service `Request<ReplayBody<OctoBody>>`, octocrab's stack expects `Request<OctoBody>`.
@@ -22,7 +22,7 @@
 //! POST retried after a 5xx or replayed after a 401 goes out byte-identical. A failed refresh
 //! is not retried by octocrab ([`Tokens`](crate::Tokens) already retried it with backoff): the
 //! call fails with `octocrab::Error::Service` whose source is this crate's
-//! [`Error`](crate::Error) (downcast it for its [`ErrorKind`](crate::ErrorKind)).
+//! [`Error`] (downcast it for its [`ErrorKind`]).
 //!
 //! Not rebuilt: octocrab's debug-level request spans and its HTTP cache (off by default).
 //! Octocrab's own authentication is not used: the layer's account is the identity, so build one
