@@ -84,3 +84,13 @@ pub use tokens::{
     AccountInfo, AccountPage, Events, ProviderStats, RefreshEvent, RefreshOutcome, Tokens,
     TokensBuilder,
 };
+
+// Host mapping (SPEC 6) and octocrab's client stack through the layer (feature `octocrab`).
+pub use provider::{HostPattern, InvalidHost};
+#[cfg(feature = "octocrab")]
+pub mod octocrab;
+
+/// The README's Rust snippets, compiled and run as doc tests.
+#[cfg(all(doctest, feature = "octocrab", feature = "reqwest"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

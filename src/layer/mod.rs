@@ -1,7 +1,8 @@
 //! The tower middleware: [`RefreshLayer`] and [`Refresh<S>`].
 //!
 //! For each request whose provider is known (a [`Provider`] request extension, else the host:
-//! see [`Provider::from_host`]), the middleware
+//! a host mapped with [`RefreshLayer::host`], else the defaults of [`Provider::from_host`]), the
+//! middleware
 //!
 //! 1. replaces any `Authorization` header with the account's cached token (marked sensitive),
 //!    refreshing first when the token is missing, expired or within `skew`;
@@ -20,6 +21,28 @@
 //!
 //! Requests with no provider (any other host) pass through untouched: no token is ever sent to a
 //! host that is not the provider's.
+//!
+//! GitHub Enterprise Server, a Google private endpoint or any other host of a provider's API is
+//! mapped on the layer, so its requests need no extension:
+//!
+//! ```
+//! use oauth_refresh_proxy::{BackendRefresher, Provider, RefreshLayer, Tokens};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tokens = Tokens::builder(BackendRefresher::new("https://backend.example")?).build();
+//! let layer = RefreshLayer::new(tokens)
+//!     .host("ghe.example.com".parse()?, Provider::GitHub)
+//!     .host("*.googleapis.internal.example".parse()?, Provider::Google);
+//!
+//! let ghe: http::Uri = "https://ghe.example.com/api/v3/user/repos".parse()?;
+//! assert_eq!(layer.provider_for(&ghe), Some(Provider::GitHub));
+//! let psc: http::Uri = "https://storage.googleapis.internal.example/b".parse()?;
+//! assert_eq!(layer.provider_for(&psc), Some(Provider::Google));
+//! let other: http::Uri = "https://example.com/".parse()?;
+//! assert_eq!(layer.provider_for(&other), None);
+//! # Ok(())
+//! # }
+//! ```
 
 mod future;
 
@@ -35,7 +58,7 @@ pub use self::body::ReplayBody;
 pub use self::future::ResponseFuture;
 
 use crate::error::{BoxError, Error};
-use crate::provider::{Account, Provider};
+use crate::provider::{Account, HostMap, HostPattern, Provider};
 use crate::tokens::Tokens;
 
 mod body;
@@ -71,6 +94,32 @@ struct Config {
     tokens: Tokens,
     default_account: Option<Account>,
     max_replay_body: usize,
+    hosts: HostMap,
+}
+
+impl Config {
+    /// The provider of a request by its host: the URI's authority (as stored, not re-parsed:
+    /// this runs on every request), else the `Host` header's.
+    fn provider_of<B>(&self, req: &Request<B>) -> Option<Provider> {
+        match req.uri().authority() {
+            Some(a) => self
+                .hosts
+                .provider(a.as_str(), default_port(req.uri().scheme_str())),
+            None => {
+                let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+                self.hosts.provider(host, None)
+            }
+        }
+    }
+}
+
+/// The port a URI of this scheme goes to when it names none.
+fn default_port(scheme: Option<&str>) -> Option<u16> {
+    match scheme {
+        Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+        Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+        _ => None,
+    }
 }
 
 impl RefreshLayer {
@@ -88,6 +137,7 @@ impl RefreshLayer {
                 tokens,
                 default_account: None,
                 max_replay_body: DEFAULT_MAX_REPLAY_BODY,
+                hosts: HostMap::default(),
             }),
         }
     }
@@ -116,6 +166,52 @@ impl RefreshLayer {
     pub fn max_replay_body(mut self, bytes: usize) -> Self {
         Arc::make_mut(&mut self.config).max_replay_body = bytes;
         self
+    }
+
+    /// Sends requests to `host` with `provider`'s tokens, as if they carried a [`Provider`]
+    /// extension: GitHub Enterprise Server's host (its API lives under `/api/v3`), a Google
+    /// private endpoint's, a test fake's. Mapping the same pattern again replaces its provider.
+    ///
+    /// A mapped host wins over the default hosts of [`Provider::from_host`], an exact host over
+    /// a `*.` wildcard and a longer wildcard domain over a shorter one; a request's
+    /// [`Provider`] extension wins over all. Every path on a mapped host gets the token, so map
+    /// only hosts that belong to the provider's API. Without mappings the lookup costs what the
+    /// defaults alone cost, and with them it never allocates.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, RefreshLayer, Tokens};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let tokens = Tokens::builder(BackendRefresher::new("https://backend.example")?).build();
+    /// let layer = RefreshLayer::new(tokens)
+    ///     .default_account("octocat")
+    ///     .host("ghe.example.com".parse()?, Provider::GitHub);
+    /// let uri: http::Uri = "https://GHE.example.com:443/api/v3/user".parse()?;
+    /// assert_eq!(layer.provider_for(&uri), Some(Provider::GitHub));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn host(mut self, host: HostPattern, provider: Provider) -> Self {
+        Arc::make_mut(&mut self.config).hosts.insert(host, provider);
+        self
+    }
+
+    /// The provider this layer picks for a request to `uri` that carries no [`Provider`]
+    /// extension: a mapped host's (see [`host`](Self::host)), else a default host's, else none
+    /// (the request would pass through untouched).
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{BackendRefresher, Provider, RefreshLayer, Tokens};
+    /// # let tokens = Tokens::builder(BackendRefresher::new("https://backend.example").unwrap()).build();
+    /// let layer = RefreshLayer::new(tokens);
+    /// let uri = http::Uri::from_static("https://api.github.com/user");
+    /// assert_eq!(layer.provider_for(&uri), Some(Provider::GitHub));
+    /// assert_eq!(layer.provider_for(&http::Uri::from_static("https://github.com/")), None);
+    /// ```
+    pub fn provider_for(&self, uri: &http::Uri) -> Option<Provider> {
+        let authority = uri.authority()?;
+        self.config
+            .hosts
+            .provider(authority.as_str(), default_port(uri.scheme_str()))
     }
 
     /// The token cache this layer uses.
@@ -219,7 +315,7 @@ where
             .extensions()
             .get::<Provider>()
             .copied()
-            .or_else(|| request_host(&req).and_then(Provider::from_host));
+            .or_else(|| self.config.provider_of(&req));
         let Some(provider) = provider else {
             return ResponseFuture::passthrough(svc.call(req.map(ReplayBody::new)));
         };
@@ -256,14 +352,145 @@ where
     }
 }
 
-/// The authority a request goes to: the URI's (as stored, not re-parsed: this runs on every
-/// request), else the `Host` header's.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    match req.uri().authority() {
-        Some(a) => Some(a.as_str()),
-        None => req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok()),
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::refresh::{BoxFuture, Refreshed, Refresher};
+    use crate::{RefreshError, Secret, TokenSeed};
+
+    /// Issues `<provider>-fresh` at once.
+    struct Fresh;
+
+    impl Refresher for Fresh {
+        fn refresh<'a>(
+            &'a self,
+            provider: Provider,
+            _: &'a Secret,
+        ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
+            Box::pin(async move {
+                Ok(Refreshed {
+                    access_token: Secret::new(format!("{provider}-fresh")),
+                    refresh_token: None,
+                    expires_at: None,
+                })
+            })
+        }
+    }
+
+    /// Sends `req` through `layer` to a service that records its `Authorization`; answers 200.
+    async fn authorization_seen(layer: RefreshLayer, req: Request<Empty<Bytes>>) -> Option<String> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let inner = tower::service_fn(move |req: Request<ReplayBody<Empty<Bytes>>>| {
+            let auth = req
+                .headers()
+                .get(AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_string());
+            record.lock().unwrap().push(auth);
+            async { Ok::<_, Infallible>(Response::new(())) }
+        });
+        let resp = layer.layer(inner).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        seen[0].clone()
+    }
+
+    fn layer() -> RefreshLayer {
+        let tokens = Tokens::builder(Fresh).build();
+        for provider in Provider::ALL {
+            tokens.insert(provider, "alice", TokenSeed::new("refresh"));
+        }
+        RefreshLayer::new(tokens)
+            .default_account("alice")
+            .host("ghe.example.com".parse().unwrap(), Provider::GitHub)
+            .host("127.0.0.1:4000".parse().unwrap(), Provider::GitHub)
+            .host(
+                "*.googleapis.internal.example".parse().unwrap(),
+                Provider::Google,
+            )
+    }
+
+    fn get(uri: &str) -> Request<Empty<Bytes>> {
+        Request::get(uri).body(Empty::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn mapped_hosts_get_their_providers_token_without_an_extension() {
+        let cases = [
+            (
+                "https://ghe.example.com/api/v3/user/repos",
+                Some("Bearer github-fresh"),
+            ),
+            ("http://127.0.0.1:4000/user", Some("Bearer github-fresh")),
+            (
+                "https://storage.googleapis.internal.example/b",
+                Some("Bearer google-fresh"),
+            ),
+            ("https://api.github.com/user", Some("Bearer github-fresh")),
+            (
+                "https://www.googleapis.com/drive/v3/files",
+                Some("Bearer google-fresh"),
+            ),
+            // Not mapped: another port of the fake's address, the GHE host's neighbours.
+            ("http://127.0.0.1:4001/user", None),
+            ("https://www.ghe.example.com/", None),
+            ("https://googleapis.internal.example/", None),
+        ];
+        for (uri, expected) in cases {
+            let mut req = get(uri);
+            // A caller's own header never survives on a provider host, and is kept elsewhere.
+            req.headers_mut().insert(
+                AUTHORIZATION,
+                http::HeaderValue::from_static("Bearer caller"),
+            );
+            let seen = authorization_seen(layer(), req).await;
+            assert_eq!(
+                seen.as_deref(),
+                Some(expected.unwrap_or("Bearer caller")),
+                "{uri}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_host_header_is_mapped_when_the_uri_has_no_authority() {
+        let mut req = get("/api/v3/user");
+        req.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("GHE.example.com"),
+        );
+        let seen = authorization_seen(layer(), req).await;
+        assert_eq!(seen.as_deref(), Some("Bearer github-fresh"));
+    }
+
+    #[tokio::test]
+    async fn an_extension_wins_over_a_mapping() {
+        let mut req = get("https://ghe.example.com/api/v3/user");
+        req.extensions_mut().insert(Provider::Google);
+        let seen = authorization_seen(layer(), req).await;
+        assert_eq!(seen.as_deref(), Some("Bearer google-fresh"));
+    }
+
+    #[test]
+    fn provider_for_uses_the_schemes_default_port() {
+        let tokens = Tokens::builder(Fresh).build();
+        let layer = RefreshLayer::new(tokens)
+            .host("ghe.example.com:443".parse().unwrap(), Provider::GitHub);
+        let of = |uri: &'static str| layer.provider_for(&http::Uri::from_static(uri));
+        assert_eq!(of("https://ghe.example.com/api/v3"), Some(Provider::GitHub));
+        assert_eq!(of("http://ghe.example.com/api/v3"), None);
+        assert_eq!(
+            of("http://ghe.example.com:443/api/v3"),
+            Some(Provider::GitHub)
+        );
+        assert_eq!(of("/api/v3"), None);
     }
 }
