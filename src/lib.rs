@@ -11,6 +11,14 @@
 //!   backend; [`DirectRefresher`] to Google's and GitHub's own token endpoints through
 //!   [`GoogleRefresher`] and [`GitHubRefresher`]).
 //!
+//! # Cargo features
+//!
+//! With `default-features = false` the crate is the layer, the cache, the refreshers (over
+//! reqwest) and the memory store. `file-store` and `redis-store` add the durable and shared
+//! stores (`store::file`, `store::redis`); `reqwest`, `google-apis` and `octocrab` the
+//! integrations (`reqwest::RefreshMiddleware`, `google_apis::TokenSource`, `octocrab`);
+//! `test-util` the in-process fakes (`demo`); `sidecar` (the default) the binary and `proxy`.
+//!
 //! # Example
 //!
 //! The layer around an in-process service standing in for Google's API, with a refresher that
@@ -59,12 +67,14 @@
 #![deny(unsafe_code, missing_docs)]
 #![warn(rust_2018_idioms)]
 
+#[cfg(feature = "test-util")]
 pub mod demo;
 mod error;
 #[cfg(feature = "google-apis")]
 pub mod google_apis;
 pub mod layer;
 mod provider;
+#[cfg(feature = "sidecar")]
 pub mod proxy;
 pub mod refresh;
 #[cfg(feature = "reqwest")]

@@ -1,4 +1,4 @@
-//! The sidecar's proxy listener: a router in front of the [`RefreshLayer`](crate::RefreshLayer).
+//! The sidecar's proxy listener: a router in front of the [`RefreshLayer`].
 //!
 //! The proxy has no refresh path of its own. For each request it checks the inbound rules
 //! (no TRACE, absolute-form or CONNECT), hands `/auth/{provider}/refresh` to the served

@@ -1,5 +1,5 @@
 //! Assembling the sidecar from a [`Config`]: the token cache, the proxy, the admin listener,
-//! the metrics, the listeners' limits ([`listener`](super::listener)), and their lifecycle
+//! the metrics, the listeners' limits ([`listener`]), and their lifecycle
 //! (SPEC 4.8).
 
 use std::net::SocketAddr;

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod http_client;
+#[cfg(feature = "sidecar")]
 pub mod process;
+#[cfg(feature = "sidecar")]
 pub mod world;
 
 use std::convert::Infallible;

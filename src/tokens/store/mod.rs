@@ -15,7 +15,9 @@
 //!   the configured refresh token is the one they started from (compared by fingerprint);
 //! * a shared store announces changes made elsewhere through [`Store::updates`].
 
+#[cfg(feature = "file-store")]
 pub mod file;
+#[cfg(feature = "redis-store")]
 pub mod redis;
 
 use std::time::{SystemTime, UNIX_EPOCH};
