@@ -164,6 +164,8 @@ pub struct Config {
     pub refresh: RefreshSettings,
     /// Where tokens are kept (`[store]`).
     pub store: StoreSettings,
+    /// Encryption at rest of the file and Redis stores (`[store] encryption_key`, …).
+    pub store_encryption: StoreEncryption,
     /// The routes (`[[route]]`), in file order; the three default routes when the file has none.
     pub routes: Vec<Route>,
     /// Accounts seeded at start-up (`[[account]]`), in file order.
@@ -387,6 +389,54 @@ pub enum StoreSettings {
     },
 }
 
+/// Encryption at rest: `[store] encryption_key`, `previous_keys`, `encrypt_existing`
+/// (see [`Encryption`](crate::store::Encryption) for what is sealed and the opening rules).
+/// `Debug` shows whether keys are set, never a key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoreEncryption {
+    /// The key every token written is sealed with (base64 of 32 bytes), if any.
+    pub key: Option<Secret>,
+    /// Keys still opened (being rotated out); records they sealed are re-sealed on next write.
+    pub previous: Vec<Secret>,
+    /// Seal a store written with no key at start-up instead of refusing it.
+    pub encrypt_existing: bool,
+}
+
+impl fmt::Debug for StoreEncryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreEncryption")
+            .field("key", &self.key.as_ref().map(|_| "set"))
+            .field("previous", &self.previous.len())
+            .field("encrypt_existing", &self.encrypt_existing)
+            .finish()
+    }
+}
+
+impl StoreEncryption {
+    /// The store's [`Encryption`](crate::store::Encryption), `None` without a key.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::proxy::config::StoreEncryption;
+    /// # use oauth_refresh_proxy::Secret;
+    /// assert!(StoreEncryption::default().encryption().unwrap().is_none());
+    /// let bad = StoreEncryption { key: Some(Secret::new("short")), ..Default::default() };
+    /// assert!(bad.encryption().unwrap_err().starts_with("store.encryption_key"));
+    /// ```
+    pub fn encryption(&self) -> Result<Option<crate::store::Encryption>, String> {
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
+        let mut e =
+            crate::store::Encryption::new(key).map_err(|e| format!("store.encryption_key: {e}"))?;
+        for (i, k) in self.previous.iter().enumerate() {
+            e = e
+                .previous_key(k)
+                .map_err(|e| format!("store.previous_keys[{i}]: {e}"))?;
+        }
+        Ok(Some(e.encrypt_existing(self.encrypt_existing)))
+    }
+}
+
 /// The default `store.lock_ttl`.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
 
@@ -528,6 +578,7 @@ impl Default for Config {
             max_replay_body: MIB,
             refresh: RefreshSettings::default(),
             store: StoreSettings::Memory,
+            store_encryption: StoreEncryption::default(),
             routes: Route::defaults(),
             accounts: Vec::new(),
             refresh_api: None,
@@ -691,6 +742,20 @@ impl Config {
         }
 
         // Store.
+        let enc = &self.store_encryption;
+        if enc.key.is_none() && (!enc.previous.is_empty() || enc.encrypt_existing) {
+            return Err(
+                "store.previous_keys / store.encrypt_existing: need store.encryption_key".into(),
+            );
+        }
+        if enc.key.is_some() && self.store == StoreSettings::Memory {
+            return Err(
+                "store.encryption_key: applies to the file and redis stores; the memory store \
+                 keeps nothing at rest"
+                    .into(),
+            );
+        }
+        enc.encryption()?;
         if let StoreSettings::Redis { lock_ttl, .. } = &self.store {
             let r = &self.refresh;
             if lock_ttl.is_zero() {
@@ -861,6 +926,19 @@ impl Config {
                 )
             }
         };
+        if let Ok(Some(e)) = self.store_encryption.encryption() {
+            let _ = writeln!(
+                out,
+                "store encryption: AES-256-GCM, key id {}, {} previous key(s){}",
+                e.key_id(),
+                self.store_encryption.previous.len(),
+                if self.store_encryption.encrypt_existing {
+                    ", encrypt_existing"
+                } else {
+                    ""
+                }
+            );
+        }
         let u = &self.upstream;
         let _ = writeln!(
             out,
@@ -1138,6 +1216,7 @@ impl Parser<'_> {
         }
         if let Some(s) = t.table("store")? {
             config.store = store(&s)?;
+            config.store_encryption = self.store_encryption(&s)?;
         }
         if let Some(routes) = t.tables("route")? {
             if !routes.is_empty() {
@@ -1296,6 +1375,39 @@ impl Parser<'_> {
             Some(Value::String(s)) => s.as_str(),
             Some(v) => return Err(format!("{full}: expected a string, found {}", v.type_str())),
         };
+        self.resolve_secret(&full, raw).map(Some)
+    }
+
+    /// `[store]`'s encryption keys (secrets like the others) and `encrypt_existing`.
+    fn store_encryption(&self, t: &Tbl<'_>) -> Result<StoreEncryption, String> {
+        let key = self.secret(t, "encryption_key")?;
+        let previous = match t.table.get("previous_keys") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let full = format!("{}[{i}]", t.key("previous_keys"));
+                    match v {
+                        Value::String(raw) => self.resolve_secret(&full, raw),
+                        v => Err(format!("{full}: expected a string, found {}", v.type_str())),
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+            Some(v) => {
+                return Err(t.type_error("previous_keys", "an array of strings", v));
+            }
+        };
+        let encrypt_existing = t.bool("encrypt_existing")?.unwrap_or(false);
+        Ok(StoreEncryption {
+            key,
+            previous,
+            encrypt_existing,
+        })
+    }
+
+    /// A secret's value from its configured form: literal, `env:NAME` or `file:PATH`.
+    fn resolve_secret(&self, full: &str, raw: &str) -> Result<Secret, String> {
         let value = if let Some(name) = raw.strip_prefix("env:") {
             if name.is_empty() {
                 return Err(format!("{full}: \"env:\" needs a variable name"));
@@ -1323,7 +1435,7 @@ impl Parser<'_> {
             }
             raw.to_string()
         };
-        Ok(Some(Secret::new(value)))
+        Ok(Secret::new(value))
     }
 }
 
@@ -1345,7 +1457,15 @@ fn upstream(t: &Tbl<'_>) -> Result<UpstreamSettings, String> {
 fn store(t: &Tbl<'_>) -> Result<StoreSettings, String> {
     // `path` and `url` are accepted whatever the kind (SPEC 4.2's example lists all three);
     // only the one the kind uses is read.
-    t.only(&["kind", "path", "url", "lock_ttl"])?;
+    t.only(&[
+        "kind",
+        "path",
+        "url",
+        "lock_ttl",
+        "encryption_key",
+        "previous_keys",
+        "encrypt_existing",
+    ])?;
     let path = t.str("path")?;
     let url = t.str("url")?;
     let lock_ttl = t.duration("lock_ttl")?.unwrap_or(DEFAULT_LOCK_TTL);

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::admin::{self, AdminState};
-use super::config::{Config, RefreshMode, RefreshSettings, StoreSettings};
+use super::config::{Config, RefreshMode, RefreshSettings, StoreEncryption, StoreSettings};
 use super::listener::{self, serve, Limits};
 use super::metrics::Metrics;
 use super::refresh_api::RefreshApi;
@@ -22,15 +22,21 @@ use crate::refresh::{
 use crate::store::{file::FileStore, redis::RedisStore, Store};
 use crate::{Provider, Tokens};
 
-/// Opens the store `settings` names; `None` for the memory store.
-pub async fn open_store(settings: &StoreSettings) -> Result<Option<Arc<dyn Store>>, SetupError> {
+/// Opens the store `settings` names, sealing tokens as `encryption` says; `None` for the
+/// memory store.
+pub async fn open_store(
+    settings: &StoreSettings,
+    encryption: &StoreEncryption,
+) -> Result<Option<Arc<dyn Store>>, SetupError> {
+    let encryption = encryption.encryption().map_err(SetupError)?;
     Ok(match settings {
         StoreSettings::Memory => None,
         StoreSettings::File { path } => Some(Arc::new(
-            FileStore::open(path).map_err(|e| SetupError(format!("store.path: {}", e.0)))?,
+            FileStore::open_with(path, encryption)
+                .map_err(|e| SetupError(format!("store.path: {}", e.0)))?,
         )),
         StoreSettings::Redis { url, lock_ttl } => Some(Arc::new(
-            RedisStore::connect(url, *lock_ttl)
+            RedisStore::connect_with(url, *lock_ttl, encryption)
                 .await
                 .map_err(|e| SetupError(format!("store.url: {}", e.0)))?,
         )),
@@ -211,7 +217,7 @@ impl Sidecar {
             .default_lifetime(r.default_lifetime)
             .min_interval(r.min_interval)
             .retry(retry_policy(r));
-        if let Some(store) = open_store(&config.store).await? {
+        if let Some(store) = open_store(&config.store, &config.store_encryption).await? {
             builder = builder.store(store);
         }
         let tokens = builder.build();

@@ -37,19 +37,15 @@ use redb::{
     Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     StorageError, TableDefinition, TableError,
 };
-use serde::{Deserialize, Serialize};
 
+use super::record::{Codec, Encryption, Generation, Sealing};
 use super::{Store, StoreError, StoredAccount};
 use crate::provider::Provider;
 use crate::refresh::BoxFuture;
-use crate::token::Secret;
 
-/// The one table: `"{provider}/{account}"` → the account's [`Record`] as JSON.
+/// The one table: `"{provider}/{account}"` → the account's record (see [`super::record`]).
 const ACCOUNTS: TableDefinition<'static, &'static [u8], &'static [u8]> =
     TableDefinition::new("accounts");
-
-/// The version of [`Record`] written by this build.
-const RECORD_VERSION: u32 = 1;
 
 /// The mode of the store file: read and write for the owner only (SPEC 5).
 const FILE_MODE: u32 = 0o600;
@@ -66,6 +62,8 @@ struct Inner {
     identity: (u64, u64),
     /// Whether the last write succeeded.
     writes_ok: AtomicBool,
+    /// Records in and out, sealed when an encryption key is configured.
+    codec: Codec,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -76,75 +74,17 @@ impl std::fmt::Debug for FileStore {
     }
 }
 
-/// One account as stored. Holds secrets: deliberately not `Debug`.
-#[derive(Serialize, Deserialize)]
-struct Record {
-    v: u32,
-    provider: String,
-    account: String,
-    refresh_token: String,
-    access_token: Option<String>,
-    expires_at: Option<u64>,
-    generation: u64,
-    needs_reauth: bool,
-    last_refresh_at: Option<u64>,
-    last_error: Option<String>,
-    seed_fingerprint: Option<String>,
-}
-
 fn key(provider: Provider, account: &str) -> String {
     format!("{provider}/{account}")
 }
 
-fn encode(a: &StoredAccount) -> Vec<u8> {
-    let record = Record {
-        v: RECORD_VERSION,
-        provider: a.provider.as_str().to_string(),
-        account: a.account.clone(),
-        refresh_token: a.refresh_token.expose().to_string(),
-        access_token: a.access_token.as_ref().map(|s| s.expose().to_string()),
-        expires_at: a.expires_at,
-        generation: a.generation,
-        needs_reauth: a.needs_reauth,
-        last_refresh_at: a.last_refresh_at,
-        last_error: a.last_error.clone(),
-        seed_fingerprint: a.seed_fingerprint.clone(),
-    };
-    serde_json::to_vec(&record).expect("a record always serialises")
-}
-
-/// Decodes a stored value. The error never quotes the value (it holds tokens).
-fn decode(bytes: &[u8]) -> Result<StoredAccount, String> {
-    let r: Record = serde_json::from_slice(bytes).map_err(|e| {
-        format!(
-            "a stored account record is malformed ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        )
-    })?;
-    if r.v != RECORD_VERSION {
-        return Err(format!(
-            "a stored account record has version {} (this build reads version {RECORD_VERSION})",
-            r.v
-        ));
-    }
-    let provider = r
-        .provider
-        .parse::<Provider>()
-        .map_err(|_| "a stored account record names an unknown provider".to_string())?;
-    Ok(StoredAccount {
-        provider,
-        account: r.account,
-        refresh_token: Secret::new(r.refresh_token),
-        access_token: r.access_token.map(Secret::new),
-        expires_at: r.expires_at,
-        generation: r.generation,
-        needs_reauth: r.needs_reauth,
-        last_refresh_at: r.last_refresh_at,
-        last_error: r.last_error,
-        seed_fingerprint: r.seed_fingerprint,
-    })
+/// The provider and account a table key names (`"{provider}/{account}"`).
+fn parse_key(key: &[u8]) -> Result<(Provider, &str), String> {
+    std::str::from_utf8(key)
+        .ok()
+        .and_then(|k| k.split_once('/'))
+        .and_then(|(p, a)| Some((p.parse::<Provider>().ok()?, a)))
+        .ok_or_else(|| "a stored account key is not provider/account".to_string())
 }
 
 /// One line, whatever the underlying message holds.
@@ -158,6 +98,16 @@ impl Inner {
     }
 
     fn read_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        Ok(self
+            .read_all_sealing()?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect())
+    }
+
+    /// Every record, opened, with how it was sealed. Fails on the first record that cannot be
+    /// opened (malformed, or not openable with the configured keys).
+    fn read_all_sealing(&self) -> Result<Vec<(StoredAccount, Sealing)>, StoreError> {
         let tx = self
             .db
             .begin_read()
@@ -169,8 +119,16 @@ impl Inner {
         };
         let mut out = Vec::new();
         for item in table.iter().map_err(|e| self.err("cannot read", e))? {
-            let (_, value) = item.map_err(|e| self.err("cannot read", e))?;
-            out.push(decode(value.value()).map_err(|e| self.err("corrupted", e))?);
+            let (key, value) = item.map_err(|e| self.err("cannot read", e))?;
+            let under = parse_key(key.value()).map_err(|e| self.err("corrupted", e))?;
+            let opened = self
+                .codec
+                .decode(under, value.value(), Generation::InRecord)
+                .map_err(|e| match e {
+                    super::record::RecordError::Malformed(m) => self.err("corrupted", m),
+                    super::record::RecordError::Sealing(m) => self.err("cannot open", m),
+                })?;
+            out.push(opened);
         }
         Ok(out)
     }
@@ -218,7 +176,36 @@ impl FileStore {
     /// A new file is created fully initialised or not at all. An existing file is verified
     /// (redb's integrity check, then every record) and its permissions are narrowed to 0600 if
     /// they were wider. Every failure is one line naming `path` and the reason.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::store::file::FileStore;
+    /// let dir = std::env::temp_dir().join(format!("orp-doc-open-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let store = FileStore::open(&dir.join("tokens.db")).unwrap();
+    /// assert!(store.path().ends_with("tokens.db"));
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
     pub fn open(path: &Path) -> Result<FileStore, StoreError> {
+        FileStore::open_with(path, None)
+    }
+
+    /// Like [`open`](FileStore::open), with the tokens sealed by `encryption` when given
+    /// (encryption at rest; see [`Encryption`] for the rules). A record the keys cannot open is
+    /// an error naming `path`, and the file is left as it was. With
+    /// [`Encryption::encrypt_existing`], records written with no key are sealed here, all in
+    /// one transaction.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{store::{file::FileStore, Encryption}, Secret};
+    /// let dir = std::env::temp_dir().join(format!("orp-doc-sealed-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let key = Secret::new("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=");
+    /// let store = FileStore::open_with(&dir.join("tokens.db"), Some(Encryption::new(&key)?))?;
+    /// # drop(store);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_with(path: &Path, encryption: Option<Encryption>) -> Result<FileStore, StoreError> {
         let shown = path.display().to_string();
         let fail = |what: &str| StoreError(format!("{shown}: {what}"));
         let (db, file_mode, identity) = match std::fs::metadata(path) {
@@ -235,11 +222,29 @@ impl FileStore {
             path: path.to_path_buf(),
             identity,
             writes_ok: AtomicBool::new(true),
+            codec: Codec::new(encryption),
         };
-        // Creates the table on a fresh file and proves the file writable.
-        inner.write("cannot write", |_| Ok(()))?;
-        // A record this build cannot read is a start-up error, not a surprise later.
-        let accounts = inner.read_all()?;
+        // A record this build (or these keys) cannot open is a start-up error, not a surprise
+        // later — found before anything is written, so such a file is left untouched.
+        let accounts = inner.read_all_sealing()?;
+        // Creates the table on a fresh file and proves the file writable; with
+        // `encrypt_existing`, seals the records written with no key, all in this one commit.
+        let clear: Vec<&StoredAccount> = accounts
+            .iter()
+            .filter(|(_, s)| *s == Sealing::Clear && inner.codec.encrypted())
+            .map(|(a, _)| a)
+            .collect();
+        inner.write("cannot write", |t| {
+            for a in &clear {
+                let value = inner.codec.encode(a, true);
+                t.insert(key(a.provider, &a.account).as_bytes(), value.as_slice())?;
+            }
+            Ok(())
+        })?;
+        if !clear.is_empty() {
+            tracing::info!(path = %shown, accounts = clear.len(),
+                "encrypted the token store's records written with no key (store.encrypt_existing)");
+        }
         if file_mode & 0o777 != FILE_MODE {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE)).map_err(
                 |e| {
@@ -445,7 +450,7 @@ impl Store for FileStore {
     fn save(&self, account: StoredAccount) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.blocking(move |inner| {
             let key = key(account.provider, &account.account);
-            let value = encode(&account);
+            let value = inner.codec.encode(&account, true);
             inner.write("cannot save", |t| {
                 t.insert(key.as_bytes(), value.as_slice()).map(|_| ())
             })

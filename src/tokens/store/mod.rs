@@ -17,8 +17,13 @@
 
 #[cfg(feature = "file-store")]
 pub mod file;
+#[cfg(any(feature = "file-store", feature = "redis-store"))]
+mod record;
 #[cfg(feature = "redis-store")]
 pub mod redis;
+
+#[cfg(any(feature = "file-store", feature = "redis-store"))]
+pub use record::{Encryption, InvalidKey};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

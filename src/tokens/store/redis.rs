@@ -82,10 +82,10 @@ use redis::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use super::record::{Codec, Encryption, Generation, RecordError, Sealing};
 use super::{now_secs, RefreshFn, Store, StoreError, StoreUpdate, StoredAccount};
 use crate::provider::Provider;
 use crate::refresh::{BoxFuture, RefreshError, Refreshed};
-use crate::token::Secret;
 
 /// The channel announcing writes.
 const CHANNEL: &str = "orp:updates";
@@ -103,6 +103,18 @@ const PERSIST_LATER_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// Writes an account, never lowering its generation (`max(given, stored + 1)`), and announces
 /// it. KEYS[1] account; ARGV: generation, data, channel, message. Returns the generation.
+/// `store.encrypt_existing`, atomically: KEYS the accounts; ARGV pairs (data as read, sealed
+/// data). 1 when all were replaced, 0 (nothing written) when any changed since it was read.
+const SEAL_EXISTING_LUA: &str = r#"
+for i, k in ipairs(KEYS) do
+  if redis.call('HGET', k, 'data') ~= ARGV[2 * i - 1] then return 0 end
+end
+for i, k in ipairs(KEYS) do
+  redis.call('HSET', k, 'data', ARGV[2 * i])
+end
+return 1
+"#;
+
 const SAVE_LUA: &str = r#"
 local gen = tonumber(ARGV[1])
 local cur = redis.call('HGET', KEYS[1], 'gen')
@@ -184,11 +196,14 @@ struct Shared {
     subscribed: AtomicBool,
     /// Bumped on every announcement: wakes refreshes waiting on another replica's lock.
     announced: watch::Sender<u64>,
+    /// Records in and out, sealed when an encryption key is configured.
+    codec: Codec,
     save: Script,
     commit: Script,
     renew: Script,
     release: Script,
     remove: Script,
+    seal_existing: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -200,20 +215,6 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// The JSON of an account's `data` field (the generation is the hash's `gen`).
-#[derive(Serialize, Deserialize)]
-struct Record {
-    provider: String,
-    account: String,
-    refresh_token: String,
-    access_token: Option<String>,
-    expires_at: Option<u64>,
-    needs_reauth: bool,
-    last_refresh_at: Option<u64>,
-    last_error: Option<String>,
-    seed_fingerprint: Option<String>,
-}
-
 /// An announcement on [`CHANNEL`].
 #[derive(Serialize, Deserialize)]
 struct Announcement {
@@ -222,38 +223,10 @@ struct Announcement {
     a: String,
 }
 
-fn encode(a: &StoredAccount) -> String {
-    serde_json::to_string(&Record {
-        provider: a.provider.as_str().to_string(),
-        account: a.account.clone(),
-        refresh_token: a.refresh_token.expose().to_string(),
-        access_token: a.access_token.as_ref().map(|s| s.expose().to_string()),
-        expires_at: a.expires_at,
-        needs_reauth: a.needs_reauth,
-        last_refresh_at: a.last_refresh_at,
-        last_error: a.last_error.clone(),
-        seed_fingerprint: a.seed_fingerprint.clone(),
-    })
-    .expect("a record serialises")
-}
-
-fn decode(gen: &str, data: &str) -> Result<StoredAccount, String> {
-    let generation = gen
-        .parse::<u64>()
-        .map_err(|_| "generation is not a number".to_string())?;
-    let r: Record = serde_json::from_str(data).map_err(|e| format!("bad record: {e}"))?;
-    Ok(StoredAccount {
-        provider: r.provider.parse().map_err(|e| format!("{e}"))?,
-        account: r.account,
-        refresh_token: Secret::new(r.refresh_token),
-        access_token: r.access_token.map(Secret::new),
-        expires_at: r.expires_at,
-        generation,
-        needs_reauth: r.needs_reauth,
-        last_refresh_at: r.last_refresh_at,
-        last_error: r.last_error,
-        seed_fingerprint: r.seed_fingerprint,
-    })
+/// The provider and account an account key names (`orp:acct:{provider}:{account}`).
+fn parse_account_key(key: &str) -> Option<(Provider, &str)> {
+    let (p, a) = key.strip_prefix("orp:acct:")?.split_once(':')?;
+    Some((p.parse().ok()?, a))
 }
 
 fn account_key(provider: Provider, account: &str) -> String {
@@ -338,6 +311,19 @@ impl RedisStore {
     /// Fails with a clear error when the URL is invalid or Redis cannot be reached now; the
     /// error never contains the password.
     pub async fn connect(url: &str, lock_ttl: Duration) -> Result<RedisStore, StoreError> {
+        RedisStore::connect_with(url, lock_ttl, None).await
+    }
+
+    /// Like [`connect`](RedisStore::connect), with the tokens sealed by `encryption` when given
+    /// (encryption at rest; see [`Encryption`] for the rules). [`Store::load`] (start-up) fails,
+    /// naming the store, on a record the keys cannot open, and writes nothing then; with
+    /// [`Encryption::encrypt_existing`] it seals the records written with no key, all in one
+    /// atomic script.
+    pub async fn connect_with(
+        url: &str,
+        lock_ttl: Duration,
+        encryption: Option<Encryption>,
+    ) -> Result<RedisStore, StoreError> {
         if lock_ttl.is_zero() {
             return Err(StoreError("lock_ttl must be above zero".into()));
         }
@@ -391,11 +377,13 @@ impl RedisStore {
                 listening: AtomicBool::new(false),
                 subscribed: AtomicBool::new(false),
                 announced: watch::channel(0).0,
+                codec: Codec::new(encryption),
                 save: Script::new(SAVE_LUA),
                 commit: Script::new(COMMIT_LUA),
                 renew: Script::new(RENEW_LUA),
                 release: Script::new(RELEASE_LUA),
                 remove: Script::new(REMOVE_LUA),
+                seal_existing: Script::new(SEAL_EXISTING_LUA),
             }),
         };
         store
@@ -467,8 +455,9 @@ impl Shared {
             )
             .await?;
         match (gen, data) {
-            (Some(g), Some(d)) => decode(&g, &d)
-                .map(Some)
+            (Some(g), Some(d)) => self
+                .decode(&key, &g, &d)
+                .map(|(a, _)| Some(a))
                 .map_err(|e| StoreError(format!("redis {}: {key}: {e}", self.addr))),
             _ => Ok(None),
         }
@@ -500,6 +489,7 @@ impl Shared {
         keys.sort();
         keys.dedup();
         let mut out = Vec::with_capacity(keys.len());
+        let mut clear = Vec::new();
         for chunk in keys.chunks(256) {
             let mut pipe = redis::pipe();
             for k in chunk {
@@ -509,16 +499,67 @@ impl Shared {
                 self.op("load accounts", pipe.query_async(&mut c)).await?;
             for (k, row) in chunk.iter().zip(rows) {
                 if let (Some(g), Some(d)) = row {
-                    match decode(&g, &d) {
-                        Ok(a) => out.push(a),
-                        Err(e) => {
+                    match self.decode(k, &g, &d) {
+                        Ok((a, Sealing::Clear)) if self.codec.encrypted() => {
+                            clear.push((k.clone(), d, self.codec.encode(&a, false)));
+                            out.push(a);
+                        }
+                        Ok((a, _)) => out.push(a),
+                        // The configured keys cannot open it: a start-up error, nothing written.
+                        Err(RecordError::Sealing(e)) => {
+                            return Err(StoreError(format!("redis {}: {k}: {e}", self.addr)))
+                        }
+                        Err(RecordError::Malformed(e)) => {
                             tracing::warn!(key = %k, error = %e, "skipping an unreadable stored account")
                         }
                     }
                 }
             }
         }
+        if !clear.is_empty() {
+            self.seal_existing(&clear).await?;
+        }
         Ok(out)
+    }
+
+    /// Opens the record stored under `key` (generation `gen`, record `data`).
+    fn decode(
+        &self,
+        key: &str,
+        gen: &str,
+        data: &str,
+    ) -> Result<(StoredAccount, Sealing), RecordError> {
+        let generation = gen
+            .parse::<u64>()
+            .map_err(|_| RecordError::Malformed("generation is not a number".into()))?;
+        let under = parse_account_key(key)
+            .ok_or_else(|| RecordError::Malformed("not an account key".into()))?;
+        self.codec
+            .decode(under, data.as_bytes(), Generation::Beside(generation))
+    }
+
+    /// `store.encrypt_existing`: replaces the records written with no key (`(key, as read,
+    /// sealed)`) by their sealed form in one atomic script, which writes nothing if any of them
+    /// changed since it was read.
+    async fn seal_existing(&self, clear: &[(String, String, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.seal_existing.prepare_invoke();
+        for (k, old, new) in clear {
+            inv.key(k).arg(old).arg(new.as_slice());
+        }
+        let n: i64 = self
+            .op("encrypt existing records", inv.invoke_async(&mut c))
+            .await?;
+        if n != 1 {
+            return Err(StoreError(format!(
+                "redis {}: encrypt existing records: another writer changed them meanwhile; nothing was \
+                 written, start again",
+                self.addr
+            )));
+        }
+        tracing::info!(redis = %self.addr, accounts = clear.len(),
+            "encrypted the token store's records written with no key (store.encrypt_existing)");
+        Ok(())
     }
 
     async fn save(&self, account: &StoredAccount) -> Result<u64, StoreError> {
@@ -529,7 +570,7 @@ impl Shared {
                 self.save
                     .key(account_key(account.provider, &account.account))
                     .arg(account.generation)
-                    .arg(encode(account))
+                    .arg(self.codec.encode(account, false))
                     .arg(CHANNEL)
                     .arg(self.announcement(account.provider, &account.account))
                     .invoke_async(&mut c),
@@ -602,7 +643,7 @@ impl Shared {
                     .key(lock)
                     .arg(expected.map(|g| g.to_string()).unwrap_or_default())
                     .arg(next.generation)
-                    .arg(encode(next))
+                    .arg(self.codec.encode(next, false))
                     .arg(owner)
                     .arg(CHANNEL)
                     .arg(self.announcement(next.provider, &next.account))
@@ -1005,6 +1046,7 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::Secret;
 
     fn account(generation: u64, access: &str, refresh: &str) -> StoredAccount {
         let mut a = StoredAccount::new(Provider::GitHub, "octo", Secret::new(refresh));
@@ -1019,10 +1061,18 @@ mod tests {
         a.expires_at = Some(1_800_000_000);
         a.seed_fingerprint = Some("ab".into());
         a.last_error = Some("x".into());
-        let back = decode("7", &encode(&a)).unwrap();
+        let codec = Codec::new(None);
+        let key = account_key(a.provider, &a.account);
+        let under = parse_account_key(&key).unwrap();
+        let data = codec.encode(&a, false);
+        let (back, _) = codec.decode(under, &data, Generation::Beside(7)).unwrap();
         assert_eq!(back, a);
-        assert!(decode("x", &encode(&a)).is_err());
-        assert!(decode("1", "{").is_err());
+        assert!(codec.decode(under, b"{", Generation::Beside(1)).is_err());
+        assert!(parse_account_key("orp:lock:github:octo").is_none());
+        assert_eq!(
+            parse_account_key("orp:acct:google:a:b"),
+            Some((Provider::Google, "a:b"))
+        );
     }
 
     #[test]
