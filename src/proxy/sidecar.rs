@@ -29,12 +29,15 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Option<Arc<dyn Store
         StoreSettings::File { path } => Some(Arc::new(
             FileStore::open(path).map_err(|e| SetupError(format!("store.path: {}", e.0)))?,
         )),
-        StoreSettings::Redis { url, lock_ttl } => Some(Arc::new(
-            RedisStore::connect(url, *lock_ttl)
-                .await
-                .map_err(|e| SetupError(format!("store.url: {}", e.0)))?,
-        )),
+        StoreSettings::Redis { url, lock_ttl } => Some(open_redis(url, *lock_ttl).await?),
     })
+}
+
+/// Connects the Redis store of `store.url` (`store.kind = "redis"`).
+pub async fn open_redis(url: &str, lock_ttl: Duration) -> Result<Arc<RedisStore>, SetupError> {
+    Ok(Arc::new(RedisStore::connect(url, lock_ttl).await.map_err(
+        |e| SetupError(format!("store.url: {}", e.0)),
+    )?))
 }
 
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
@@ -211,7 +214,16 @@ impl Sidecar {
             .default_lifetime(r.default_lifetime)
             .min_interval(r.min_interval)
             .retry(retry_policy(r));
-        if let Some(store) = open_store(&config.store).await? {
+        // The Redis store is also kept as such: it shares the rate limits (SPEC 4.10).
+        let redis = match &config.store {
+            StoreSettings::Redis { url, lock_ttl } => Some(open_redis(url, *lock_ttl).await?),
+            _ => None,
+        };
+        let store = match &redis {
+            Some(r) => Some(r.clone() as Arc<dyn Store>),
+            None => open_store(&config.store).await?,
+        };
+        if let Some(store) = store {
             builder = builder.store(store);
         }
         let tokens = builder.build();
@@ -236,12 +248,16 @@ impl Sidecar {
                 retry_policy(r),
             ));
         }
+        if let Some(redis) = &redis {
+            proxy.rate_limits().share(redis.clone());
+        }
         let proxy = Arc::new(proxy);
         let admin = Arc::new(AdminState {
             tokens: tokens.clone(),
             metrics: metrics.clone(),
             admin_token: config.admin_token.clone(),
             ready: Arc::new(|| true),
+            rate_limits: proxy.rate_limits().clone(),
         });
         Ok(Sidecar {
             tokens,

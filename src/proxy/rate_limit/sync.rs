@@ -10,7 +10,7 @@
 //! Publishing goes through a bounded queue ([`QUEUE`]) drained by one task; a full queue drops
 //! the note, and a Redis failure is logged at `warn`. Neither ever fails or delays a request.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -102,10 +102,10 @@ impl Note {
 }
 
 impl RateLimits {
-    /// Shares this replica's limits with the other replicas of `store` and applies theirs (see
-    /// the [module docs](self)). Call it once, on a tokio runtime, before the store's
-    /// subscriber starts ([`Tokens`](crate::Tokens) built with the store), so that notes still
-    /// stored are applied too; a second call does nothing.
+    /// Shares this replica's limits with the other replicas of `store` and applies theirs,
+    /// starting with the ones stored now (see the [module docs](self)). Needs a tokio runtime,
+    /// and the store's subscriber for the notes that come later ([`Tokens`](crate::Tokens)
+    /// built with the store starts it). A second call does nothing.
     pub fn share(&self, store: Arc<RedisStore>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no tokio runtime: rate limits are not shared between replicas");
@@ -116,6 +116,26 @@ impl RateLimits {
             return;
         }
         let mut incoming = store.notes();
+        let weak = Arc::downgrade(&self.shared);
+        let reader = store.clone();
+        runtime.spawn(async move {
+            // The notes stored before this call, then the ones that come.
+            let stored = reader.stored_notes().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not read the rate limits shared by the other replicas");
+                Vec::new()
+            });
+            drop(reader);
+            for payload in stored {
+                if !apply_payload(&weak, &payload) {
+                    return;
+                }
+            }
+            while let Some(payload) = incoming.recv().await {
+                if !apply_payload(&weak, &payload) {
+                    return;
+                }
+            }
+        });
         runtime.spawn(async move {
             while let Some(note) = outgoing.recv().await {
                 let ttl = std::time::Duration::from_millis(
@@ -126,23 +146,25 @@ impl RateLimits {
                 }
             }
         });
-        let weak = Arc::downgrade(&self.shared);
-        runtime.spawn(async move {
-            while let Some(payload) = incoming.recv().await {
-                let Some(shared) = weak.upgrade() else { break };
-                if !payload.starts_with('{') {
-                    continue; // another kind of note
-                }
-                match Note::decode(&payload) {
-                    Some(note) => {
-                        tracing::debug!(provider = %note.provider, account = %note.account, scope = note.scope.as_str(), "rate limit learnt by another replica");
-                        RateLimits { shared }.apply(&note);
-                    }
-                    None => tracing::debug!("ignoring a malformed shared rate limit"),
-                }
-            }
-        });
     }
+}
+
+/// Applies one note's payload to the limits, if they still exist; `false` once they are gone.
+fn apply_payload(limits: &Weak<super::Shared>, payload: &str) -> bool {
+    let Some(shared) = limits.upgrade() else {
+        return false;
+    };
+    if !payload.starts_with('{') {
+        return true; // another kind of note
+    }
+    match Note::decode(payload) {
+        Some(note) => {
+            tracing::debug!(provider = %note.provider, account = %note.account, scope = note.scope.as_str(), "rate limit learnt by another replica");
+            RateLimits { shared }.apply(&note);
+        }
+        None => tracing::debug!("ignoring a malformed shared rate limit"),
+    }
+    true
 }
 
 #[cfg(test)]

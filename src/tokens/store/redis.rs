@@ -452,6 +452,11 @@ impl RedisStore {
         s.op("publish note", pipe.query_async::<()>(&mut c)).await
     }
 
+    /// The payloads of every note stored now (one's own included).
+    pub async fn stored_notes(&self) -> Result<Vec<String>, StoreError> {
+        self.shared.stored_notes().await
+    }
+
     /// The payloads of the notes other replicas publish from now on, and after every
     /// (re)subscription of the subscriber every note still stored (see the
     /// [module documentation](self)). One consumer: a second call replaces the first.
@@ -475,15 +480,23 @@ impl Shared {
         if self.notes.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
             return Ok(());
         }
+        for note in self.stored_notes().await? {
+            self.forward_note(note);
+        }
+        Ok(())
+    }
+
+    async fn stored_notes(&self) -> Result<Vec<String>, StoreError> {
         let keys = self.scan_keys("scan notes", NOTE_PATTERN).await?;
         let mut c = self.conn.clone();
+        let mut out = Vec::new();
         for chunk in keys.chunks(256) {
             let values: Vec<Option<String>> = self
                 .op("read notes", redis::cmd("MGET").arg(chunk).query_async(&mut c))
                 .await?;
-            values.into_iter().flatten().for_each(|v| self.forward_note(v));
+            out.extend(values.into_iter().flatten());
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Runs one Redis operation, bounded by `op_timeout`.
