@@ -5,6 +5,7 @@
 
 pub mod http_client;
 pub mod process;
+pub mod redis_server;
 pub mod world;
 
 use std::convert::Infallible;
