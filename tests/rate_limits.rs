@@ -238,9 +238,8 @@ async fn get(
 }
 
 async fn tokens(client: &support::http_client::HttpClient, proxy: &Proxy) -> serde_json::Value {
-    let a =
-        support::http_client::request(client, "GET", &proxy.admin_url("/tokens"), &[], empty())
-            .await;
+    let a = support::http_client::request(client, "GET", &proxy.admin_url("/tokens"), &[], empty())
+        .await;
     assert_eq!(a.status, 200);
     a.json()
 }
@@ -263,7 +262,11 @@ fn entry<'a>(
 fn assert_rate_limited(a: &Answer, max: u64) -> u64 {
     assert_eq!(a.status, 429, "{a:?}");
     assert_eq!(a.code(), "rate_limited");
-    let secs: u64 = a.header("retry-after").expect("Retry-After").parse().unwrap();
+    let secs: u64 = a
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
     assert!((1..=max).contains(&secs), "Retry-After {secs}, max {max}");
     secs
 }
@@ -291,13 +294,20 @@ async fn a_secondary_limit_holds_every_request_back_until_it_ends() {
     );
     let first = s.get("/github/repos/o/r/issues").await;
     let limited_at = Instant::now();
-    assert_eq!(first.status, 403, "the upstream's own 403 reaches the caller");
+    assert_eq!(
+        first.status, 403,
+        "the upstream's own 403 reaches the caller"
+    );
     assert_eq!(s.github.hits(), 1);
 
     // 50 requests inside the window: none reaches the upstream.
     let mut answers = Vec::new();
     for i in 0..50 {
-        let path = if i % 2 == 0 { "/github/user" } else { "/github/search/code" };
+        let path = if i % 2 == 0 {
+            "/github/user"
+        } else {
+            "/github/search/code"
+        };
         answers.push(s.get(path).await);
     }
     assert!(
@@ -314,7 +324,13 @@ async fn a_secondary_limit_holds_every_request_back_until_it_ends() {
     assert_eq!(s.github.hits(), 1, "nothing was sent during the limit");
 
     // Another account and another upstream are not held back.
-    let other = get(&s.client, &s.proxy, "/github/user", &[("x-oauth-account", "other")]).await;
+    let other = get(
+        &s.client,
+        &s.proxy,
+        "/github/user",
+        &[("x-oauth-account", "other")],
+    )
+    .await;
     assert_eq!(other.status, 200);
     assert_eq!(s.get("/google/drive/v3/files").await.status, 200);
     assert_eq!(s.github.hits(), 2);
@@ -347,7 +363,11 @@ async fn a_secondary_limit_holds_every_request_back_until_it_ends() {
         limited_at.elapsed()
     );
     assert_eq!(through.text(), "{}");
-    assert_eq!(s.github.hits(), 3, "exactly one more request reached the upstream");
+    assert_eq!(
+        s.github.hits(),
+        3,
+        "exactly one more request reached the upstream"
+    );
     assert_eq!(s.rate_limited_total("/github").await, refused as f64);
     assert_eq!(s.rate_limited_total("/google").await, 0.0);
     assert!(entry(&s.tokens().await, "github", "octo")["rate_limited_until"].is_null());
@@ -453,7 +473,10 @@ async fn google_429_with_retry_after_holds_the_account_back() {
     let until = entry(&s.tokens().await, "google", "alice")["rate_limited_until"]
         .as_u64()
         .unwrap();
-    assert!((now_secs() + 28..=now_secs() + 31).contains(&until), "{until}");
+    assert!(
+        (now_secs() + 28..=now_secs() + 31).contains(&until),
+        "{until}"
+    );
 
     // A Google 403 (quota, scope) with Retry-After is no limit.
     let s2 = Setup::start().await;
@@ -494,7 +517,10 @@ async fn a_limit_seen_by_one_replica_blocks_the_other() {
         if entry(&listing, "github", "octo")["rate_limited_until"].is_u64() {
             break;
         }
-        assert!(Instant::now() < deadline, "replica B never learnt the limit");
+        assert!(
+            Instant::now() < deadline,
+            "replica B never learnt the limit"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let held = get(&client, &b, "/github/user", &[]).await;
@@ -514,7 +540,10 @@ async fn a_limit_seen_by_one_replica_blocks_the_other() {
     let c = Proxy::start(&cfg, &[], &[]).await;
     let deadline = Instant::now() + WAIT;
     while !entry(&tokens(&client, &c).await, "github", "octo")["rate_limited_until"].is_u64() {
-        assert!(Instant::now() < deadline, "replica C never read the stored limit");
+        assert!(
+            Instant::now() < deadline,
+            "replica C never read the stored limit"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_rate_limited(&get(&client, &c, "/github/user", &[]).await, 30);

@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,7 +35,6 @@ use tower::{Layer, ServiceExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_oauth-refresh-proxy");
 const BACKEND_ENV: &str = "ORP_TEST_BACKEND_TOKEN";
-
 
 // ---------------------------------------------------------------------------------------------
 // In-process replicas

@@ -824,7 +824,10 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("60"));
         f.state
             .rate_limits
-            .upstream(&http::Uri::from_static("https://api.github.com"), Provider::GitHub)
+            .upstream(
+                &http::Uri::from_static("https://api.github.com"),
+                Provider::GitHub,
+            )
             .observe("octo@home", StatusCode::FORBIDDEN, &h);
         let now = crate::proxy::rate_limit::now_ms() / 1000;
 

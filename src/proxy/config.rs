@@ -2585,20 +2585,22 @@ token   = "env:ORP_REFRESH_API_TOKEN"
 
     #[test]
     fn route_rate_limit_is_enforce_or_pass() {
-        let with = |v: &str| {
-            format!(
-                "{BACKEND}{}{v}",
-                route_with("/g", "https://api.github.com")
-            )
-        };
-        assert_eq!(parse(&with("")).unwrap().routes[0].rate_limit, RateLimitMode::Enforce);
+        let with = |v: &str| format!("{BACKEND}{}{v}", route_with("/g", "https://api.github.com"));
+        assert_eq!(
+            parse(&with("")).unwrap().routes[0].rate_limit,
+            RateLimitMode::Enforce
+        );
         assert_eq!(
             parse(&with("rate_limit = \"enforce\"")).unwrap().routes[0].rate_limit,
             RateLimitMode::Enforce
         );
         let pass = parse(&with("rate_limit = \"pass\"")).unwrap();
         assert_eq!(pass.routes[0].rate_limit, RateLimitMode::Pass);
-        assert!(pass.summary().contains("rate_limit pass"), "{}", pass.summary());
+        assert!(
+            pass.summary().contains("rate_limit pass"),
+            "{}",
+            pass.summary()
+        );
         assert_eq!(
             err(&with("rate_limit = \"off\"")),
             "proxy.toml: route[0].rate_limit: unknown value \"off\" (expected \"enforce\" or \"pass\")"

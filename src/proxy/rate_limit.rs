@@ -148,7 +148,11 @@ impl RateLimits {
     /// accounts: created on first use, the same table afterwards.
     pub fn upstream(&self, uri: &Uri, provider: Provider) -> UpstreamLimits {
         let origin = origin_of(uri);
-        let mut tables = self.shared.tables.write().unwrap_or_else(|e| e.into_inner());
+        let mut tables = self
+            .shared
+            .tables
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let table = match tables
             .iter()
             .find(|t| *t.origin == *origin && t.provider == provider)
@@ -229,10 +233,7 @@ impl UpstreamLimits {
         let now = now_ms();
         let (blocking, ended) = {
             let entry = t.accounts.get(account)?;
-            let slots = [
-                Scope::Upstream.index(),
-                Scope::Resource(resource).index(),
-            ];
+            let slots = [Scope::Upstream.index(), Scope::Resource(resource).index()];
             let blocking = slots
                 .iter()
                 .filter_map(|&i| entry.limits[i].as_ref())
@@ -393,7 +394,10 @@ mod tests {
 
     fn limits() -> (RateLimits, UpstreamLimits) {
         let l = RateLimits::default();
-        let u = l.upstream(&Uri::from_static("https://api.github.com"), Provider::GitHub);
+        let u = l.upstream(
+            &Uri::from_static("https://api.github.com"),
+            Provider::GitHub,
+        );
         (l, u)
     }
 
@@ -453,6 +457,16 @@ mod tests {
         assert_eq!(l.rate_limited_until(Provider::Google, "octo"), None);
     }
 
+    /// An entry whose one limit ended just before `now`.
+    fn ended(now: u64) -> Entry {
+        let mut e = Entry::default();
+        e.limits[0] = Some(Limit {
+            until_ms: now - 1,
+            headers: Arc::from(Vec::new()),
+        });
+        e
+    }
+
     #[test]
     fn the_later_deadline_wins_and_ended_entries_go() {
         let (l, u) = limits();
@@ -462,20 +476,7 @@ mod tests {
         // An ended limit: planted directly, then found ended and removed on check.
         let t = &u.table;
         let now = now_ms();
-        t.accounts.insert(
-            Arc::from("gone"),
-            Entry {
-                limits: [
-                    Some(Limit {
-                        until_ms: now - 1,
-                        headers: Arc::from(Vec::new()),
-                    }),
-                    None,
-                    None,
-                    None,
-                ],
-            },
-        );
+        t.accounts.insert(Arc::from("gone"), ended(now));
         t.live.fetch_add(1, Ordering::Relaxed);
         assert!(u.check("gone", Resource::Core).is_none());
         assert!(t.accounts.get("gone").is_none());
@@ -489,18 +490,7 @@ mod tests {
         let t = &u.table;
         let now = now_ms();
         for i in 0..1000 {
-            let e = Entry {
-                limits: [
-                    Some(Limit {
-                        until_ms: now - 1,
-                        headers: Arc::from(Vec::new()),
-                    }),
-                    None,
-                    None,
-                    None,
-                ],
-            };
-            t.accounts.insert(Arc::from(format!("a{i}")), e);
+            t.accounts.insert(Arc::from(format!("a{i}")), ended(now));
         }
         t.live.store(1000, Ordering::Relaxed);
         t.last_sweep_ms.store(0, Ordering::Relaxed);

@@ -35,9 +35,11 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Option<Arc<dyn Store
 
 /// Connects the Redis store of `store.url` (`store.kind = "redis"`).
 pub async fn open_redis(url: &str, lock_ttl: Duration) -> Result<Arc<RedisStore>, SetupError> {
-    Ok(Arc::new(RedisStore::connect(url, lock_ttl).await.map_err(
-        |e| SetupError(format!("store.url: {}", e.0)),
-    )?))
+    Ok(Arc::new(
+        RedisStore::connect(url, lock_ttl)
+            .await
+            .map_err(|e| SetupError(format!("store.url: {}", e.0)))?,
+    ))
 }
 
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.

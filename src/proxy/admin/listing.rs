@@ -233,7 +233,8 @@ impl Producer {
                 if self.written > 0 {
                     buf.push(b',');
                 }
-                if serde_json::to_writer(&mut buf, &ListingEntry::new(&info, &self.limits)).is_ok() {
+                if serde_json::to_writer(&mut buf, &ListingEntry::new(&info, &self.limits)).is_ok()
+                {
                     self.written += 1;
                 } else {
                     buf.truncate(start);

@@ -287,7 +287,15 @@ mod tests {
             retry_after(&v("999999999999999999999999999999"), NOW),
             Some(MAX_WAIT)
         );
-        for garbage in ["", "-5", "1.5", "2s", "0x10", "tomorrow", "Sun, 99 Nov 1994"] {
+        for garbage in [
+            "",
+            "-5",
+            "1.5",
+            "2s",
+            "0x10",
+            "tomorrow",
+            "Sun, 99 Nov 1994",
+        ] {
             assert_eq!(retry_after(&v(garbage), NOW), None, "{garbage:?}");
         }
         // Non-UTF-8 bytes.
@@ -318,10 +326,7 @@ mod tests {
 
     #[test]
     fn reset_is_unix_seconds_in_the_future_capped() {
-        assert_eq!(
-            reset(&v("1700000002"), NOW),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(reset(&v("1700000002"), NOW), Some(Duration::from_secs(2)));
         assert_eq!(reset(&v("1700000000"), NOW), None);
         assert_eq!(reset(&v("99999999999999999999"), NOW), Some(MAX_WAIT));
         assert_eq!(reset(&v("1700009999"), NOW), Some(MAX_WAIT));

@@ -76,17 +76,16 @@ impl Note {
 
     fn decode(payload: &str) -> Option<Note> {
         let w: Wire = serde_json::from_str(payload).ok()?;
-        let headers: Vec<(HeaderName, HeaderValue)> = w
-            .h
-            .iter()
-            .filter(|(n, _)| n.starts_with("x-ratelimit-"))
-            .filter_map(|(n, v)| {
-                Some((
-                    HeaderName::from_bytes(n.as_bytes()).ok()?,
-                    HeaderValue::from_str(v).ok()?,
-                ))
-            })
-            .collect();
+        let headers: Vec<(HeaderName, HeaderValue)> =
+            w.h.iter()
+                .filter(|(n, _)| n.starts_with("x-ratelimit-"))
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect();
         Some(Note {
             origin: w.u,
             provider: w.p.parse().ok()?,
@@ -94,7 +93,9 @@ impl Note {
             scope: Scope::from_name(&w.s)?,
             limit: Limit {
                 // A note cannot impose more than this replica's own cap.
-                until_ms: w.t.min(now_ms().saturating_add(super::MAX_WAIT.as_millis() as u64)),
+                until_ms: w
+                    .t
+                    .min(now_ms().saturating_add(super::MAX_WAIT.as_millis() as u64)),
                 headers: headers.into(),
             },
         })
@@ -197,7 +198,9 @@ mod tests {
         assert_eq!(back.limit.headers[0].1, "search");
         assert!(note.name().starts_with("rl:github:octo:search:"));
 
-        let far = note.encode().replace(&until.to_string(), &u64::MAX.to_string());
+        let far = note
+            .encode()
+            .replace(&until.to_string(), &u64::MAX.to_string());
         let capped = Note::decode(&far).unwrap();
         assert!(capped.limit.until_ms <= now_ms() + super::super::MAX_WAIT.as_millis() as u64);
 

@@ -470,14 +470,24 @@ impl RedisStore {
 impl Shared {
     /// Hands a note's payload to the consumer of [`RedisStore::notes`], if any.
     fn forward_note(&self, payload: String) {
-        if let Some(tx) = self.notes.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(tx) = self
+            .notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             let _ = tx.send(payload);
         }
     }
 
     /// Forwards every stored note (after a (re)subscription: the ones missed meanwhile).
     async fn resync_notes(&self) -> Result<(), StoreError> {
-        if self.notes.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        if self
+            .notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
             return Ok(());
         }
         for note in self.stored_notes().await? {
@@ -492,7 +502,10 @@ impl Shared {
         let mut out = Vec::new();
         for chunk in keys.chunks(256) {
             let values: Vec<Option<String>> = self
-                .op("read notes", redis::cmd("MGET").arg(chunk).query_async(&mut c))
+                .op(
+                    "read notes",
+                    redis::cmd("MGET").arg(chunk).query_async(&mut c),
+                )
                 .await?;
             out.extend(values.into_iter().flatten());
         }
