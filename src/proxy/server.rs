@@ -247,7 +247,7 @@ impl Proxy {
         if state.enforce {
             if let Some(blocked) = state.limits.check(account.as_str(), resource) {
                 state.metrics.observe_rate_limited();
-                tracing::info!(
+                tracing::debug!(
                     route = %route.prefix,
                     account = account.as_str(),
                     retry_after = blocked.retry_after_secs(),
