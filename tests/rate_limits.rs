@@ -484,6 +484,13 @@ async fn google_429_with_retry_after_holds_the_account_back() {
     assert_eq!(s2.get("/google/drive/v3/files").await.status, 403);
     assert_eq!(s2.get("/google/drive/v3/files").await.status, 200);
     assert_eq!(s2.google.hits(), 2);
+    // Retry-After as an HTTP-date.
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(20));
+    s2.google.then(429, &[("retry-after", date)]);
+    assert_eq!(s2.get("/google/drive/v3/files").await.status, 429);
+    let secs = assert_rate_limited(&s2.get("/google/drive/v3/files").await, 21);
+    assert!(secs >= 18, "{secs}");
+    assert_eq!(s2.google.hits(), 3);
     s.finish();
     s2.finish();
 }
