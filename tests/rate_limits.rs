@@ -122,7 +122,8 @@ fn secrets() -> Vec<String> {
 }
 
 /// A config with `/github` (enforce) and `/github-pass` (`rate_limit = "pass"`) on `github`,
-/// `/google` on `google`, accounts `octo` and `alice`, and `extra` at the root's end.
+/// `/google` on `google`, accounts github `octo` and `other` and google `alice`, and `extra`
+/// after the `[refresh]` keys (it may open further tables, e.g. `[store]`).
 fn config(github: SocketAddr, google: SocketAddr, extra: &str) -> String {
     let at = now_secs() + 86_400;
     format!(
