@@ -557,8 +557,20 @@ async fn a_limit_seen_by_one_replica_blocks_the_other() {
     assert_rate_limited(&get(&client, &c, "/github/user", &[]).await, 30);
     assert_eq!(github.hits(), 2);
 
+    // Redis gone: learning and enforcing limits goes on locally, no request fails for it.
+    let mut redis = redis;
+    redis.stop();
+    github.then(429, &[("retry-after", "30".into())]);
+    let other = [("x-oauth-account", "other")];
+    assert_eq!(get(&client, &a, "/github/user", &other).await.status, 429);
+    assert_rate_limited(&get(&client, &a, "/github/user", &other).await, 30);
+    assert_eq!(
+        get(&client, &a, "/google/drive/v3/files", &[]).await.status,
+        200
+    );
+    assert_eq!(github.hits(), 3);
+
     for p in [a, b, c] {
         p.assert_no_secret_in_stderr(&secrets());
     }
-    drop(redis);
 }
