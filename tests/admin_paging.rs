@@ -184,7 +184,8 @@ impl Sidecar {
                         "last_error",
                         "last_refresh_at",
                         "needs_reauth",
-                        "provider"
+                        "provider",
+                        "rate_limited_until"
                     ]
                 );
                 assert_eq!(e["expires_at"], 4_000_000_000u64);

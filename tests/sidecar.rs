@@ -1151,7 +1151,7 @@ async fn admin_health_readiness_and_metrics() {
     sc.finish(&w.realm);
 }
 
-const LISTING_KEYS: [&str; 7] = [
+const LISTING_KEYS: [&str; 8] = [
     "account",
     "expires_at",
     "generation",
@@ -1159,6 +1159,7 @@ const LISTING_KEYS: [&str; 7] = [
     "last_refresh_at",
     "needs_reauth",
     "provider",
+    "rate_limited_until",
 ];
 
 fn assert_listing_entry(e: &serde_json::Value) {
@@ -1167,7 +1168,7 @@ fn assert_listing_entry(e: &serde_json::Value) {
     assert_eq!(keys, LISTING_KEYS, "{e}");
     assert!(e["generation"].is_u64(), "{e}");
     assert!(e["needs_reauth"].is_boolean(), "{e}");
-    for k in ["expires_at", "last_refresh_at"] {
+    for k in ["expires_at", "last_refresh_at", "rate_limited_until"] {
         assert!(e[k].is_u64() || e[k].is_null(), "{e}");
     }
 }

@@ -43,6 +43,7 @@ use serde::Deserialize;
 use crate::provider::Provider;
 use crate::proxy::errors::{self, Code};
 use crate::proxy::metrics::{self, Metrics};
+use crate::proxy::rate_limit::RateLimits;
 use crate::token::{timestamp_to_system_time, Secret, TokenSeed};
 use crate::tokens::{AccountInfo, Tokens};
 
@@ -67,6 +68,7 @@ pub use listing::{ListingBody, CHUNK, DEFAULT_LIMIT, MAX_LIMIT};
 ///     tokens,
 ///     admin_token: Some(Secret::new("admin-secret")),
 ///     ready: Arc::new(|| true),
+///     rate_limits: Default::default(),
 /// };
 /// # let _ = state;
 /// ```
@@ -81,6 +83,8 @@ pub struct AdminState {
     /// An extra readiness condition for `/readyz`, on top of the token store's own health
     /// ([`Tokens::ready`]); the sidecar passes `|| true`.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The proxy's rate limits, for the listing's `rate_limited_until` (SPEC 4.10).
+    pub rate_limits: RateLimits,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -125,6 +129,7 @@ impl std::fmt::Debug for AdminState {
 ///     tokens,
 ///     admin_token: Some(Secret::new("admin-secret")),
 ///     ready: Arc::new(|| true),
+///     rate_limits: Default::default(),
 /// };
 /// let put = http::Request::put("/tokens/github/octo")
 ///     .header("authorization", "Bearer admin-secret")
@@ -333,7 +338,7 @@ where
             } else {
                 StatusCode::CREATED
             },
-            &listing_entry(&info),
+            &listing_entry(&info, &state.rate_limits),
         ),
         // Removed concurrently.
         None => unknown_account(provider, account),
@@ -449,8 +454,8 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// One account's listing entry as a JSON value (the answer of `PUT`).
-fn listing_entry(a: &AccountInfo) -> serde_json::Value {
-    serde_json::to_value(ListingEntry::from(a)).unwrap_or_default()
+fn listing_entry(a: &AccountInfo, limits: &RateLimits) -> serde_json::Value {
+    serde_json::to_value(ListingEntry::new(a, limits)).unwrap_or_default()
 }
 
 /// The answer of `GET /tokens` (see the module docs).
@@ -459,7 +464,7 @@ fn list(state: &AdminState, query: Option<&str>) -> Response<AdminBody> {
         Ok(q) => q,
         Err(message) => return bad_request(&message).map(AdminBody::from),
     };
-    let Some((link, body)) = listing::page(&state.tokens, &q) else {
+    let Some((link, body)) = listing::page(&state.tokens, &state.rate_limits, &q) else {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -640,6 +645,7 @@ mod tests {
                 tokens,
                 admin_token: admin_token.map(Secret::new),
                 ready: Arc::new(move || r.load(Ordering::SeqCst)),
+                rate_limits: Default::default(),
             },
             script,
             ready,
@@ -794,6 +800,7 @@ mod tests {
             serde_json::json!({
                 "provider": "google", "account": "alice", "expires_at": 4000000000u64,
                 "generation": 1, "needs_reauth": false, "last_refresh_at": null, "last_error": null,
+                "rate_limited_until": null,
             })
         );
         // Milliseconds are accepted; 0 means unknown.
@@ -812,6 +819,18 @@ mod tests {
         assert_eq!(a.json()["account"], "octo@home");
         assert_eq!(a.json()["expires_at"], serde_json::Value::Null);
 
+        // A secondary limit of octo@home on GitHub shows in its entry only.
+        let mut h = http::HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("60"));
+        f.state
+            .rate_limits
+            .upstream(
+                &http::Uri::from_static("https://api.github.com"),
+                Provider::GitHub,
+            )
+            .observe("octo@home", StatusCode::FORBIDDEN, &h);
+        let now = crate::proxy::rate_limit::now_ms() / 1000;
+
         let a = f.send("GET", "/tokens", bearer(), "").await;
         assert_eq!(a.status, 200);
         let list = a.json();
@@ -819,6 +838,9 @@ mod tests {
         assert_eq!(list.len(), 2);
         assert_eq!(list[0]["provider"], "google");
         assert_eq!(list[1]["account"], "octo@home");
+        assert_eq!(list[0]["rate_limited_until"], serde_json::Value::Null);
+        let until = list[1]["rate_limited_until"].as_u64().unwrap();
+        assert!((now + 59..=now + 61).contains(&until), "{until} vs {now}");
         for e in list {
             let mut keys: Vec<_> = e.as_object().unwrap().keys().cloned().collect();
             keys.sort();
@@ -831,7 +853,8 @@ mod tests {
                     "last_error",
                     "last_refresh_at",
                     "needs_reauth",
-                    "provider"
+                    "provider",
+                    "rate_limited_until"
                 ]
             );
         }

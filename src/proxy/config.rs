@@ -482,6 +482,36 @@ pub struct Route {
     pub provider: Provider,
     /// The account used when a request has no `x-oauth-account` header.
     pub default_account: Option<String>,
+    /// Whether the proxy holds back requests the upstream's rate limits would refuse
+    /// (`rate_limit`, SPEC 4.10).
+    pub rate_limit: RateLimitMode,
+}
+
+/// What a route does with the upstream's rate limits (`[[route]] rate_limit`, SPEC 4.10).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RateLimitMode {
+    /// `"enforce"` (the default): while an account is known to be rate limited, its requests
+    /// get `429 rate_limited` without reaching the upstream.
+    #[default]
+    Enforce,
+    /// `"pass"`: requests are always forwarded (limits are still learnt from this route's
+    /// answers, for `GET /tokens` and for other routes to the same upstream).
+    Pass,
+}
+
+impl RateLimitMode {
+    /// The name used in the config file: `enforce` or `pass`.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::proxy::config::RateLimitMode;
+    /// assert_eq!(RateLimitMode::default().as_str(), "enforce");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitMode::Enforce => "enforce",
+            RateLimitMode::Pass => "pass",
+        }
+    }
 }
 
 impl Route {
@@ -510,6 +540,7 @@ impl Route {
             upstream: Uri::from_static(upstream),
             provider,
             default_account: None,
+            rate_limit: RateLimitMode::Enforce,
         })
         .collect()
     }
@@ -975,6 +1006,9 @@ impl Config {
             );
             if let Some(a) = &route.default_account {
                 let _ = write!(out, ", default account {a}");
+            }
+            if route.rate_limit == RateLimitMode::Pass {
+                let _ = write!(out, ", rate_limit pass");
             }
             let _ = writeln!(out, ")");
         }
@@ -1522,7 +1556,13 @@ fn server(t: &Tbl<'_>) -> Result<ServerSettings, String> {
 }
 
 fn route(t: &Tbl<'_>) -> Result<Route, String> {
-    t.only(&["prefix", "upstream", "provider", "default_account"])?;
+    t.only(&[
+        "prefix",
+        "upstream",
+        "provider",
+        "default_account",
+        "rate_limit",
+    ])?;
     let prefix = t.required_str("prefix")?.to_string();
     let raw = t.required_str("upstream")?;
     let trimmed = raw.trim_end_matches('/');
@@ -1531,11 +1571,22 @@ fn route(t: &Tbl<'_>) -> Result<Route, String> {
         .map_err(|_| format!("{}: invalid URL {raw:?}", t.key("upstream")))?;
     let provider = t.provider("provider")?;
     let default_account = t.str("default_account")?.map(str::to_string);
+    let rate_limit = match t.str("rate_limit")? {
+        None | Some("enforce") => RateLimitMode::Enforce,
+        Some("pass") => RateLimitMode::Pass,
+        Some(other) => {
+            return Err(format!(
+                "{}: unknown value {other:?} (expected \"enforce\" or \"pass\")",
+                t.key("rate_limit")
+            ))
+        }
+    };
     Ok(Route {
         prefix,
         upstream,
         provider,
         default_account,
+        rate_limit,
     })
 }
 
@@ -2650,6 +2701,37 @@ token   = "env:ORP_REFRESH_API_TOKEN"
             )),
             "proxy.toml: route[0].default_account: must not be empty"
         );
+    }
+
+    #[test]
+    fn route_rate_limit_is_enforce_or_pass() {
+        let with = |v: &str| format!("{BACKEND}{}{v}", route_with("/g", "https://api.github.com"));
+        assert_eq!(
+            parse(&with("")).unwrap().routes[0].rate_limit,
+            RateLimitMode::Enforce
+        );
+        assert_eq!(
+            parse(&with("rate_limit = \"enforce\"")).unwrap().routes[0].rate_limit,
+            RateLimitMode::Enforce
+        );
+        let pass = parse(&with("rate_limit = \"pass\"")).unwrap();
+        assert_eq!(pass.routes[0].rate_limit, RateLimitMode::Pass);
+        assert!(
+            pass.summary().contains("rate_limit pass"),
+            "{}",
+            pass.summary()
+        );
+        assert_eq!(
+            err(&with("rate_limit = \"off\"")),
+            "proxy.toml: route[0].rate_limit: unknown value \"off\" (expected \"enforce\" or \"pass\")"
+        );
+        assert_eq!(
+            err(&with("rate_limit = false")),
+            "proxy.toml: route[0].rate_limit: expected a string, found boolean"
+        );
+        assert!(Route::defaults()
+            .iter()
+            .all(|r| r.rate_limit == RateLimitMode::Enforce));
     }
 
     #[test]

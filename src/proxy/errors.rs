@@ -49,6 +49,8 @@ pub enum Code {
     MethodNotAllowed,
     /// The token store could not be reached or written (503).
     StoreUnavailable,
+    /// The account is known to be rate limited on that upstream (429, SPEC 4.10).
+    RateLimited,
 }
 
 impl Code {
@@ -67,6 +69,7 @@ impl Code {
             Code::BadRequest => "bad_request",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::StoreUnavailable => "store_unavailable",
+            Code::RateLimited => "rate_limited",
         }
     }
 
@@ -82,6 +85,7 @@ impl Code {
             Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -321,6 +325,7 @@ mod tests {
             (Code::RequestTimeout, 408, "request_timeout"),
             (Code::BadRequest, 400, "bad_request"),
             (Code::MethodNotAllowed, 405, "method_not_allowed"),
+            (Code::RateLimited, 429, "rate_limited"),
         ] {
             assert_eq!((code.status().as_u16(), code.as_str()), (status, s));
         }

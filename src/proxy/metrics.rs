@@ -66,6 +66,7 @@ pub struct RouteMetrics {
     upstream: Histogram,
     statuses: Arc<[std::sync::OnceLock<Counter>; STATUS_SLOTS]>,
     requests: Family<RequestLabels, Counter>,
+    rate_limited: Counter,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -95,6 +96,12 @@ impl RouteMetrics {
     pub fn observe_upstream(&self, seconds: f64) {
         self.upstream.observe(seconds);
     }
+
+    /// Counts one request answered `429 rate_limited` by the proxy:
+    /// `orp_rate_limited_total{route}`.
+    pub fn observe_rate_limited(&self) {
+        self.rate_limited.inc();
+    }
 }
 
 fn new_histogram() -> Histogram {
@@ -120,6 +127,7 @@ pub struct Metrics {
     upstream: HistogramFamily<RouteLabels>,
     refresh: HistogramFamily<ProviderLabels>,
     connections: Family<ListenerLabels, Gauge>,
+    rate_limited: Family<RouteLabels, Counter>,
     tokens: Tokens,
 }
 
@@ -167,6 +175,12 @@ impl Metrics {
             "Duration of finished refreshes (retries included), by provider",
             refresh.clone(),
         );
+        let rate_limited = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "orp_rate_limited",
+            "Requests answered 429 rate_limited by the proxy (the upstream's limit in force), by route prefix",
+            rate_limited.clone(),
+        );
         let connections = Family::<ListenerLabels, Gauge>::default();
         for listener in LISTENERS {
             let _ = connections.get_or_create(&ListenerLabels { listener });
@@ -185,6 +199,7 @@ impl Metrics {
             upstream,
             refresh,
             connections,
+            rate_limited,
             tokens,
         })
     }
@@ -235,6 +250,9 @@ impl Metrics {
     /// github.observe_request(200);
     /// github.observe_upstream(0.01);
     /// assert!(metrics.render().contains("orp_requests_total{route=\"/github\",status=\"200\"} 1"));
+    /// assert!(metrics.render().contains("orp_rate_limited_total{route=\"/github\"} 0"));
+    /// github.observe_rate_limited();
+    /// assert!(metrics.render().contains("orp_rate_limited_total{route=\"/github\"} 1"));
     /// ```
     pub fn route(&self, route: &str) -> RouteMetrics {
         let route = escape_label(route);
@@ -247,6 +265,12 @@ impl Metrics {
                 .clone(),
             statuses: Arc::new(std::array::from_fn(|_| std::sync::OnceLock::new())),
             requests: self.requests.clone(),
+            rate_limited: self
+                .rate_limited
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                })
+                .clone(),
             route,
         }
     }

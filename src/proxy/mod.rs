@@ -12,6 +12,7 @@ pub mod demo;
 pub mod errors;
 pub mod listener;
 pub mod metrics;
+pub mod rate_limit;
 pub mod refresh_api;
 pub mod router;
 pub mod server;

@@ -257,6 +257,7 @@ mod tests {
             upstream: Uri::from_static(upstream),
             provider: Provider::Google,
             default_account: None,
+            rate_limit: Default::default(),
         }
     }
 

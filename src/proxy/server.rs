@@ -12,6 +12,10 @@
 //! body is bounded by `body_read_timeout` ([`IdleTimeout`]); when it stalls or its framing is
 //! malformed the upstream attempt is aborted and the caller gets `408`/`400` (SPEC 4.4).
 //!
+//! Rate limits (SPEC 4.10, [`super::rate_limit`]): once the account is known, a request of an
+//! `enforce` route whose account is known to be limited on the route's upstream is answered
+//! `429 rate_limited` and never sent; every upstream answer is looked at for new limits.
+//!
 //! On the way back, a `Content-Length` beside a `Transfer-Encoding` is dropped, and absolute
 //! `Location`/`Link` URLs on the route's upstream are rewritten to the proxy, but only when the
 //! request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
@@ -26,9 +30,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tower::{Layer, ServiceExt};
 
-use super::config::Config;
+use super::config::{Config, RateLimitMode};
 use super::errors::{error_response, from_error, Code};
 use super::metrics::{Metrics, RouteMetrics};
+use super::rate_limit::{RateLimits, Resource, UpstreamLimits};
 use super::refresh_api::{self, RefreshApi};
 use super::router::{rewrite_authority, rewrite_link, rewrite_url, upstream_uri, Router};
 use super::timeouts::{IdleTimeout, ProxyTimeouts};
@@ -49,6 +54,8 @@ pub static X_OAUTH_ACCOUNT: HeaderName = HeaderName::from_static("x-oauth-accoun
 struct RouteState {
     metrics: RouteMetrics,
     default_account: Option<Account>,
+    limits: UpstreamLimits,
+    enforce: bool,
 }
 
 /// The proxy listener's request handler.
@@ -62,6 +69,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     refresh_api: Option<RefreshApi>,
     body_read_timeout: Duration,
+    rate_limits: RateLimits,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -86,12 +94,15 @@ impl Proxy {
     ) -> Self {
         let layer = RefreshLayer::new(tokens).max_replay_body(config.max_replay_body);
         let router = Router::new(config.routes.clone());
+        let rate_limits = RateLimits::default();
         let per_route = router
             .routes()
             .iter()
             .map(|r| RouteState {
                 metrics: metrics.route(&r.prefix),
                 default_account: r.default_account.as_deref().map(Account::new),
+                limits: rate_limits.upstream(&r.upstream, r.provider),
+                enforce: r.rate_limit == RateLimitMode::Enforce,
             })
             .collect();
         Proxy {
@@ -103,7 +114,14 @@ impl Proxy {
             metrics,
             refresh_api: None,
             body_read_timeout: timeouts.body_read,
+            rate_limits,
         }
+    }
+
+    /// The rate limits the proxy learnt from its upstreams (for `GET /tokens`, and to share
+    /// them between replicas with [`RateLimits::share`]).
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.rate_limits
     }
 
     /// Serves `api` on this listener: `POST /auth/{provider}/refresh` (SPEC 4.9) is answered
@@ -224,6 +242,21 @@ impl Proxy {
             );
             return (label, resp.map(Either::Right));
         };
+        // SPEC 4.10: nothing is sent while the upstream is known to refuse this account.
+        let resource = Resource::of_path(rest);
+        if state.enforce {
+            if let Some(blocked) = state.limits.check(account.as_str(), resource) {
+                state.metrics.observe_rate_limited();
+                tracing::debug!(
+                    route = %route.prefix,
+                    account = account.as_str(),
+                    retry_after = blocked.retry_after_secs(),
+                    "rate limited: request not forwarded"
+                );
+                let resp = blocked.response(route.provider, account.as_str());
+                return (label, resp.map(Either::Right));
+            }
+        }
         let uri = match upstream_uri(route, rest, req.uri().query()) {
             Ok(u) => u,
             Err(_) => {
@@ -251,7 +284,7 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         parts.extensions.insert(route.provider);
-        parts.extensions.insert(account);
+        parts.extensions.insert(account.clone());
         let out = Request::from_parts(parts, body);
 
         let sent = Instant::now();
@@ -274,6 +307,9 @@ impl Proxy {
                 return (label, resp.map(Either::Right));
             }
         };
+        state
+            .limits
+            .observe(account.as_str(), resp.status(), resp.headers());
         // A message framed by Transfer-Encoding ignores its Content-Length (RFC 9112 §6.3);
         // forwarding that Content-Length would cut the re-framed body short.
         if resp.headers().contains_key(header::TRANSFER_ENCODING) {

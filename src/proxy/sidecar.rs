@@ -35,12 +35,23 @@ pub async fn open_store(
             FileStore::open_with(path, encryption)
                 .map_err(|e| SetupError(format!("store.path: {}", e.0)))?,
         )),
-        StoreSettings::Redis { url, lock_ttl } => Some(Arc::new(
-            RedisStore::connect_with(url, *lock_ttl, encryption)
-                .await
-                .map_err(|e| SetupError(format!("store.url: {}", e.0)))?,
-        )),
+        StoreSettings::Redis { url, lock_ttl } => {
+            Some(open_redis(url, *lock_ttl, encryption).await?)
+        }
     })
+}
+
+/// Connects the Redis store of `store.url` (`store.kind = "redis"`).
+pub async fn open_redis(
+    url: &str,
+    lock_ttl: Duration,
+    encryption: Option<crate::store::Encryption>,
+) -> Result<Arc<RedisStore>, SetupError> {
+    Ok(Arc::new(
+        RedisStore::connect_with(url, lock_ttl, encryption)
+            .await
+            .map_err(|e| SetupError(format!("store.url: {}", e.0)))?,
+    ))
 }
 
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
@@ -217,7 +228,23 @@ impl Sidecar {
             .default_lifetime(r.default_lifetime)
             .min_interval(r.min_interval)
             .retry(retry_policy(r));
-        if let Some(store) = open_store(&config.store, &config.store_encryption).await? {
+        // The Redis store is also kept as such: it shares the rate limits (SPEC 4.10).
+        let redis = match &config.store {
+            StoreSettings::Redis { url, lock_ttl } => Some(
+                open_redis(
+                    url,
+                    *lock_ttl,
+                    config.store_encryption.encryption().map_err(SetupError)?,
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        let store = match &redis {
+            Some(r) => Some(r.clone() as Arc<dyn Store>),
+            None => open_store(&config.store, &config.store_encryption).await?,
+        };
+        if let Some(store) = store {
             builder = builder.store(store);
         }
         let tokens = builder.build();
@@ -242,12 +269,16 @@ impl Sidecar {
                 retry_policy(r),
             ));
         }
+        if let Some(redis) = &redis {
+            proxy.rate_limits().share(redis.clone());
+        }
         let proxy = Arc::new(proxy);
         let admin = Arc::new(AdminState {
             tokens: tokens.clone(),
             metrics: metrics.clone(),
             admin_token: config.admin_token.clone(),
             ready: Arc::new(|| true),
+            rate_limits: proxy.rate_limits().clone(),
         });
         Ok(Sidecar {
             tokens,

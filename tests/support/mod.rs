@@ -7,6 +7,8 @@ pub mod http_client;
 #[cfg(feature = "sidecar")]
 pub mod process;
 #[cfg(feature = "sidecar")]
+pub mod redis_server;
+#[cfg(feature = "sidecar")]
 pub mod world;
 
 use std::convert::Infallible;

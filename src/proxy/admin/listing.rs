@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::provider::Provider;
+use crate::proxy::rate_limit::RateLimits;
 use crate::tokens::{AccountInfo, Tokens};
 
 /// The page size of `GET /tokens` without `?limit=`.
@@ -57,10 +58,13 @@ pub(super) struct ListingEntry<'a> {
     needs_reauth: bool,
     last_refresh_at: Option<u64>,
     last_error: Option<&'a str>,
+    /// The latest deadline of the account's rate limits in force (SPEC 4.10).
+    rate_limited_until: Option<u64>,
 }
 
-impl<'a> From<&'a AccountInfo> for ListingEntry<'a> {
-    fn from(a: &'a AccountInfo) -> Self {
+impl<'a> ListingEntry<'a> {
+    /// `a`'s entry, with its rate limits from `limits`.
+    pub(super) fn new(a: &'a AccountInfo, limits: &RateLimits) -> Self {
         ListingEntry {
             provider: a.provider.as_str(),
             account: &a.account,
@@ -69,6 +73,7 @@ impl<'a> From<&'a AccountInfo> for ListingEntry<'a> {
             needs_reauth: a.needs_reauth,
             last_refresh_at: a.last_refresh_at,
             last_error: a.last_error.as_deref(),
+            rate_limited_until: limits.rate_limited_until(a.provider, &a.account),
         }
     }
 }
@@ -136,7 +141,11 @@ pub(super) fn next_link(limit: usize, provider: Provider, account: &str) -> Head
 
 /// One page of the listing: its `Link` (when more remain) and its body, whose producer is
 /// already running. `None` only when no runtime could run the producer.
-pub(super) fn page(tokens: &Tokens, q: &ListQuery) -> Option<(Option<HeaderValue>, ListingBody)> {
+pub(super) fn page(
+    tokens: &Tokens,
+    limits: &RateLimits,
+    q: &ListQuery,
+) -> Option<(Option<HeaderValue>, ListingBody)> {
     let page = tokens.page_ids(q.after.as_ref().map(|(p, a)| (*p, a.as_str())), q.limit);
     let link = match (page.more, page.ids.last()) {
         (true, Some((p, id))) => Some(next_link(q.limit, *p, id)),
@@ -145,6 +154,7 @@ pub(super) fn page(tokens: &Tokens, q: &ListQuery) -> Option<(Option<HeaderValue
     let (tx, rx) = mpsc::channel(1);
     let producer = Producer {
         tokens: tokens.clone(),
+        limits: limits.clone(),
         ids: page.ids.into_iter(),
         opened: false,
         written: 0,
@@ -179,6 +189,7 @@ fn producers() -> Option<tokio::runtime::Handle> {
 /// Looks one page's entries up and serialises them, [`CHUNK`] at a time.
 struct Producer {
     tokens: Tokens,
+    limits: RateLimits,
     ids: std::vec::IntoIter<(Provider, Arc<str>)>,
     /// `[` written.
     opened: bool,
@@ -222,7 +233,8 @@ impl Producer {
                 if self.written > 0 {
                     buf.push(b',');
                 }
-                if serde_json::to_writer(&mut buf, &ListingEntry::from(&info)).is_ok() {
+                if serde_json::to_writer(&mut buf, &ListingEntry::new(&info, &self.limits)).is_ok()
+                {
                     self.written += 1;
                 } else {
                     buf.truncate(start);
@@ -287,6 +299,7 @@ mod tests {
     fn producer(tokens: &Tokens, limit: usize) -> Producer {
         Producer {
             tokens: tokens.clone(),
+            limits: RateLimits::default(),
             ids: tokens.page_ids(None, limit).ids.into_iter(),
             opened: false,
             written: 0,

@@ -9,6 +9,8 @@
 //! | `orp:acct:{provider}:{account}` | a hash: `gen` (the token generation, decimal) and `data` (JSON of the other [`StoredAccount`] fields, secrets included) |
 //! | `orp:lock:{provider}:{account}` | the refresh lock: `SET NX PX lock_ttl`, value = a random owner id |
 //! | channel `orp:updates` | one message per write: `{"o": origin, "p": provider, "a": account}` |
+//! | `orp:note:{name}` | a short-lived note ([`RedisStore::publish_note`]): `SET … PX ttl` |
+//! | channel `orp:notes` | one message per note: `{origin} {payload}` |
 //!
 //! Every write is one Lua script that writes the hash **and** publishes, so announcements are
 //! ordered like the writes. A subscriber skips its own messages (`origin` is random per
@@ -67,6 +69,14 @@
 //! sidecar exits 1), rather than starting not-ready: the sidecar must load the shared accounts
 //! before serving, and an orchestrator restarts it anyway. Once started, outages are survived.
 //!
+//! # Notes
+//!
+//! Beside the accounts, replicas can share short-lived notes the store does not interpret (the
+//! sidecar shares upstream rate limits this way): [`RedisStore::publish_note`] writes
+//! `orp:note:{name}` with a TTL and publishes it, and [`RedisStore::notes`] receives the other
+//! replicas' notes — on the subscriber connection of [`Store::updates`], which must be
+//! running — plus, after every (re)subscription, every note still stored (one's own included).
+//!
 //! Limits: one Redis (no Cluster: the scripts touch two keys). A refresh racing an
 //! administrative removal on another replica can re-create the removed account.
 
@@ -89,6 +99,9 @@ use crate::refresh::{BoxFuture, RefreshError, Refreshed};
 
 /// The channel announcing writes.
 const CHANNEL: &str = "orp:updates";
+/// The channel of notes, and the pattern of their keys.
+const NOTES_CHANNEL: &str = "orp:notes";
+const NOTE_PATTERN: &str = "orp:note:*";
 /// The pattern of account keys.
 const ACCOUNT_PATTERN: &str = "orp:acct:*";
 /// How often a waiting replica looks at a held lock again (announcements wake it earlier).
@@ -198,6 +211,8 @@ struct Shared {
     announced: watch::Sender<u64>,
     /// Records in and out, sealed when an encryption key is configured.
     codec: Codec,
+    /// Where other replicas' notes go ([`RedisStore::notes`]).
+    notes: std::sync::Mutex<Option<mpsc::UnboundedSender<String>>>,
     save: Script,
     commit: Script,
     renew: Script,
@@ -378,6 +393,7 @@ impl RedisStore {
                 subscribed: AtomicBool::new(false),
                 announced: watch::channel(0).0,
                 codec: Codec::new(encryption),
+                notes: std::sync::Mutex::new(None),
                 save: Script::new(SAVE_LUA),
                 commit: Script::new(COMMIT_LUA),
                 renew: Script::new(RENEW_LUA),
@@ -396,7 +412,94 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Shares a note with the other replicas: `SET orp:note:{name} payload PX ttl` and a
+    /// message on `orp:notes`, in one transaction, bounded like every command. The store does
+    /// not interpret `payload`; a later note of the same `name` replaces it.
+    pub async fn publish_note(
+        &self,
+        name: &str,
+        payload: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let mut c = s.conn.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(format!("orp:note:{name}"))
+            .arg(payload)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(NOTES_CHANNEL)
+            .arg(format!("{} {payload}", s.origin))
+            .ignore();
+        s.op("publish note", pipe.query_async::<()>(&mut c)).await
+    }
+
+    /// The payloads of every note stored now (one's own included).
+    pub async fn stored_notes(&self) -> Result<Vec<String>, StoreError> {
+        self.shared.stored_notes().await
+    }
+
+    /// The payloads of the notes other replicas publish from now on, and after every
+    /// (re)subscription of the subscriber every note still stored (see the
+    /// [module documentation](self)). One consumer: a second call replaces the first.
+    pub fn notes(&self) -> mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.shared.notes.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+}
+
 impl Shared {
+    /// Hands a note's payload to the consumer of [`RedisStore::notes`], if any.
+    fn forward_note(&self, payload: String) {
+        if let Some(tx) = self
+            .notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(payload);
+        }
+    }
+
+    /// Forwards every stored note (after a (re)subscription: the ones missed meanwhile).
+    async fn resync_notes(&self) -> Result<(), StoreError> {
+        if self
+            .notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return Ok(());
+        }
+        for note in self.stored_notes().await? {
+            self.forward_note(note);
+        }
+        Ok(())
+    }
+
+    async fn stored_notes(&self) -> Result<Vec<String>, StoreError> {
+        let keys = self.scan_keys("scan notes", NOTE_PATTERN).await?;
+        let mut c = self.conn.clone();
+        let mut out = Vec::new();
+        for chunk in keys.chunks(256) {
+            let values: Vec<Option<String>> = self
+                .op(
+                    "read notes",
+                    redis::cmd("MGET").arg(chunk).query_async(&mut c),
+                )
+                .await?;
+            out.extend(values.into_iter().flatten());
+        }
+        Ok(out)
+    }
+
     /// Runs one Redis operation, bounded by `op_timeout`.
     async fn op<T>(
         &self,
@@ -463,18 +566,19 @@ impl Shared {
         }
     }
 
-    async fn load(&self) -> Result<Vec<StoredAccount>, StoreError> {
+    /// Every key matching `pattern` (SCAN), sorted, without duplicates.
+    async fn scan_keys(&self, what: &str, pattern: &str) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn.clone();
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
             let (next, batch): (u64, Vec<String>) = self
                 .op(
-                    "scan accounts",
+                    what,
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
-                        .arg(ACCOUNT_PATTERN)
+                        .arg(pattern)
                         .arg("COUNT")
                         .arg(500)
                         .query_async(&mut c),
@@ -488,6 +592,12 @@ impl Shared {
         }
         keys.sort();
         keys.dedup();
+        Ok(keys)
+    }
+
+    async fn load(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        let mut c = self.conn.clone();
+        let keys = self.scan_keys("scan accounts", ACCOUNT_PATTERN).await?;
         let mut out = Vec::with_capacity(keys.len());
         let mut clear = Vec::new();
         for chunk in keys.chunks(256) {
@@ -922,7 +1032,7 @@ impl Shared {
             )
             .await
             .map_err(|e| e.0)?;
-        self.op("subscribe", conn.subscribe(CHANNEL))
+        self.op("subscribe", conn.subscribe(&[CHANNEL, NOTES_CHANNEL]))
             .await
             .map_err(|e| e.0)?;
         // Re-sync: whatever changed while we were not subscribed.
@@ -937,6 +1047,7 @@ impl Shared {
                 return Ok(());
             }
         }
+        self.resync_notes().await.map_err(|e| e.0)?;
         self.subscribed.store(true, Ordering::SeqCst);
         self.announced.send_modify(|n| *n += 1);
         let mut ping = tokio::time::interval_at(
@@ -951,6 +1062,15 @@ impl Shared {
                         return Err("subscriber connection closed".into());
                     }
                     let Some(msg) = Msg::from_push_info(push) else { continue };
+                    if msg.get_channel_name() == NOTES_CHANNEL {
+                        let payload = String::from_utf8_lossy(msg.get_payload_bytes());
+                        if let Some((origin, note)) = payload.split_once(' ') {
+                            if origin != self.origin {
+                                self.forward_note(note.to_string());
+                            }
+                        }
+                        continue;
+                    }
                     self.announced.send_modify(|n| *n += 1);
                     if let Some(update) = self.on_message(&msg).await? {
                         if tx.send(update).is_err() {
