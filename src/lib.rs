@@ -81,7 +81,7 @@ pub use refresh::{
 pub use token::{Secret, TokenSeed};
 pub use tokens::store;
 pub use tokens::{
-    AccountInfo, AccountPage, Events, ProviderStats, RefreshEvent, RefreshOutcome, Tokens,
+    AccountInfo, AccountPage, Events, HealthChange, ProviderStats, RefreshEvent, RefreshOutcome, Tokens,
     TokensBuilder,
 };
 

@@ -19,7 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::provider::Provider;
-use crate::tokens::{RefreshEvent, Tokens};
+use crate::tokens::{RefreshEvent, RefreshOutcome, Tokens};
 
 /// The `Content-Type` of [`Metrics::render`]'s output (OpenMetrics text 1.0.0, which Prometheus
 /// scrapes natively).
@@ -45,6 +45,14 @@ struct RouteLabels {
 struct ProviderLabels {
     provider: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The outcomes of `orp_webhook_total{outcome}`.
+const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "dropped"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
@@ -120,6 +128,7 @@ pub struct Metrics {
     upstream: HistogramFamily<RouteLabels>,
     refresh: HistogramFamily<ProviderLabels>,
     connections: Family<ListenerLabels, Gauge>,
+    webhooks: Family<OutcomeLabels, Counter>,
     tokens: Tokens,
 }
 
@@ -176,6 +185,15 @@ impl Metrics {
             "Connections open now, by listener",
             connections.clone(),
         );
+        let webhooks = Family::<OutcomeLabels, Counter>::default();
+        for outcome in WEBHOOK_OUTCOMES {
+            let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
+        }
+        registry.register(
+            "orp_webhook",
+            "Webhook events by outcome: delivered, failed (refused or out of time) or dropped (queue full)",
+            webhooks.clone(),
+        );
         registry.register_collector(Box::new(TokensCollector {
             tokens: tokens.clone(),
         }));
@@ -185,8 +203,24 @@ impl Metrics {
             upstream,
             refresh,
             connections,
+            webhooks,
             tokens,
         })
+    }
+
+    /// The `orp_webhook_total{outcome}` counter of `outcome` (`"delivered"`, `"failed"` or
+    /// `"dropped"`); any other outcome panics.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{proxy::metrics::Metrics, BackendRefresher, Tokens};
+    /// # let metrics = Metrics::new(Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build());
+    /// metrics.webhook("dropped").inc_by(2);
+    /// assert!(metrics.render().contains("orp_webhook_total{outcome=\"dropped\"} 2"));
+    /// assert!(metrics.render().contains("orp_webhook_total{outcome=\"delivered\"} 0"));
+    /// ```
+    pub fn webhook(&self, outcome: &'static str) -> Counter {
+        assert!(WEBHOOK_OUTCOMES.contains(&outcome), "unknown webhook outcome {outcome:?}");
+        self.webhooks.get_or_create(&OutcomeLabels { outcome }).clone()
     }
 
     /// The `orp_connections{listener}` gauge of `listener` (`"proxy"` or `"admin"`): the
@@ -272,6 +306,9 @@ impl Metrics {
     ///
     /// Usually called by the task of [`Metrics::spawn_event_listener`].
     pub fn observe_refresh(&self, event: &RefreshEvent) {
+        if matches!(event.outcome, RefreshOutcome::Replaced) {
+            return; // new tokens without a refresh of this process: nothing was timed
+        }
         self.refresh
             .get_or_create(&ProviderLabels {
                 provider: event.provider.as_str(),
