@@ -551,6 +551,7 @@ mod tests {
             "orp_replay counter",
             "orp_tokens gauge",
             "orp_connections gauge",
+            "orp_webhook counter",
         ] {
             assert!(types.contains(&t), "missing TYPE {t} in\n{text}");
         }
@@ -615,6 +616,7 @@ mod tests {
             "orp_replay_total",
             "orp_tokens{",
             "orp_connections{",
+            "orp_webhook_total{",
         ];
         for k in samples(&text).keys() {
             assert!(
@@ -625,6 +627,12 @@ mod tests {
         for l in LISTENERS {
             assert_eq!(
                 value(&text, &format!("orp_connections{{listener=\"{l}\"}}")),
+                "0"
+            );
+        }
+        for o in WEBHOOK_OUTCOMES {
+            assert_eq!(
+                value(&text, &format!("orp_webhook_total{{outcome=\"{o}\"}}")),
                 "0"
             );
         }

@@ -1,0 +1,422 @@
+//! Webhooks (SPEC 4.11), black-box: the real binary in front of the crate's fakes, and a fake
+//! receiver on 127.0.0.1 that counts every attempt, verifies every `X-ORP-Signature` and keeps
+//! every body. Exact events and counts for a rejected refresh token → admin `PUT`, and for a
+//! backend failing then recovering; a receiver that is down (refusing connections, then
+//! answering 503) and comes back: every event arrives once, in order; two replicas on one
+//! `redis-server`: every event once for the fleet. The child's trace logs and every webhook
+//! body are checked for every token. (The 10 000-event queue bound is a unit test in
+//! `src/proxy/webhook.rs`.)
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use oauth_refresh_proxy::proxy::webhook::signature;
+use oauth_refresh_proxy::Secret;
+use support::redis_server::RedisServer;
+use support::world::*;
+use support::*;
+
+const SECRET: &str = "webhook-secret-value-5e1f";
+const SECRET_ENV: &str = "ORP_TEST_WEBHOOK_SECRET";
+
+/// One request the receiver answered 2xx.
+#[derive(Clone, Debug)]
+struct Got {
+    body: serde_json::Value,
+    raw: String,
+    event_id: String,
+}
+
+/// The fake receiver: answers 503 to its first `fail_first` requests, then 200 to requests
+/// whose signature and content type are right (400 otherwise, counted in `bad`).
+struct Receiver {
+    addr: SocketAddr,
+    attempts: Count,
+    delivered: Count,
+    bad: AtomicU64,
+    fail_first: AtomicU64,
+    got: Mutex<Vec<Got>>,
+}
+
+impl Receiver {
+    /// Serves on `listener` (bound by the caller, so a test can pick the port first).
+    fn serve(listener: tokio::net::TcpListener, fail_first: u64) -> Arc<Receiver> {
+        let r = Arc::new(Receiver {
+            addr: listener.local_addr().unwrap(),
+            attempts: Count::default(),
+            delivered: Count::default(),
+            bad: AtomicU64::new(0),
+            fail_first: AtomicU64::new(fail_first),
+            got: Mutex::new(Vec::new()),
+        });
+        let me = r.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let me = me.clone();
+                        async move { Ok::<_, Infallible>(me.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        r
+    }
+
+    async fn start(fail_first: u64) -> Arc<Receiver> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::serve(listener, fail_first)
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let reply = |status: u16| {
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        if self
+            .fail_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.attempts.bump();
+            return reply(503);
+        }
+        let signed = header("x-orp-signature") == signature(&Secret::new(SECRET), &body);
+        let json = header("content-type") == "application/json";
+        if parts.method != http::Method::POST || parts.uri.path() != "/hook" || !signed || !json {
+            self.bad.fetch_add(1, Ordering::SeqCst);
+            self.attempts.bump();
+            return reply(400);
+        }
+        self.got.lock().unwrap().push(Got {
+            body: serde_json::from_slice(&body).unwrap(),
+            raw: String::from_utf8_lossy(&body).into_owned(),
+            event_id: header("x-orp-event-id"),
+        });
+        // Counted after recording, so a waiter on `delivered` sees the body.
+        self.attempts.bump();
+        self.delivered.bump();
+        reply(200)
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// (event, provider, account) of everything received, in order.
+    fn events(&self) -> Vec<(String, String, String)> {
+        self.got()
+            .iter()
+            .map(|g| {
+                let s = |k: &str| g.body[k].as_str().unwrap_or_default().to_string();
+                (s("event"), s("provider"), s("account"))
+            })
+            .collect()
+    }
+
+    /// Asserts that every signature was right and that no body holds a secret.
+    fn assert_clean(&self, realm: &Realm) {
+        assert_eq!(self.bad.load(Ordering::SeqCst), 0, "bad requests");
+        let mut secrets = realm.secrets();
+        secrets.push(SECRET.to_string());
+        for g in self.got() {
+            for s in &secrets {
+                assert!(!g.raw.contains(s.as_str()), "{s:?} in a webhook body: {}", g.raw);
+            }
+            // Exactly the contract's fields.
+            let mut keys: Vec<&str> = g.body.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+            keys.sort();
+            assert_eq!(keys, ["account", "at", "error", "event", "generation", "provider"]);
+            let at = g.body["at"].as_u64().unwrap();
+            assert!(at.abs_diff(now_secs()) < 600, "at = {at}");
+        }
+    }
+}
+
+fn hook_toml(addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[webhook]]\nurl = \"http://{addr}/hook\"\nsecret = \"env:{SECRET_ENV}\"\nmax_backoff = \"200ms\"\n{extra}\n"
+    )
+}
+
+fn opts<'a>(root: &'a str) -> Opts<'a> {
+    Opts {
+        root,
+        refresh: "max_attempts = 1",
+        env: &[(SECRET_ENV, SECRET)],
+        secrets: &[SECRET],
+        ..Opts::default()
+    }
+}
+
+fn tokens_body(realm: &Realm) -> String {
+    let refresh = realm.new_refresh_token();
+    let access = realm.new_access_token(&refresh);
+    serde_json::json!({"refresh_token": refresh, "access_token": access, "expires_at": now_secs() + 3600})
+        .to_string()
+}
+
+fn generation_of(listing: &serde_json::Value) -> u64 {
+    listing["generation"].as_u64().unwrap()
+}
+
+/// `orp_webhook_total{outcome}` of `sc`: (delivered, failed, dropped), once `delivered` has
+/// reached `n` (the receiver counts a delivery before the proxy has read its answer; bounded
+/// by [`WAIT`]).
+async fn webhook_totals(sc: &Sidecar, n: f64) -> (f64, f64, f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = sc.metrics().await;
+        let get = |o: &str| metric(&m, "orp_webhook_total", &[("outcome", o)]).unwrap();
+        if get("delivered") >= n || Instant::now() >= deadline {
+            return (get("delivered"), get("failed"), get("dropped"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `f` (every 10 ms) until it holds, at most [`WAIT`].
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "waited {WAIT:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejection_then_put_and_failing_then_recovering_send_exactly_these_events() {
+    let receiver = Receiver::start(0).await;
+    let mut world = World::new("wh1").await;
+    let (alice_refresh, _) = world.seed("google", "alice", -10);
+    world.seed("github", "octo", -10);
+    world.realm.revoke_refresh(&alice_refresh);
+    let root = hook_toml(receiver.addr, "");
+    let sc = world.start(opts(&root)).await;
+    let realm = world.realm.clone();
+
+    // 1. The refresh token is rejected: needs_reauth.
+    let a = sc.get_as("alice", "/google/drive/v3/files").await;
+    assert_eq!(a.status, 401, "{}", a.text());
+    assert_eq!(realm.backend_calls.get(), 1);
+    receiver.delivered.wait_for(1).await;
+    let g = &receiver.got()[0];
+    assert_eq!(g.body["event"], "needs_reauth");
+    assert_eq!((g.body["provider"].as_str(), g.body["account"].as_str()), (Some("google"), Some("alice")));
+    assert_eq!(g.body["error"]["code"], "refresh_rejected");
+    assert!(g.body["error"]["message"].is_string());
+    let listing = sc.admin("GET", "/tokens", None, "").await.json();
+    let alice = listing.as_array().unwrap().iter().find(|a| a["account"] == "alice").unwrap().clone();
+    assert_eq!(g.body["generation"].as_u64(), Some(generation_of(&alice)));
+    assert_eq!(
+        g.event_id,
+        format!("{}:needs_reauth:google:alice:{}", g.event_id.split(':').next().unwrap(), generation_of(&alice))
+    );
+    // Failing fast afterwards: no backend call, no further event.
+    assert_eq!(sc.get_as("alice", "/google/x").await.status, 401);
+
+    // 2. New tokens through the admin API: refresh_recovered, error null.
+    let put = sc.admin("PUT", "/tokens/google/alice", None, &tokens_body(&realm)).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    receiver.delivered.wait_for(2).await;
+    let g = &receiver.got()[1];
+    assert_eq!(g.body["event"], "refresh_recovered");
+    assert_eq!(g.body["error"], serde_json::Value::Null);
+    assert_eq!(g.body["generation"].as_u64(), Some(generation_of(&put.json())));
+    assert_eq!(sc.get_as("alice", "/google/x").await.status, 200);
+    assert_eq!(realm.backend_calls.get(), 1);
+
+    // 3. The backend fails: refresh_failing once per episode, however many cycles fail.
+    realm.script([Reply::Status(503, r#"{"success": false, "message": "down"}"#.into())]);
+    let a = sc.get_as("octo", "/github/user").await;
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert_eq!(realm.backend_calls.get(), 2);
+    receiver.delivered.wait_for(3).await;
+    let g = &receiver.got()[2];
+    assert_eq!(g.body["event"], "refresh_failing");
+    assert_eq!(g.body["account"], "octo");
+    assert_eq!(g.body["error"]["code"], "refresh_unavailable");
+    // In cooldown: answered without a backend call.
+    assert_eq!(sc.get_as("octo", "/github/user").await.status, 503);
+    assert_eq!(realm.backend_calls.get(), 2);
+    // A second failed cycle (forced through the admin API): no second refresh_failing.
+    realm.script([Reply::Status(503, r#"{"success": false, "message": "down"}"#.into())]);
+    let forced = sc.admin("POST", "/tokens/github/octo/refresh", None, "").await;
+    assert_eq!(forced.status, 503, "{}", forced.text());
+    assert_eq!(realm.backend_calls.get(), 3);
+
+    // 4. The backend is back: one refresh_recovered.
+    let forced = sc.admin("POST", "/tokens/github/octo/refresh", None, "").await;
+    assert_eq!(forced.status, 200, "{}", forced.text());
+    assert_eq!(realm.backend_calls.get(), 4);
+    receiver.delivered.wait_for(4).await;
+    let g = &receiver.got()[3];
+    assert_eq!(g.body["event"], "refresh_recovered");
+    assert_eq!(g.body["error"], serde_json::Value::Null);
+    assert_eq!(g.body["generation"].as_u64(), forced.json()["generation"].as_u64());
+    assert_eq!(sc.get_as("octo", "/github/user").await.status, 200);
+
+    // Exactly these four, in order (one queue per webhook keeps the order, so nothing
+    // spurious can still be on its way ahead of the last one).
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        receiver.events(),
+        [
+            s("needs_reauth", "google", "alice"),
+            s("refresh_recovered", "google", "alice"),
+            s("refresh_failing", "github", "octo"),
+            s("refresh_recovered", "github", "octo"),
+        ]
+    );
+    assert_eq!(receiver.attempts.get(), 4);
+    receiver.assert_clean(&realm);
+    assert_eq!(webhook_totals(&sc, 4.0).await, (4.0, 0.0, 0.0));
+    sc.finish(&realm);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_down_then_up_gets_every_event_once_in_order() {
+    // A port nobody listens on yet: connections are refused until the receiver starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut world = World::new("wh2").await;
+    let ids = ["a1", "a2", "a3"];
+    for id in ids {
+        let (refresh, _) = world.seed("google", id, -10);
+        world.realm.revoke_refresh(&refresh);
+    }
+    let root = hook_toml(addr, "events = [\"needs_reauth\"]");
+    let sc = world.start(opts(&root)).await;
+    for id in ids {
+        assert_eq!(sc.get_as(id, "/google/x").await.status, 401);
+    }
+    // Down: the first event is retried (the later ones wait behind it).
+    until("three refused delivery attempts", || {
+        sc.stderr_text().matches("webhook delivery failed; retrying").count() >= 3
+    })
+    .await;
+    // Up, but answering 503 twice first.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let receiver = Receiver::serve(listener, 2);
+    receiver.delivered.wait_for(3).await;
+    let s = |c: &str| ("needs_reauth".to_string(), "google".to_string(), c.to_string());
+    assert_eq!(receiver.events(), [s("a1"), s("a2"), s("a3")]);
+    // Two 503s, then one 200 per event: nothing sent twice.
+    assert_eq!(receiver.attempts.get(), 5);
+    receiver.assert_clean(&world.realm);
+    assert_eq!(webhook_totals(&sc, 3.0).await, (3.0, 0.0, 0.0));
+    sc.finish(&world.realm);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_send_each_event_once() {
+    let Some(redis) = RedisServer::start("two_replicas_on_one_redis_send_each_event_once") else {
+        return;
+    };
+    let receiver = Receiver::start(0).await;
+    let mut world = World::new("wh3").await;
+    let (alice_refresh, _) = world.seed("google", "alice", -10);
+    world.seed("github", "octo", -10);
+    world.realm.revoke_refresh(&alice_refresh);
+    let root = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\n\n{}",
+        redis.url(),
+        hook_toml(receiver.addr, "")
+    );
+    let a = world.start(opts(&root)).await;
+    let b = world.start(opts(&root)).await;
+    let realm = world.realm.clone();
+    let lost_claims = || {
+        a.stderr_text().matches("webhook event claimed by another replica").count()
+            + b.stderr_text().matches("webhook event claimed by another replica").count()
+    };
+
+    // Rejected on A (one backend call); B learns it from the store when it tries: both
+    // announce needs_reauth for the same generation, one sends it.
+    assert_eq!(a.get_as("alice", "/google/x").await.status, 401);
+    assert_eq!(b.get_as("alice", "/google/x").await.status, 401);
+    assert_eq!(realm.backend_calls.get(), 1);
+    receiver.delivered.wait_for(1).await;
+    until("the other replica's lost claim", || lost_claims() >= 1).await;
+
+    // PUT on B; A adopts it through the store's updates: both knew of the episode.
+    let put = b.admin("PUT", "/tokens/google/alice", None, &tokens_body(&realm)).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    receiver.delivered.wait_for(2).await;
+    until("the other replica's lost claim", || lost_claims() >= 2).await;
+
+    // The backend fails for both replicas' refreshes of the same generation.
+    realm.script([
+        Reply::Status(503, r#"{"success": false}"#.into()),
+        Reply::Status(503, r#"{"success": false}"#.into()),
+    ]);
+    assert_eq!(a.get_as("octo", "/github/user").await.status, 503);
+    assert_eq!(b.get_as("octo", "/github/user").await.status, 503);
+    assert_eq!(realm.backend_calls.get(), 3);
+    receiver.delivered.wait_for(3).await;
+    until("the other replica's lost claim", || lost_claims() >= 3).await;
+
+    // Recovered on A; B takes the new tokens from the store: one refresh_recovered.
+    let forced = a.admin("POST", "/tokens/github/octo/refresh", None, "").await;
+    assert_eq!(forced.status, 200, "{}", forced.text());
+    assert_eq!(realm.backend_calls.get(), 4);
+    receiver.delivered.wait_for(4).await;
+    until("the other replica's lost claim", || lost_claims() >= 4).await;
+
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        receiver.events(),
+        [
+            s("needs_reauth", "google", "alice"),
+            s("refresh_recovered", "google", "alice"),
+            s("refresh_failing", "github", "octo"),
+            s("refresh_recovered", "github", "octo"),
+        ]
+    );
+    assert_eq!(receiver.attempts.get(), 4);
+    assert_eq!(lost_claims(), 4);
+    receiver.assert_clean(&realm);
+    // Each replica delivered what it claimed: 4 between them (each has claimed at least one
+    // of the 8 announcements, so the wait below is for the sum).
+    let deadline = Instant::now() + WAIT;
+    let (ta, tb) = loop {
+        let (ta, tb) = (webhook_totals(&a, 0.0).await, webhook_totals(&b, 0.0).await);
+        if ta.0 + tb.0 >= 4.0 || Instant::now() >= deadline {
+            break (ta, tb);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!((ta.0 + tb.0, ta.1 + tb.1, ta.2 + tb.2), (4.0, 0.0, 0.0));
+    a.finish(&realm);
+    b.finish(&realm);
+    drop(redis);
+}
