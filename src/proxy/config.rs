@@ -1391,7 +1391,10 @@ impl Parser<'_> {
             .duration("max_backoff")?
             .unwrap_or(DEFAULT_WEBHOOK_MAX_BACKOFF);
         if max_backoff.is_zero() {
-            return Err(format!("{}: must be greater than zero", t.key("max_backoff")));
+            return Err(format!(
+                "{}: must be greater than zero",
+                t.key("max_backoff")
+            ));
         }
         Ok(WebhookSettings {
             url: url.to_string(),
@@ -1595,7 +1598,10 @@ fn check_http_url(url: &str) -> Result<(), String> {
 /// `localhost`); a host, no credentials, no fragment.
 fn check_webhook_url(url: &str) -> Result<(), String> {
     if url.contains('#') {
-        return Err(format!("{:?}: a fragment is not allowed", redact_userinfo(url)));
+        return Err(format!(
+            "{:?}: a fragment is not allowed",
+            redact_userinfo(url)
+        ));
     }
     let uri: Uri = url
         .parse()
@@ -1609,7 +1615,10 @@ fn check_webhook_url(url: &str) -> Result<(), String> {
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") => {
-            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
             let loopback = host.eq_ignore_ascii_case("localhost")
                 || host
                     .parse::<std::net::IpAddr>()
@@ -1622,7 +1631,9 @@ fn check_webhook_url(url: &str) -> Result<(), String> {
                 ))
             }
         }
-        _ => Err(format!("{url:?}: scheme must be https (or http on loopback)")),
+        _ => Err(format!(
+            "{url:?}: scheme must be https (or http on loopback)"
+        )),
     }
 }
 

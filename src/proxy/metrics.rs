@@ -219,8 +219,13 @@ impl Metrics {
     /// assert!(metrics.render().contains("orp_webhook_total{outcome=\"delivered\"} 0"));
     /// ```
     pub fn webhook(&self, outcome: &'static str) -> Counter {
-        assert!(WEBHOOK_OUTCOMES.contains(&outcome), "unknown webhook outcome {outcome:?}");
-        self.webhooks.get_or_create(&OutcomeLabels { outcome }).clone()
+        assert!(
+            WEBHOOK_OUTCOMES.contains(&outcome),
+            "unknown webhook outcome {outcome:?}"
+        );
+        self.webhooks
+            .get_or_create(&OutcomeLabels { outcome })
+            .clone()
     }
 
     /// The `orp_connections{listener}` gauge of `listener` (`"proxy"` or `"admin"`): the

@@ -421,7 +421,9 @@ impl Intake {
             if !hook.settings.events.contains(&kind) {
                 continue;
             }
-            let body = rendered.get_or_insert_with(|| body(event, kind, at)).clone();
+            let body = rendered
+                .get_or_insert_with(|| body(event, kind, at))
+                .clone();
             let id = format!(
                 "{}:{}:{}:{}:{}",
                 hook.id,
@@ -635,7 +637,11 @@ mod tests {
         assert!(text.contains("orp_webhook_total{outcome=\"delivered\"} 0"));
         // The oldest kept is generation 10 000.
         let first = hooks.intake.hooks[0].queue.try_pop().unwrap();
-        assert!(first.id.ends_with(":refresh_failing:google:alice:10000"), "{}", first.id);
+        assert!(
+            first.id.ends_with(":refresh_failing:google:alice:10000"),
+            "{}",
+            first.id
+        );
     }
 
     #[test]

@@ -160,4 +160,3 @@ pub fn ping(port: u16) -> bool {
     let mut buf = [0u8; 7];
     s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
-

@@ -1009,11 +1009,7 @@ impl Store for RedisStore {
         Box::pin(async move { self.shared.refresh(current, refresh).await })
     }
 
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(self.shared.claim(key, ttl))
     }
 
