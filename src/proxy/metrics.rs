@@ -5,7 +5,8 @@
 //! The refresh, coalescing, cooldown and replay counters and the `orp_tokens` gauge are read from the
 //! [`Tokens`] cache at render time, so they are exact and always present for both providers,
 //! even at zero. `orp_connections{listener}` is a gauge the listeners move themselves
-//! ([`Metrics::connections`]). No token value and no account id is ever part of the output.
+//! ([`Metrics::connections`]); `orp_webhook_total{outcome}` is counted by the webhooks
+//! ([`Metrics::webhook`]). No token value and no account id is ever part of the output.
 
 use std::sync::{Arc, Weak};
 
