@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +18,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use oauth_refresh_proxy::proxy::webhook::signature;
 use oauth_refresh_proxy::Secret;
 use support::redis_server::RedisServer;
@@ -27,6 +25,15 @@ use support::world::*;
 use support::*;
 
 const SECRET: &str = "webhook-secret-value-5e1f";
+
+/// The events of one rejection → `PUT` episode (google/alice) and one failing → recovered
+/// episode (github/octo), in order.
+const TWO_EPISODES: [(&str, &str, &str); 4] = [
+    ("needs_reauth", "google", "alice"),
+    ("refresh_recovered", "google", "alice"),
+    ("refresh_failing", "github", "octo"),
+    ("refresh_recovered", "github", "octo"),
+];
 const SECRET_ENV: &str = "ORP_TEST_WEBHOOK_SECRET";
 
 /// One request the receiver answered 2xx.
@@ -60,22 +67,9 @@ impl Receiver {
             got: Mutex::new(Vec::new()),
         });
         let me = r.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let me = me.clone();
-                        async move { Ok::<_, Infallible>(me.answer(req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        serve_on(listener, move |req| {
+            let me = me.clone();
+            async move { me.answer(req).await }
         });
         r
     }
@@ -132,15 +126,19 @@ impl Receiver {
         self.got.lock().unwrap().clone()
     }
 
-    /// (event, provider, account) of everything received, in order.
-    fn events(&self) -> Vec<(String, String, String)> {
-        self.got()
+    /// Asserts (event, provider, account) of everything received, in order.
+    fn assert_events(&self, expected: &[(&str, &str, &str)]) {
+        let s = |g: &Got, k: &str| g.body[k].as_str().unwrap_or_default().to_string();
+        let got: Vec<[String; 3]> = self
+            .got()
             .iter()
-            .map(|g| {
-                let s = |k: &str| g.body[k].as_str().unwrap_or_default().to_string();
-                (s("event"), s("provider"), s("account"))
-            })
-            .collect()
+            .map(|g| [s(g, "event"), s(g, "provider"), s(g, "account")])
+            .collect();
+        let expected: Vec<[String; 3]> = expected
+            .iter()
+            .map(|(e, p, a)| [e.to_string(), p.to_string(), a.to_string()])
+            .collect();
+        assert_eq!(got, expected);
     }
 
     /// Asserts that every signature was right and that no body holds a secret.
@@ -217,6 +215,35 @@ async fn webhook_totals(sc: &Sidecar, n: f64) -> (f64, f64, f64) {
     }
 }
 
+/// Seeds the accounts of [`TWO_EPISODES`], both expired: google/alice with a refresh token the
+/// backend rejects, github/octo with a good one.
+fn seed_two_episodes(world: &mut World) {
+    let (alice_refresh, _) = world.seed("google", "alice", -10);
+    world.seed("github", "octo", -10);
+    world.realm.revoke_refresh(&alice_refresh);
+}
+
+/// How many announcements the replicas left to another replica's claim (they log each).
+fn lost_claims(replicas: [&Sidecar; 2]) -> usize {
+    replicas
+        .iter()
+        .map(|r| {
+            r.stderr_text()
+                .matches("webhook event claimed by another replica")
+                .count()
+        })
+        .sum()
+}
+
+/// Waits until `n` events were delivered and the other replica lost its claim on each.
+async fn settled(receiver: &Receiver, replicas: [&Sidecar; 2], n: usize) {
+    receiver.delivered.wait_for(n as u64).await;
+    until("the other replica's lost claims", || {
+        lost_claims(replicas) >= n
+    })
+    .await;
+}
+
 /// Polls `f` (every 10 ms) until it holds, at most [`WAIT`].
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -230,9 +257,7 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 async fn rejection_then_put_and_failing_then_recovering_send_exactly_these_events() {
     let receiver = Receiver::start(0).await;
     let mut world = World::new("wh1").await;
-    let (alice_refresh, _) = world.seed("google", "alice", -10);
-    world.seed("github", "octo", -10);
-    world.realm.revoke_refresh(&alice_refresh);
+    seed_two_episodes(&mut world);
     let root = hook_toml(receiver.addr, "");
     let sc = world.start(opts(&root)).await;
     let realm = world.realm.clone();
@@ -331,16 +356,7 @@ async fn rejection_then_put_and_failing_then_recovering_send_exactly_these_event
 
     // Exactly these four, in order (one queue per webhook keeps the order, so nothing
     // spurious can still be on its way ahead of the last one).
-    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
-    assert_eq!(
-        receiver.events(),
-        [
-            s("needs_reauth", "google", "alice"),
-            s("refresh_recovered", "google", "alice"),
-            s("refresh_failing", "github", "octo"),
-            s("refresh_recovered", "github", "octo"),
-        ]
-    );
+    receiver.assert_events(&TWO_EPISODES);
     assert_eq!(receiver.attempts.get(), 4);
     receiver.assert_clean(&realm);
     assert_eq!(webhook_totals(&sc, 4.0).await, (4.0, 0.0, 0.0));
@@ -379,14 +395,7 @@ async fn receiver_down_then_up_gets_every_event_once_in_order() {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let receiver = Receiver::serve(listener, 2);
     receiver.delivered.wait_for(3).await;
-    let s = |c: &str| {
-        (
-            "needs_reauth".to_string(),
-            "google".to_string(),
-            c.to_string(),
-        )
-    };
-    assert_eq!(receiver.events(), [s("a1"), s("a2"), s("a3")]);
+    receiver.assert_events(&ids.map(|id| ("needs_reauth", "google", id)));
     // Two 503s, then one 200 per event: nothing sent twice.
     assert_eq!(receiver.attempts.get(), 5);
     receiver.assert_clean(&world.realm);
@@ -401,9 +410,7 @@ async fn two_replicas_on_one_redis_send_each_event_once() {
     };
     let receiver = Receiver::start(0).await;
     let mut world = World::new("wh3").await;
-    let (alice_refresh, _) = world.seed("google", "alice", -10);
-    world.seed("github", "octo", -10);
-    world.realm.revoke_refresh(&alice_refresh);
+    seed_two_episodes(&mut world);
     let root = format!(
         "[store]\nkind = \"redis\"\nurl = \"{}\"\n\n{}",
         redis.url(),
@@ -412,30 +419,20 @@ async fn two_replicas_on_one_redis_send_each_event_once() {
     let a = world.start(opts(&root)).await;
     let b = world.start(opts(&root)).await;
     let realm = world.realm.clone();
-    let lost_claims = || {
-        a.stderr_text()
-            .matches("webhook event claimed by another replica")
-            .count()
-            + b.stderr_text()
-                .matches("webhook event claimed by another replica")
-                .count()
-    };
 
     // Rejected on A (one backend call); B learns it from the store when it tries: both
     // announce needs_reauth for the same generation, one sends it.
     assert_eq!(a.get_as("alice", "/google/x").await.status, 401);
     assert_eq!(b.get_as("alice", "/google/x").await.status, 401);
     assert_eq!(realm.backend_calls.get(), 1);
-    receiver.delivered.wait_for(1).await;
-    until("the other replica's lost claim", || lost_claims() >= 1).await;
+    settled(&receiver, [&a, &b], 1).await;
 
     // PUT on B; A adopts it through the store's updates: both knew of the episode.
     let put = b
         .admin("PUT", "/tokens/google/alice", None, &tokens_body(&realm))
         .await;
     assert_eq!(put.status, 200, "{}", put.text());
-    receiver.delivered.wait_for(2).await;
-    until("the other replica's lost claim", || lost_claims() >= 2).await;
+    settled(&receiver, [&a, &b], 2).await;
 
     // The backend fails for both replicas' refreshes of the same generation.
     realm.script([
@@ -445,8 +442,7 @@ async fn two_replicas_on_one_redis_send_each_event_once() {
     assert_eq!(a.get_as("octo", "/github/user").await.status, 503);
     assert_eq!(b.get_as("octo", "/github/user").await.status, 503);
     assert_eq!(realm.backend_calls.get(), 3);
-    receiver.delivered.wait_for(3).await;
-    until("the other replica's lost claim", || lost_claims() >= 3).await;
+    settled(&receiver, [&a, &b], 3).await;
 
     // Recovered on A; B takes the new tokens from the store: one refresh_recovered.
     let forced = a
@@ -454,21 +450,11 @@ async fn two_replicas_on_one_redis_send_each_event_once() {
         .await;
     assert_eq!(forced.status, 200, "{}", forced.text());
     assert_eq!(realm.backend_calls.get(), 4);
-    receiver.delivered.wait_for(4).await;
-    until("the other replica's lost claim", || lost_claims() >= 4).await;
+    settled(&receiver, [&a, &b], 4).await;
 
-    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
-    assert_eq!(
-        receiver.events(),
-        [
-            s("needs_reauth", "google", "alice"),
-            s("refresh_recovered", "google", "alice"),
-            s("refresh_failing", "github", "octo"),
-            s("refresh_recovered", "github", "octo"),
-        ]
-    );
+    receiver.assert_events(&TWO_EPISODES);
     assert_eq!(receiver.attempts.get(), 4);
-    assert_eq!(lost_claims(), 4);
+    assert_eq!(lost_claims([&a, &b]), 4);
     receiver.assert_clean(&realm);
     // Each replica counts what it claimed and delivered: 4 between them.
     let deadline = Instant::now() + WAIT;

@@ -57,6 +57,18 @@
 //!   operator's explicit request: it ignores `min_interval` and the cooldown (after fixing a
 //!   backend, an operator can check it at once), but never starts while a timed-out attempt's
 //!   answer is awaited — that could spend the refresh token twice.
+//!
+//! # Health episodes (for alerting)
+//!
+//! Each entry remembers whether it is in an *episode* of trouble. A rejection starts one
+//! ([`HealthChange::NeedsReauth`]); the first failed cycle that puts the account in cooldown
+//! starts one ([`HealthChange::Failing`], once — later failed cycles of the episode announce
+//! nothing new). The first success — this process's refresh, another replica's adopted through
+//! the store, or new tokens put by the operator here or elsewhere — ends it with exactly one
+//! [`HealthChange::Recovered`]. The changes ride on the [`RefreshEvent`]s of [`Tokens::events`];
+//! new tokens that did not come from a refresh here are announced (as
+//! [`RefreshOutcome::Replaced`]) only when they end an episode. An account loaded from a store
+//! as needing re-authorisation is in an episode without announcing it.
 
 mod events;
 mod index;
