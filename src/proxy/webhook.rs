@@ -10,8 +10,8 @@
 //!   request is ever slowed by a slow or dead receiver.
 //! * **Delivery.** Each webhook's task sends its events one at a time, in order: `POST`,
 //!   `content-type: application/json`, `X-ORP-Signature: sha256=<hex HMAC-SHA256(secret,
-//!   body)>`, `X-ORP-Event-Id` (the event's fleet-wide id, for receivers that deduplicate),
-//!   [`ATTEMPT_TIMEOUT`] per attempt, no redirects followed. A 2xx is `delivered`; a 4xx other
+//!   body)>`, `X-ORP-Event-Id` (the event's fleet-wide id, percent-encoded, for receivers
+//!   that deduplicate), [`ATTEMPT_TIMEOUT`] per attempt, no redirects followed. A 2xx is `delivered`; a 4xx other
 //!   than 408 and 429 is `failed` at once (the receiver refused it: not retried); a 5xx, 408,
 //!   429, a connect error or a timeout is retried with exponential backoff (1 s doubling, capped
 //!   by `max_backoff`, plus up to 10% jitter) until [`MAX_AGE`] after the event, then `failed`.
@@ -21,13 +21,14 @@
 //!   generation is shared through the store, and an episode's events carry the generation it
 //!   started at or, for `refresh_recovered`, the generation that ended it). Before its first
 //!   attempt, a task claims the id with [`Store::claim`] (Redis: `SET orp:claim:<id> NX PX
-//!   24h`); only the claimer sends, the others skip it without counting. So the replica that
-//!   saw the change first sends: the one that refreshed, the one whose refresh was rejected,
-//!   or — for a recovery through another replica's refresh or an admin `PUT` there — the
-//!   replica that learnt it from the store's update channel while it knew of the episode. With
+//!   24h`); only the claimer sends, the others skip it without counting. Whichever replica
+//!   claims first sends — normally the one that saw the change first: the one that refreshed,
+//!   the one whose refresh was rejected, or — for a recovery through another replica's refresh
+//!   or an admin `PUT` there — one that learnt it from the store's update channel while it knew
+//!   of the episode (replicas that never saw the episode announce nothing). With
 //!   no shared store every claim is granted. A claim that cannot be made (Redis down) is
 //!   retried like a failed attempt: an unclaimed event is never sent. If the claimer dies
-//!   before delivering, the event is lost (at most once per fleet, at least once per claimer).
+//!   before delivering, the event is lost: once per fleet at most, retried by its claimer only.
 //! * **Shutdown** is bounded: [`Webhooks::shutdown`] stops retries and gives the queued
 //!   events one last attempt each within its bound, then abandons the rest.
 //!
@@ -548,7 +549,12 @@ impl Deliverer {
             .post(&hook.settings.url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("x-orp-signature", signature(&hook.settings.secret, &p.body))
-            .header("x-orp-event-id", &p.id)
+            // Account ids may hold non-ASCII characters: percent-encoded, a valid header value.
+            .header(
+                "x-orp-event-id",
+                percent_encoding::utf8_percent_encode(&p.id, percent_encoding::CONTROLS)
+                    .to_string(),
+            )
             .body(p.body.clone())
             .send()
             .await;
