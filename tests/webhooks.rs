@@ -3,7 +3,8 @@
 //! every body. Exact events and counts for a rejected refresh token → admin `PUT`, and for a
 //! backend failing then recovering; a receiver that is down (refusing connections, then
 //! answering 503) and comes back: every event arrives once, in order; two replicas on one
-//! `redis-server`: every event once for the fleet. The child's trace logs and every webhook
+//! `redis-server`: every event once for the fleet; a refused event (410) is not retried, and
+//! SIGTERM with retries pending exits 0 within its bound. The child's trace logs and every webhook
 //! body are checked for every token. (The 10 000-event queue bound is a unit test in
 //! `src/proxy/webhook.rs`.)
 
@@ -44,7 +45,7 @@ struct Got {
     event_id: String,
 }
 
-/// The fake receiver: answers 503 to its first `fail_first` requests, then 200 to requests
+/// The fake receiver: answers `fail_status` to its first `fail_first` requests, then 200 to requests
 /// whose signature and content type are right (400 otherwise, counted in `bad`).
 struct Receiver {
     addr: SocketAddr,
@@ -52,18 +53,23 @@ struct Receiver {
     delivered: Count,
     bad: AtomicU64,
     fail_first: AtomicU64,
+    fail_status: u16,
     got: Mutex<Vec<Got>>,
 }
 
 impl Receiver {
     /// Serves on `listener` (bound by the caller, so a test can pick the port first).
-    fn serve(listener: tokio::net::TcpListener, fail_first: u64) -> Arc<Receiver> {
+    fn serve(
+        listener: tokio::net::TcpListener,
+        (fail_status, fail_first): (u16, u64),
+    ) -> Arc<Receiver> {
         let r = Arc::new(Receiver {
             addr: listener.local_addr().unwrap(),
             attempts: Count::default(),
             delivered: Count::default(),
             bad: AtomicU64::new(0),
             fail_first: AtomicU64::new(fail_first),
+            fail_status,
             got: Mutex::new(Vec::new()),
         });
         let me = r.clone();
@@ -74,9 +80,9 @@ impl Receiver {
         r
     }
 
-    async fn start(fail_first: u64) -> Arc<Receiver> {
+    async fn start(fail: (u16, u64)) -> Arc<Receiver> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Receiver::serve(listener, fail_first)
+        Receiver::serve(listener, fail)
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -102,7 +108,7 @@ impl Receiver {
             .is_ok()
         {
             self.attempts.bump();
-            return reply(503);
+            return reply(self.fail_status);
         }
         let signed = header("x-orp-signature") == signature(&Secret::new(SECRET), &body);
         let json = header("content-type") == "application/json";
@@ -255,7 +261,7 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejection_then_put_and_failing_then_recovering_send_exactly_these_events() {
-    let receiver = Receiver::start(0).await;
+    let receiver = Receiver::start((503, 0)).await;
     let mut world = World::new("wh1").await;
     seed_two_episodes(&mut world);
     let root = hook_toml(receiver.addr, "");
@@ -393,7 +399,7 @@ async fn receiver_down_then_up_gets_every_event_once_in_order() {
     .await;
     // Up, but answering 503 twice first.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let receiver = Receiver::serve(listener, 2);
+    let receiver = Receiver::serve(listener, (503, 2));
     receiver.delivered.wait_for(3).await;
     receiver.assert_events(&ids.map(|id| ("needs_reauth", "google", id)));
     // Two 503s, then one 200 per event: nothing sent twice.
@@ -408,7 +414,7 @@ async fn two_replicas_on_one_redis_send_each_event_once() {
     let Some(redis) = RedisServer::start("two_replicas_on_one_redis_send_each_event_once") else {
         return;
     };
-    let receiver = Receiver::start(0).await;
+    let receiver = Receiver::start((503, 0)).await;
     let mut world = World::new("wh3").await;
     seed_two_episodes(&mut world);
     let root = format!(
@@ -469,4 +475,47 @@ async fn two_replicas_on_one_redis_send_each_event_once() {
     a.finish(&realm);
     b.finish(&realm);
     drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_events_are_not_retried_and_shutdown_is_bounded() {
+    // The first webhook refuses its first event (410: not retried); the second one's receiver
+    // never comes up, so its events are still being retried at SIGTERM.
+    let receiver = Receiver::start((410, 1)).await;
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut world = World::new("wh4").await;
+    let ids = ["r1", "r2"];
+    for id in ids {
+        let (refresh, _) = world.seed("google", id, -10);
+        world.realm.revoke_refresh(&refresh);
+    }
+    let root = format!("{}{}", hook_toml(receiver.addr, ""), hook_toml(down, ""));
+    let mut sc = world.start(opts(&root)).await;
+    for id in ids {
+        assert_eq!(sc.get_as(id, "/google/x").await.status, 401);
+    }
+    receiver.delivered.wait_for(1).await;
+    receiver.assert_events(&[("needs_reauth", "google", "r2")]);
+    // One attempt for the refused event, one for the delivered one.
+    assert_eq!(receiver.attempts.get(), 2);
+    assert_eq!(webhook_totals(&sc, 1.0).await, (1.0, 1.0, 0.0));
+    until("retries towards the receiver that is down", || {
+        sc.stderr_text()
+            .matches("webhook delivery failed; retrying")
+            .count()
+            >= 2
+    })
+    .await;
+    receiver.assert_clean(&world.realm);
+    // SIGTERM: the pending retries are given up within the flush bound; exit 0.
+    sc.terminate();
+    let status = sc.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(sc
+        .stderr_text()
+        .contains("webhook delivery failed; giving up"));
+    sc.finish(&world.realm);
 }
