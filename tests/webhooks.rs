@@ -386,10 +386,13 @@ async fn receiver_down_then_up_gets_every_event_once_in_order() {
     }
     let root = hook_toml(addr, "events = [\"needs_reauth\"]");
     let sc = world.start(opts(&root)).await;
+    let down_since = tokio::time::Instant::now();
     for id in ids {
         assert_eq!(sc.get_as(id, "/google/x").await.status, 401);
     }
-    // Down: the first event is retried (the later ones wait behind it).
+    // Down for 30 s (the scenario; the backoff is capped at 200 ms here): the first
+    // event is retried all along, the later ones wait behind it.
+    tokio::time::sleep_until(down_since + Duration::from_secs(30)).await;
     until("three refused delivery attempts", || {
         sc.stderr_text()
             .matches("webhook delivery failed; retrying")
