@@ -378,6 +378,16 @@ where
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, handler)
+}
+
+/// Serves `handler` on `listener` until the runtime ends (HTTP/1.1 and h2c); returns its
+/// address. For a server that must come up on a port chosen beforehand.
+pub fn serve_on<F, Fut>(listener: tokio::net::TcpListener, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {

@@ -91,8 +91,8 @@ pub use refresh::{
 pub use token::{Secret, TokenSeed};
 pub use tokens::store;
 pub use tokens::{
-    AccountInfo, AccountPage, Events, ProviderStats, RefreshEvent, RefreshOutcome, Tokens,
-    TokensBuilder,
+    AccountInfo, AccountPage, Events, HealthChange, ProviderStats, RefreshEvent, RefreshOutcome,
+    Tokens, TokensBuilder,
 };
 
 // Host mapping (SPEC 6) and octocrab's client stack through the layer (feature `octocrab`).

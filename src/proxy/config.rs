@@ -7,7 +7,7 @@
 //!
 //! The text is parsed into a [`toml::Table`] and walked by hand: every table (the root,
 //! `refresh`, `refresh.google`, `refresh.github`, `store`, `server`, `upstream`, each
-//! `[[route]]`, each `[[account]]`, `refresh_api`) lists the keys it knows, and the first key it does not know is reported by
+//! `[[route]]`, each `[[account]]`, `refresh_api`, each `[[webhook]]`) lists the keys it knows, and the first key it does not know is reported by
 //! name. Walking by hand rather than through serde gives every error a precise, stable,
 //! single-line message that names the offending key.
 //!
@@ -32,7 +32,7 @@
 //!
 //! * **Secrets** (`admin_token`, `client_token`, `refresh.backend_token`,
 //!   `refresh.*.client_secret`, `account.refresh_token`, `account.access_token`,
-//!   `refresh_api.token`) are given literally, as `env:NAME` (read from the environment) or as
+//!   `refresh_api.token`, `webhook.secret`) are given literally, as `env:NAME` (read from the environment) or as
 //!   `file:PATH` (read from a file, trailing newlines trimmed; a relative path is relative to
 //!   the working directory). An empty secret is an error. Error messages name the variable or
 //!   the file, never the value.
@@ -176,7 +176,43 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     /// Timeouts and the connection limit of both listeners (`[server]`).
     pub server: ServerSettings,
+    /// Where account health events are POSTed (`[[webhook]]`, SPEC 4.11), in file order.
+    pub webhooks: Vec<WebhookSettings>,
 }
+
+/// One `[[webhook]]` (SPEC 4.11): where `needs_reauth`, `refresh_failing` and
+/// `refresh_recovered` events are POSTed, signed with `secret`.
+///
+/// ```
+/// use std::time::Duration;
+/// use oauth_refresh_proxy::proxy::config::Config;
+/// use oauth_refresh_proxy::HealthChange;
+///
+/// let config = Config::from_toml_str(
+///     "[refresh]\nbackend_url = \"https://b.example\"\n\
+///      [[webhook]]\nurl = \"https://ops.example/hooks/orp\"\nsecret = \"s3cret\"\nevents = [\"needs_reauth\"]",
+///     "proxy.toml",
+/// )
+/// .unwrap();
+/// let hook = &config.webhooks[0];
+/// assert_eq!(hook.events, vec![HealthChange::NeedsReauth]);
+/// assert_eq!(hook.max_backoff, Duration::from_secs(300));
+/// ```
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// The receiver (`url`): `https://…`, or `http://…` on a loopback host only.
+    pub url: String,
+    /// The HMAC-SHA256 key of the `X-ORP-Signature` header (`secret`, required).
+    pub secret: Secret,
+    /// The events sent (`events`, default all three), without repetition.
+    pub events: Vec<crate::HealthChange>,
+    /// The longest pause between two delivery attempts (`max_backoff`, default 5 min); the
+    /// first retry comes after 1 s or this, whichever is shorter, doubling from there.
+    pub max_backoff: Duration,
+}
+
+/// The default `webhook.max_backoff`.
+pub const DEFAULT_WEBHOOK_MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Bounds on every upstream request: the `[upstream]` table (SPEC 4.2).
 ///
@@ -615,6 +651,7 @@ impl Default for Config {
             refresh_api: None,
             upstream: UpstreamSettings::default(),
             server: ServerSettings::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -994,6 +1031,20 @@ impl Config {
             format_duration(s.body_read_timeout),
             s.max_connections
         );
+        if !self.webhooks.is_empty() {
+            let _ = writeln!(out, "webhooks ({}):", self.webhooks.len());
+        }
+        for h in &self.webhooks {
+            let events: Vec<&str> = h.events.iter().map(|e| e.as_str()).collect();
+            // The query may carry a receiver's token: left out.
+            let url = redact_userinfo(h.url.split('?').next().unwrap_or(""));
+            let _ = writeln!(
+                out,
+                "  {url} ({}; secret set, max_backoff {})",
+                events.join(", "),
+                format_duration(h.max_backoff)
+            );
+        }
         let _ = writeln!(out, "routes ({}):", self.routes.len());
         for route in &self.routes {
             let upstream = route.upstream.to_string();
@@ -1224,6 +1275,7 @@ impl Parser<'_> {
             "refresh_api",
             "upstream",
             "server",
+            "webhook",
         ])?;
         let mut config = Config::default();
         if let Some(addr) = t.socket_addr("listen")? {
@@ -1271,6 +1323,12 @@ impl Parser<'_> {
         }
         if let Some(s) = t.table("server")? {
             config.server = server(&s)?;
+        }
+        if let Some(hooks) = t.tables("webhook")? {
+            config.webhooks = hooks
+                .iter()
+                .map(|h| self.webhook(h))
+                .collect::<Result<_, _>>()?;
         }
         Ok(config)
     }
@@ -1398,6 +1456,65 @@ impl Parser<'_> {
             "refresh_api.token: required when refresh_api.enabled = true".to_string()
         })?;
         Ok(Some(RefreshApiSettings { token }))
+    }
+
+    fn webhook(&self, t: &Tbl<'_>) -> Result<WebhookSettings, String> {
+        use crate::HealthChange;
+        t.only(&["url", "secret", "events", "max_backoff"])?;
+        let url = t.required_str("url")?;
+        check_webhook_url(url).map_err(|e| format!("{}: {e}", t.key("url")))?;
+        let secret = self
+            .secret(t, "secret")?
+            .ok_or_else(|| format!("missing key \"secret\" in table {}", t.name))?;
+        const ALL: [HealthChange; 3] = [
+            HealthChange::NeedsReauth,
+            HealthChange::Failing,
+            HealthChange::Recovered,
+        ];
+        let events = match t.table.get("events") {
+            None => ALL.to_vec(),
+            Some(Value::Array(items)) => {
+                let mut events = Vec::new();
+                for item in items {
+                    let Value::String(name) = item else {
+                        return Err(format!(
+                            "{}: expected an array of strings, found an array holding {}",
+                            t.key("events"),
+                            item.type_str()
+                        ));
+                    };
+                    let event = ALL.into_iter().find(|e| e.as_str() == name).ok_or_else(|| {
+                        format!(
+                            "{}: unknown event {name:?} (expected \"needs_reauth\", \"refresh_failing\" or \"refresh_recovered\")",
+                            t.key("events")
+                        )
+                    })?;
+                    if !events.contains(&event) {
+                        events.push(event);
+                    }
+                }
+                if events.is_empty() {
+                    return Err(format!("{}: must name at least one event", t.key("events")));
+                }
+                events
+            }
+            Some(v) => return Err(t.type_error("events", "an array of strings", v)),
+        };
+        let max_backoff = t
+            .duration("max_backoff")?
+            .unwrap_or(DEFAULT_WEBHOOK_MAX_BACKOFF);
+        if max_backoff.is_zero() {
+            return Err(format!(
+                "{}: must be greater than zero",
+                t.key("max_backoff")
+            ));
+        }
+        Ok(WebhookSettings {
+            url: url.to_string(),
+            secret,
+            events,
+            max_backoff,
+        })
     }
 
     /// Resolves a secret value: literal, `env:NAME` or `file:PATH`. Messages name the key and
@@ -1646,6 +1763,49 @@ fn check_http_url(url: &str) -> Result<(), String> {
             e
         }
     })
+}
+
+/// A webhook receiver: `https`, or `http` on a loopback host (`127.0.0.0/8`, `[::1]`,
+/// `localhost`); a host, no credentials, no fragment.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    if url.contains('#') {
+        return Err(format!(
+            "{:?}: a fragment is not allowed",
+            redact_userinfo(url)
+        ));
+    }
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| format!("invalid URL {:?}", redact_userinfo(url)))?;
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        return Err(format!("{:?}: no host", redact_userinfo(url)));
+    };
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are not allowed".into());
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{url:?}: http is only allowed on a loopback host; use https"
+                ))
+            }
+        }
+        _ => Err(format!(
+            "{url:?}: scheme must be https (or http on loopback)"
+        )),
+    }
 }
 
 fn check_account_id(id: &str) -> Result<(), String> {
@@ -2465,6 +2625,70 @@ token   = "env:ORP_REFRESH_API_TOKEN"
     }
 
     const CREDS: &str = "[refresh.google]\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+
+    #[test]
+    fn webhooks() {
+        use crate::HealthChange;
+        let hook = |body: &str| format!("{BACKEND}[[webhook]]\n{body}");
+        // Defaults: every event, 5 min max backoff; the secret from the environment.
+        let c = parse_env(
+            &hook("url = \"https://ops.example/hooks/orp?x=1\"\nsecret = \"env:HOOK_SECRET\""),
+            &[("HOOK_SECRET", "hook-secret-value")],
+        )
+        .unwrap();
+        let h = &c.webhooks[0];
+        assert_eq!(h.secret.expose(), "hook-secret-value");
+        assert_eq!(
+            h.events,
+            vec![
+                HealthChange::NeedsReauth,
+                HealthChange::Failing,
+                HealthChange::Recovered
+            ]
+        );
+        assert_eq!(h.max_backoff, DEFAULT_WEBHOOK_MAX_BACKOFF);
+        let summary = c.summary();
+        assert!(
+            summary.contains("webhooks (1):\n  https://ops.example/hooks/orp (needs_reauth, refresh_failing, refresh_recovered; secret set, max_backoff 5m)"),
+            "{summary}"
+        );
+        assert!(!format!("{c:?}{summary}").contains("hook-secret-value"));
+        // A subset, repeated names once, a small backoff; http on every loopback spelling.
+        for url in [
+            "http://127.0.0.1:9/h",
+            "http://localhost/h",
+            "http://[::1]:8080/h",
+        ] {
+            let c = parse(&hook(&format!(
+                "url = \"{url}\"\nsecret = \"s\"\nevents = [\"refresh_recovered\", \"needs_reauth\", \"needs_reauth\"]\nmax_backoff = \"200ms\""
+            )))
+            .unwrap();
+            assert_eq!(
+                c.webhooks[0].events,
+                vec![HealthChange::Recovered, HealthChange::NeedsReauth]
+            );
+            assert_eq!(c.webhooks[0].max_backoff, Duration::from_millis(200));
+        }
+        // Errors.
+        for (body, expected) in [
+            ("url = \"http://ops.example/h\"\nsecret = \"s\"", "webhook[0].url: \"http://ops.example/h\": http is only allowed on a loopback host; use https"),
+            ("url = \"http://10.0.0.1/h\"\nsecret = \"s\"", "webhook[0].url: \"http://10.0.0.1/h\": http is only allowed on a loopback host; use https"),
+            ("url = \"ftp://ops.example/h\"\nsecret = \"s\"", "webhook[0].url: \"ftp://ops.example/h\": scheme must be https (or http on loopback)"),
+            ("url = \"https://u:pw@ops.example/h\"\nsecret = \"s\"", "webhook[0].url: credentials in the URL are not allowed"),
+            ("url = \"/h\"\nsecret = \"s\"", "webhook[0].url: \"/h\": no host"),
+            ("url = \"https://ops.example/h\"", "missing key \"secret\" in table webhook[0]"),
+            ("secret = \"s\"", "missing key \"url\" in table webhook[0]"),
+            ("url = \"https://o.example\"\nsecret = \"s\"\nevents = [\"needs_reauth\", \"token_expired\"]", "webhook[0].events: unknown event \"token_expired\" (expected \"needs_reauth\", \"refresh_failing\" or \"refresh_recovered\")"),
+            ("url = \"https://o.example\"\nsecret = \"s\"\nevents = []", "webhook[0].events: must name at least one event"),
+            ("url = \"https://o.example\"\nsecret = \"s\"\nevents = \"needs_reauth\"", "webhook[0].events: expected an array of strings, found string"),
+            ("url = \"https://o.example\"\nsecret = \"s\"\nevents = [1]", "webhook[0].events: expected an array of strings, found an array holding integer"),
+            ("url = \"https://o.example\"\nsecret = \"s\"\nmax_backoff = \"0s\"", "webhook[0].max_backoff: must be greater than zero"),
+            ("url = \"https://o.example\"\nsecret = \"s\"\nretries = 3", "unknown key \"retries\" in table webhook[0]"),
+            ("url = \"https://o.example\"\nsecret = \"env:UNSET_HOOK_SECRET\"", "webhook[0].secret: environment variable \"UNSET_HOOK_SECRET\" is not set"),
+        ] {
+            assert_eq!(err(&hook(body)), format!("{SRC}: {expected}"), "{body}");
+        }
+    }
 
     #[test]
     fn refresh_api_rules() {

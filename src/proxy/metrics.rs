@@ -5,7 +5,8 @@
 //! The refresh, coalescing, cooldown and replay counters and the `orp_tokens` gauge are read from the
 //! [`Tokens`] cache at render time, so they are exact and always present for both providers,
 //! even at zero. `orp_connections{listener}` is a gauge the listeners move themselves
-//! ([`Metrics::connections`]). No token value and no account id is ever part of the output.
+//! ([`Metrics::connections`]); `orp_webhook_total{outcome}` is counted by the webhooks
+//! ([`Metrics::webhook`]). No token value and no account id is ever part of the output.
 
 use std::sync::{Arc, Weak};
 
@@ -19,7 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::provider::Provider;
-use crate::tokens::{RefreshEvent, Tokens};
+use crate::tokens::{RefreshEvent, RefreshOutcome, Tokens};
 
 /// The `Content-Type` of [`Metrics::render`]'s output (OpenMetrics text 1.0.0, which Prometheus
 /// scrapes natively).
@@ -45,6 +46,14 @@ struct RouteLabels {
 struct ProviderLabels {
     provider: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The outcomes of `orp_webhook_total{outcome}`.
+const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "dropped"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
@@ -128,6 +137,7 @@ pub struct Metrics {
     refresh: HistogramFamily<ProviderLabels>,
     connections: Family<ListenerLabels, Gauge>,
     rate_limited: Family<RouteLabels, Counter>,
+    webhooks: Family<OutcomeLabels, Counter>,
     tokens: Tokens,
 }
 
@@ -190,6 +200,15 @@ impl Metrics {
             "Connections open now, by listener",
             connections.clone(),
         );
+        let webhooks = Family::<OutcomeLabels, Counter>::default();
+        for outcome in WEBHOOK_OUTCOMES {
+            let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
+        }
+        registry.register(
+            "orp_webhook",
+            "Webhook events by outcome: delivered, failed (refused or out of time) or dropped (queue full)",
+            webhooks.clone(),
+        );
         registry.register_collector(Box::new(TokensCollector {
             tokens: tokens.clone(),
         }));
@@ -200,8 +219,29 @@ impl Metrics {
             refresh,
             connections,
             rate_limited,
+            webhooks,
             tokens,
         })
+    }
+
+    /// The `orp_webhook_total{outcome}` counter of `outcome` (`"delivered"`, `"failed"` or
+    /// `"dropped"`); any other outcome panics.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::{proxy::metrics::Metrics, BackendRefresher, Tokens};
+    /// # let metrics = Metrics::new(Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build());
+    /// metrics.webhook("dropped").inc_by(2);
+    /// assert!(metrics.render().contains("orp_webhook_total{outcome=\"dropped\"} 2"));
+    /// assert!(metrics.render().contains("orp_webhook_total{outcome=\"delivered\"} 0"));
+    /// ```
+    pub fn webhook(&self, outcome: &'static str) -> Counter {
+        assert!(
+            WEBHOOK_OUTCOMES.contains(&outcome),
+            "unknown webhook outcome {outcome:?}"
+        );
+        self.webhooks
+            .get_or_create(&OutcomeLabels { outcome })
+            .clone()
     }
 
     /// The `orp_connections{listener}` gauge of `listener` (`"proxy"` or `"admin"`): the
@@ -296,6 +336,9 @@ impl Metrics {
     ///
     /// Usually called by the task of [`Metrics::spawn_event_listener`].
     pub fn observe_refresh(&self, event: &RefreshEvent) {
+        if matches!(event.outcome, RefreshOutcome::Replaced) {
+            return; // new tokens without a refresh of this process: nothing was timed
+        }
         self.refresh
             .get_or_create(&ProviderLabels {
                 provider: event.provider.as_str(),
@@ -538,6 +581,7 @@ mod tests {
             "orp_replay counter",
             "orp_tokens gauge",
             "orp_connections gauge",
+            "orp_webhook counter",
         ] {
             assert!(types.contains(&t), "missing TYPE {t} in\n{text}");
         }
@@ -602,6 +646,7 @@ mod tests {
             "orp_replay_total",
             "orp_tokens{",
             "orp_connections{",
+            "orp_webhook_total{",
         ];
         for k in samples(&text).keys() {
             assert!(
@@ -612,6 +657,12 @@ mod tests {
         for l in LISTENERS {
             assert_eq!(
                 value(&text, &format!("orp_connections{{listener=\"{l}\"}}")),
+                "0"
+            );
+        }
+        for o in WEBHOOK_OUTCOMES {
+            assert_eq!(
+                value(&text, &format!("orp_webhook_total{{outcome=\"{o}\"}}")),
                 "0"
             );
         }

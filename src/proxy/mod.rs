@@ -2,7 +2,8 @@
 //! upstreams and keeps every request authenticated through the same [`RefreshLayer`] that Rust
 //! services embed. This module holds the sidecar's building blocks, starting with its TOML
 //! configuration ([`config`], SPEC 4.2): listeners, tokens, refresh settings, store, routes,
-//! seeded accounts and the self-hosted refresh API ([`refresh_api`], SPEC 4.9).
+//! seeded accounts, the self-hosted refresh API ([`refresh_api`], SPEC 4.9) and the webhooks
+//! ([`webhook`], SPEC 4.11).
 //!
 //! [`RefreshLayer`]: crate::RefreshLayer
 
@@ -19,3 +20,4 @@ pub mod server;
 pub mod sidecar;
 pub mod timeouts;
 pub mod upstream;
+pub mod webhook;

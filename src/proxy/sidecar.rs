@@ -1,6 +1,6 @@
 //! Assembling the sidecar from a [`Config`]: the token cache, the proxy, the admin listener,
-//! the metrics, the listeners' limits ([`listener`]), and their lifecycle
-//! (SPEC 4.8).
+//! the metrics, the webhooks ([`webhook`](super::webhook)), the listeners' limits
+//! ([`listener`]), and their lifecycle (SPEC 4.8).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use super::metrics::Metrics;
 use super::refresh_api::RefreshApi;
 use super::server::Proxy;
 use super::timeouts::ProxyTimeouts;
+use super::webhook::Webhooks;
 use crate::refresh::{
     BackendRefresher, DirectRefresher, GitHubRefresher, GoogleRefresher, Refresher, RetryPolicy,
 };
@@ -57,6 +58,10 @@ pub async fn open_redis(
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long queued webhook events get after the listeners have drained (one last attempt
+/// each, see [`Webhooks::shutdown`]).
+pub const WEBHOOK_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the sidecar could not be assembled (a configuration it cannot serve).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -70,6 +75,7 @@ pub struct Sidecar {
     admin: Arc<AdminState>,
     proxy_limits: Limits,
     admin_limits: Limits,
+    webhooks: Webhooks,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -244,8 +250,8 @@ impl Sidecar {
             Some(r) => Some(r.clone() as Arc<dyn Store>),
             None => open_store(&config.store, &config.store_encryption).await?,
         };
-        if let Some(store) = store {
-            builder = builder.store(store);
+        if let Some(store) = &store {
+            builder = builder.store(store.clone());
         }
         let tokens = builder.build();
         tokens
@@ -259,6 +265,10 @@ impl Sidecar {
             .map_err(|e| SetupError(e.to_string()))?;
         let metrics = Metrics::new(tokens.clone());
         metrics.spawn_event_listener();
+        // SPEC 4.11: claims through a shared store, so a fleet sends each event once.
+        let webhooks = Webhooks::new(&config.webhooks, store, &metrics)
+            .map_err(SetupError)?
+            .start(&tokens);
         let timeouts = ProxyTimeouts::new(&config.upstream, config.server.body_read_timeout);
         let mut proxy = Proxy::new(config, tokens.clone(), metrics.clone(), timeouts);
         if let Some(api) = &config.refresh_api {
@@ -287,6 +297,7 @@ impl Sidecar {
             admin,
             proxy_limits: proxy_limits(config),
             admin_limits: Limits::admin(&config.server),
+            webhooks,
         })
     }
 
@@ -358,6 +369,7 @@ impl Sidecar {
         if let Some(t) = admin_task {
             let _ = t.await;
         }
+        self.webhooks.shutdown(WEBHOOK_FLUSH_TIMEOUT).await;
     }
 }
 

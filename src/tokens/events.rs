@@ -1,4 +1,10 @@
 //! Refresh events, delivered to every subscriber without loss.
+//!
+//! The one source of what happens to an account's tokens: metrics record refresh durations
+//! from it, and the sidecar's webhooks (SPEC 4.11) turn its [`HealthChange`]s into
+//! `needs_reauth`, `refresh_failing` and `refresh_recovered` notifications. Publishing never
+//! waits: every subscriber has its own unbounded channel, and a subscriber that must stay
+//! bounded (the webhook queue) drains it at once into its own drop-oldest queue.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -8,7 +14,8 @@ use tokio::sync::mpsc;
 use crate::provider::{Account, Provider};
 use crate::token::Secret;
 
-/// One finished refresh of one account.
+/// One finished refresh of one account — or, when it ends an episode of trouble, new tokens
+/// that did not come from a refresh of this process ([`RefreshOutcome::Replaced`]).
 ///
 /// Subscribe with [`Tokens::events`](crate::Tokens::events). A `Refreshed` event carries the
 /// account's refresh token after the refresh, so an application can persist a rotated one.
@@ -24,6 +31,40 @@ pub struct RefreshEvent {
     pub duration: Duration,
     /// What happened.
     pub outcome: RefreshOutcome,
+    /// How the account's health changed with this event, if it did (for alerting).
+    pub health: Option<HealthChange>,
+}
+
+/// A change of an account's health, carried by the [`RefreshEvent`] that caused it.
+///
+/// An *episode* starts with `NeedsReauth` or `Failing` and ends with exactly one `Recovered`:
+/// `Failing` is announced once per episode (when the account first enters cooldown), not per
+/// failed attempt; `NeedsReauth` may follow a `Failing` of the same episode.
+///
+/// ```
+/// use oauth_refresh_proxy::HealthChange;
+/// assert_eq!(HealthChange::Failing.as_str(), "refresh_failing");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HealthChange {
+    /// The refresh token was rejected: the account needs re-authorisation.
+    NeedsReauth,
+    /// A refresh cycle failed and the account entered cooldown (first time in the episode).
+    Failing,
+    /// The first successful refresh, or new tokens (put by the operator or taken from another
+    /// replica), after `NeedsReauth` or `Failing`.
+    Recovered,
+}
+
+impl HealthChange {
+    /// The webhook event name: `needs_reauth`, `refresh_failing` or `refresh_recovered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthChange::NeedsReauth => "needs_reauth",
+            HealthChange::Failing => "refresh_failing",
+            HealthChange::Recovered => "refresh_recovered",
+        }
+    }
 }
 
 /// The result carried by a [`RefreshEvent`].
@@ -48,6 +89,11 @@ pub enum RefreshOutcome {
         /// Why (never a token).
         reason: String,
     },
+    /// The account's tokens were replaced without a refresh by this process — put by the
+    /// operator or the application, or taken from another replica through a shared store.
+    /// Announced only when it ends an episode (its `health` is [`HealthChange::Recovered`]);
+    /// its `duration` is zero.
+    Replaced,
 }
 
 /// A stream of [`RefreshEvent`]s. Nothing is dropped: events queue until received.

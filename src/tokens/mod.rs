@@ -57,6 +57,18 @@
 //!   operator's explicit request: it ignores `min_interval` and the cooldown (after fixing a
 //!   backend, an operator can check it at once), but never starts while a timed-out attempt's
 //!   answer is awaited — that could spend the refresh token twice.
+//!
+//! # Health episodes (for alerting)
+//!
+//! Each entry remembers whether it is in an *episode* of trouble. A rejection starts one
+//! ([`HealthChange::NeedsReauth`]); the first failed cycle that puts the account in cooldown
+//! starts one ([`HealthChange::Failing`], once — later failed cycles of the episode announce
+//! nothing new). The first success — this process's refresh, another replica's adopted through
+//! the store, or new tokens put by the operator here or elsewhere — ends it with exactly one
+//! [`HealthChange::Recovered`]. The changes ride on the [`RefreshEvent`]s of [`Tokens::events`];
+//! new tokens that did not come from a refresh here are announced (as
+//! [`RefreshOutcome::Replaced`]) only when they end an episode. An account loaded from a store
+//! as needing re-authorisation is in an episode without announcing it.
 
 mod events;
 mod index;
@@ -69,7 +81,7 @@ use dashmap::DashMap;
 use http::HeaderValue;
 use tokio::sync::watch;
 
-pub use events::{Events, RefreshEvent, RefreshOutcome};
+pub use events::{Events, HealthChange, RefreshEvent, RefreshOutcome};
 pub use index::AccountPage;
 
 use crate::error::Error;
@@ -120,6 +132,9 @@ struct Entry {
     failed_cycles: u32,
     last_refresh_at: Option<SystemTime>,
     last_error: Option<String>,
+    /// In an episode of trouble: `NeedsReauth` or `Failing` was announced (or the account was
+    /// loaded needing re-authorisation) and `Recovered` not yet.
+    episode: bool,
 }
 
 /// The first cooldown after a failed refresh cycle; it doubles per consecutive failure.
@@ -619,6 +634,7 @@ impl Tokens {
                 failed_cycles: 0,
                 last_refresh_at: None,
                 last_error: None,
+                episode: false,
             }
         });
         if !existed {
@@ -628,6 +644,9 @@ impl Tokens {
         if !local && existed && e.generation >= state.generation {
             return existed;
         }
+        // New tokens that need no re-authorisation end an episode (SPEC 4.11).
+        let recovered = e.episode && !state.needs_reauth;
+        e.episode = state.needs_reauth;
         e.refresh_token = state.refresh_token;
         e.seed_fingerprint = state.seed_fingerprint;
         e.header = header;
@@ -650,6 +669,18 @@ impl Tokens {
             .last_refresh_at
             .and_then(|t| timestamp_to_system_time(t as i64));
         e.last_error = state.last_error;
+        let generation = e.generation;
+        drop(e);
+        if recovered {
+            self.inner.subscribers.publish(RefreshEvent {
+                provider: state.provider,
+                account: Account::new(state.account),
+                generation,
+                duration: Duration::ZERO,
+                outcome: RefreshOutcome::Replaced,
+                health: Some(HealthChange::Recovered),
+            });
+        }
         existed
     }
 
@@ -1025,6 +1056,7 @@ impl Tokens {
         let map = &self.inner.maps[idx(provider)];
         let now = SystemTime::now();
         let event;
+        let mut health = None;
         let outcome = {
             let Some(mut e) = map.get_mut(&*task.account) else {
                 return FlightResult::Err(RefreshError::transient(
@@ -1075,29 +1107,41 @@ impl Tokens {
                     e.generation = next.generation.max(e.generation + 1);
                     e.last_refresh_at = Some(now);
                     e.last_error = None;
+                    if std::mem::take(&mut e.episode) {
+                        health = Some(HealthChange::Recovered);
+                    }
                     if adopted {
-                        // Another replica refreshed: this process only took the result.
+                        // Another replica refreshed: this process only took the result
+                        // (announced only when it ends an episode).
                         bump(&counters.coalesced);
-                        return FlightResult::Ok(Lease {
+                        let lease = Lease {
                             header,
                             generation: e.generation,
-                        });
+                        };
+                        if health.is_none() {
+                            return FlightResult::Ok(lease);
+                        }
+                        event = RefreshOutcome::Replaced;
+                        FlightResult::Ok(lease)
+                    } else {
+                        bump(&counters.refresh_success);
+                        event = RefreshOutcome::Refreshed {
+                            refresh_token: e.refresh_token.clone(),
+                            rotated,
+                            expires_at: e.expiry_known.then_some(e.expires_at),
+                        };
+                        FlightResult::Ok(Lease {
+                            header,
+                            generation: e.generation,
+                        })
                     }
-                    bump(&counters.refresh_success);
-                    event = RefreshOutcome::Refreshed {
-                        refresh_token: e.refresh_token.clone(),
-                        rotated,
-                        expires_at: e.expiry_known.then_some(e.expires_at),
-                    };
-                    FlightResult::Ok(Lease {
-                        header,
-                        generation: e.generation,
-                    })
                 }
                 Err(err) => {
                     e.last_error = Some(err.to_string());
                     if err.is_rejected() {
                         e.needs_reauth = true;
+                        e.episode = true;
+                        health = Some(HealthChange::NeedsReauth);
                         bump(&counters.refresh_rejected);
                         event = RefreshOutcome::Rejected {
                             reason: err.to_string(),
@@ -1126,6 +1170,9 @@ impl Tokens {
                         e.ahead_at = e.ahead_at.max(now + retry_in);
                         tracing::warn!(%provider, account = &*task.account, ?cooldown,
                             failed_cycles = e.failed_cycles, "refresh cycle failed; account in cooldown");
+                        if !std::mem::replace(&mut e.episode, true) {
+                            health = Some(HealthChange::Failing);
+                        }
                         bump(&counters.refresh_transient_error);
                         event = RefreshOutcome::Failed {
                             reason: err.to_string(),
@@ -1145,6 +1192,7 @@ impl Tokens {
             generation,
             duration,
             outcome: event,
+            health,
         });
         outcome
     }

@@ -1,6 +1,7 @@
 //! Test support: the crate's in-process fakes (`oauth_refresh_proxy::demo`), request bodies, and
 //! trace-level log capture to prove no secret is ever logged; [`process`]: the real binary as a
-//! child process; [`http_client`]: requests to it, bounded and read to their end.
+//! child process; [`http_client`]: requests to it, bounded and read to their end;
+//! [`redis_server`]: a real `redis-server` for the shared-store tests.
 #![allow(dead_code)]
 
 pub mod http_client;

@@ -1,6 +1,6 @@
-//! A real `redis-server` for the tests that need one: started on a free loopback port
-//! (`--save "" --appendonly no`), killed on drop. Without `redis-server` on `PATH` a test is
-//! skipped with a note on the process's stderr; under `CI=true` it fails instead.
+//! A real `redis-server` for the shared-store tests, started on a free loopback port
+//! (`--save "" --appendonly no`) and killed on drop; skipped with a note on stderr when
+//! `redis-server` is not on `PATH` (a failure under `CI=true`).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::WAIT;
+
+// ---------------------------------------------------------------------------------------------
 
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -53,7 +55,8 @@ impl RedisServer {
         let bin = redis_server_or_skip(test)?;
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "orp-redis-test-{}-{}",
+            "orp-redis-test-{}-{}-{}",
+            env!("CARGO_CRATE_NAME"),
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         ));

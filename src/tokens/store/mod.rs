@@ -209,6 +209,33 @@ pub trait Store: Send + Sync + 'static {
     fn updates(&self) -> Option<mpsc::UnboundedReceiver<StoreUpdate>> {
         None
     }
+
+    /// Claims `key` for `ttl` among every process sharing this store: `Ok(true)` for the first
+    /// claimer, `Ok(false)` for everyone after it until `ttl` has passed. The sidecar claims
+    /// each webhook event before sending it, so a fleet sends it once. A store that is not
+    /// shared grants every claim (the default).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use oauth_refresh_proxy::store::{file::FileStore, Store};
+    /// # let dir = std::env::temp_dir().join(format!("orp-doc-claim-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let store = FileStore::open(&dir.join("tokens.db")).unwrap();
+    /// let ttl = std::time::Duration::from_secs(60);
+    /// assert!(store.claim("event-1", ttl).await.unwrap());
+    /// assert!(store.claim("event-1", ttl).await.unwrap()); // one process: always granted
+    /// # drop(store);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # });
+    /// ```
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let _ = (key, ttl);
+        Box::pin(async { Ok(true) })
+    }
 }
 
 /// Now, in unix seconds.

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `orp:acct:{provider}:{account}` | a hash: `gen` (the token generation, decimal) and `data` (JSON of the other [`StoredAccount`] fields, secrets included) |
 //! | `orp:lock:{provider}:{account}` | the refresh lock: `SET NX PX lock_ttl`, value = a random owner id |
+//! | `orp:claim:{key}` | a [`Store::claim`] (webhook events: sent once per fleet): `SET NX PX ttl`, value = the claimer's origin |
 //! | channel `orp:updates` | one message per write: `{"o": origin, "p": provider, "a": account}` |
 //! | `orp:note:{name}` | a short-lived note ([`RedisStore::publish_note`]): `SET … PX ttl` |
 //! | channel `orp:notes` | one message per note: `{origin} {payload}` |
@@ -102,6 +103,8 @@ const CHANNEL: &str = "orp:updates";
 /// The channel of notes, and the pattern of their keys.
 const NOTES_CHANNEL: &str = "orp:notes";
 const NOTE_PATTERN: &str = "orp:note:*";
+/// The prefix of [`Store::claim`] keys.
+const CLAIM_PREFIX: &str = "orp:claim:";
 /// The pattern of account keys.
 const ACCOUNT_PATTERN: &str = "orp:acct:*";
 /// How often a waiting replica looks at a held lock again (announcements wake it earlier).
@@ -707,6 +710,24 @@ impl Shared {
         Ok(ok.is_some())
     }
 
+    /// `SET orp:claim:{key} {origin} NX PX ttl`: `true` when this call set it.
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let ok: Option<String> = self
+            .op(
+                "claim",
+                redis::cmd("SET")
+                    .arg(format!("{CLAIM_PREFIX}{key}"))
+                    .arg(&self.origin)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(ok.is_some())
+    }
+
     async fn renew(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
         let mut c = self.conn.clone();
         let n: i64 = self
@@ -1147,6 +1168,10 @@ impl Store for RedisStore {
         refresh: RefreshFn,
     ) -> BoxFuture<'_, Result<StoredAccount, RefreshError>> {
         Box::pin(async move { self.shared.refresh(current, refresh).await })
+    }
+
+    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.shared.claim(key, ttl))
     }
 
     fn updates(&self) -> Option<mpsc::UnboundedReceiver<StoreUpdate>> {
