@@ -432,6 +432,9 @@ pub struct Route {
     pub provider: Provider,
     /// The account used when a request has no `x-oauth-account` header.
     pub default_account: Option<String>,
+    /// Whether absolute upstream URLs inside JSON response bodies are rewritten to the proxy
+    /// (SPEC 4.3 "JSON bodies"; key `rewrite_body`, default `true`).
+    pub rewrite_body: bool,
 }
 
 impl Route {
@@ -460,6 +463,7 @@ impl Route {
             upstream: Uri::from_static(upstream),
             provider,
             default_account: None,
+            rewrite_body: true,
         })
         .collect()
     }
@@ -897,6 +901,9 @@ impl Config {
             );
             if let Some(a) = &route.default_account {
                 let _ = write!(out, ", default account {a}");
+            }
+            if !route.rewrite_body {
+                let _ = write!(out, ", JSON bodies not rewritten");
             }
             let _ = writeln!(out, ")");
         }
@@ -1402,7 +1409,13 @@ fn server(t: &Tbl<'_>) -> Result<ServerSettings, String> {
 }
 
 fn route(t: &Tbl<'_>) -> Result<Route, String> {
-    t.only(&["prefix", "upstream", "provider", "default_account"])?;
+    t.only(&[
+        "prefix",
+        "upstream",
+        "provider",
+        "default_account",
+        "rewrite_body",
+    ])?;
     let prefix = t.required_str("prefix")?.to_string();
     let raw = t.required_str("upstream")?;
     let trimmed = raw.trim_end_matches('/');
@@ -1411,11 +1424,13 @@ fn route(t: &Tbl<'_>) -> Result<Route, String> {
         .map_err(|_| format!("{}: invalid URL {raw:?}", t.key("upstream")))?;
     let provider = t.provider("provider")?;
     let default_account = t.str("default_account")?.map(str::to_string);
+    let rewrite_body = t.bool("rewrite_body")?.unwrap_or(true);
     Ok(Route {
         prefix,
         upstream,
         provider,
         default_account,
+        rewrite_body,
     })
 }
 
@@ -2452,6 +2467,30 @@ token   = "env:ORP_REFRESH_API_TOKEN"
         format!(
             "[[route]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nprovider = \"github\"\n"
         )
+    }
+
+    #[test]
+    fn route_rewrite_body() {
+        let on = parse(&format!("{BACKEND}{}", route_with("/g", "https://x.example"))).unwrap();
+        assert!(on.routes[0].rewrite_body, "on by default");
+        assert!(!on.summary().contains("JSON bodies not rewritten"));
+        let off = parse(&format!(
+            "{BACKEND}{}rewrite_body = false\n",
+            route_with("/g", "https://x.example")
+        ))
+        .unwrap();
+        assert!(!off.routes[0].rewrite_body);
+        assert!(off
+            .summary()
+            .contains("/g               -> https://x.example (github, JSON bodies not rewritten)"));
+        assert_eq!(
+            err(&format!(
+                "{BACKEND}{}rewrite_body = \"no\"\n",
+                route_with("/g", "https://x.example")
+            )),
+            "proxy.toml: route[0].rewrite_body: expected true or false, found string"
+        );
+        assert!(Route::defaults().iter().all(|r| r.rewrite_body));
     }
 
     #[test]

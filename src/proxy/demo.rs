@@ -194,6 +194,7 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
                 .map_err(|e| format!("{e}"))?,
             provider: Provider::Google,
             default_account: Some("alice".into()),
+            rewrite_body: true,
         },
         Route {
             prefix: "/github".into(),
@@ -202,6 +203,7 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
                 .map_err(|e| format!("{e}"))?,
             provider: Provider::GitHub,
             default_account: None,
+            rewrite_body: true,
         },
     ];
     config.accounts = vec![alice, octocat, bob, mallory];

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod json_rewrite;
 pub mod listener;
 pub mod metrics;
 pub mod refresh_api;

@@ -71,7 +71,7 @@ impl Router {
 /// assert_eq!(upstream_uri(route, "", None).unwrap(), "https://api.github.com/");
 /// ```
 pub fn upstream_uri(route: &Route, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-    let base = route.upstream.path().trim_end_matches('/');
+    let base = base_path(route);
     let mut pq =
         String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
     pq.push_str(base);
@@ -87,28 +87,64 @@ pub fn upstream_uri(route: &Route, rest: &str, query: Option<&str>) -> Result<Ur
     Ok(Uri::from_parts(parts)?)
 }
 
-/// An origin with the default port made explicit, compared case-insensitively.
-#[derive(PartialEq, Eq)]
-struct Origin {
-    scheme: String,
+/// An origin with the default port made explicit, compared case-insensitively: the rule that
+/// decides which absolute URLs are "on the route's upstream" (SPEC 4.3), shared by
+/// [`rewrite_url`] and the JSON body rewriting ([`super::json_rewrite`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) scheme: String,
     host: String,
     port: u16,
+}
+
+impl Origin {
+    /// `route`'s upstream origin; `None` for an upstream without a scheme or host (or with a
+    /// scheme other than http/https and no port).
+    pub(crate) fn of_route(route: &Route) -> Option<Origin> {
+        origin(route.upstream.scheme(), route.upstream.authority())
+    }
+
+    /// Whether `authority`, under this origin's scheme, is this origin (host compared
+    /// case-insensitively, the scheme's default port made explicit).
+    pub(crate) fn has_authority(&self, authority: &Authority) -> bool {
+        explicit_port(&self.scheme, authority) == Some(self.port)
+            && authority.host().eq_ignore_ascii_case(&self.host)
+    }
+}
+
+/// `authority`'s port, or the default port of `scheme` (lower case) when it has none.
+fn explicit_port(scheme: &str, authority: &Authority) -> Option<u16> {
+    match (authority.port_u16(), scheme) {
+        (Some(p), _) => Some(p),
+        (None, "https") => Some(443),
+        (None, "http") => Some(80),
+        _ => None,
+    }
 }
 
 fn origin(scheme: Option<&Scheme>, authority: Option<&Authority>) -> Option<Origin> {
     let scheme = scheme?.as_str().to_ascii_lowercase();
     let authority = authority?;
-    let port = match (authority.port_u16(), scheme.as_str()) {
-        (Some(p), _) => p,
-        (None, "https") => 443,
-        (None, "http") => 80,
-        _ => return None,
-    };
+    let port = explicit_port(&scheme, authority)?;
     Some(Origin {
         scheme,
         host: authority.host().to_ascii_lowercase(),
         port,
     })
+}
+
+/// `route`'s upstream base path without its trailing `/` (`""` for none).
+pub(crate) fn base_path(route: &Route) -> &str {
+    route.upstream.path().trim_end_matches('/')
+}
+
+/// The path prefix rewritten URLs get on the proxy: the route's prefix, `""` for the prefix `/`.
+pub(crate) fn proxy_prefix(route: &Route) -> &str {
+    if route.prefix == "/" {
+        ""
+    } else {
+        route.prefix.as_str()
+    }
 }
 
 /// `host` (a request's `Host`) when it may become the authority of rewritten `Location`/`Link`
@@ -185,7 +221,7 @@ pub fn rewrite_url(url: &str, route: &Route, proxy_host: &str) -> Option<String>
     if theirs != ours {
         return None;
     }
-    let base = route.upstream.path().trim_end_matches('/');
+    let base = base_path(route);
     let path = uri.path();
     let rest = if base.is_empty() {
         path
@@ -196,11 +232,7 @@ pub fn rewrite_url(url: &str, route: &Route, proxy_host: &str) -> Option<String>
         }
         rest
     };
-    let prefix = if route.prefix == "/" {
-        ""
-    } else {
-        route.prefix.as_str()
-    };
+    let prefix = proxy_prefix(route);
     let mut out = format!("http://{proxy_host}{prefix}{rest}");
     if let Some(q) = uri.query() {
         out.push('?');
@@ -257,6 +289,7 @@ mod tests {
             upstream: Uri::from_static(upstream),
             provider: Provider::Google,
             default_account: None,
+            rewrite_body: true,
         }
     }
 

@@ -13,8 +13,9 @@
 //! malformed the upstream attempt is aborted and the caller gets `408`/`400` (SPEC 4.4).
 //!
 //! On the way back, a `Content-Length` beside a `Transfer-Encoding` is dropped, and absolute
-//! `Location`/`Link` URLs on the route's upstream are rewritten to the proxy, but only when the
-//! request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
+//! `Location`/`Link` URLs on the route's upstream are rewritten to the proxy — and so are those
+//! inside JSON bodies, unless the route says `rewrite_body = false` ([`super::json_rewrite`]) —
+//! but only when the request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use tower::{Layer, ServiceExt};
 use super::config::Config;
 use super::errors::{error_response, from_error, Code};
 use super::metrics::{Metrics, RouteMetrics};
+use super::json_rewrite::{self, JsonRewrite, RewriteBody};
 use super::refresh_api::{self, RefreshApi};
 use super::router::{rewrite_authority, rewrite_link, rewrite_url, upstream_uri, Router};
 use super::timeouts::{IdleTimeout, ProxyTimeouts};
@@ -40,8 +42,9 @@ use crate::{Account, Tokens};
 pub use super::upstream::{upstream_client, Upstream, UpstreamClient, UpstreamConnector};
 
 /// The body of the proxy's responses: the upstream's, streamed (and bounded by
-/// `upstream.body_idle_timeout`), or one the proxy made.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+/// `upstream.body_idle_timeout`) — as it came, or with its JSON URLs rewritten
+/// ([`RewriteBody`]) — or one the proxy made.
+pub type ProxyBody = Either<Either<UpstreamBody, RewriteBody<UpstreamBody>>, Full<Bytes>>;
 
 /// The header naming the account of a request.
 pub static X_OAUTH_ACCOUNT: HeaderName = HeaderName::from_static("x-oauth-account");
@@ -241,6 +244,7 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
 
+        let method = req.method().clone();
         let (mut parts, body) = req.into_parts();
         // The caller's body fails with a BodyError when it stalls or its framing is bad: the
         // upstream attempt is aborted and the answer is 408 or 400 (errors::from_error).
@@ -281,16 +285,30 @@ impl Proxy {
         }
         strip_hop_by_hop(resp.headers_mut());
         let h = resp.headers();
-        if h.contains_key(header::LOCATION) || h.contains_key(header::LINK) {
-            if let Some(host) = proxy_host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .and_then(rewrite_authority)
-            {
-                rewrite_location_and_link(resp.headers_mut(), route, host);
-            }
+        let rewrite_headers = h.contains_key(header::LOCATION) || h.contains_key(header::LINK);
+        let rewrite_body =
+            route.rewrite_body && json_rewrite::applies(&method, resp.status(), resp.headers());
+        if !(rewrite_headers || rewrite_body) {
+            return (label, resp.map(|b| Either::Left(Either::Left(b))));
         }
-        (label, resp.map(Either::Left))
+        let Some(host) = proxy_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(rewrite_authority)
+        else {
+            return (label, resp.map(|b| Either::Left(Either::Left(b))));
+        };
+        if rewrite_headers {
+            rewrite_location_and_link(resp.headers_mut(), route, host);
+        }
+        match JsonRewrite::new(route, host).filter(|_| rewrite_body) {
+            Some(rewrite) => {
+                // The length may change.
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+                (label, resp.map(|b| Either::Left(Either::Right(rewrite.wrap(b)))))
+            }
+            None => (label, resp.map(|b| Either::Left(Either::Left(b)))),
+        }
     }
 }
 
