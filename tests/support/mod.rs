@@ -3,6 +3,7 @@
 //! child process; [`http_client`]: requests to it, bounded and read to their end.
 #![allow(dead_code)]
 
+pub mod github_rest;
 pub mod http_client;
 pub mod process;
 pub mod world;
