@@ -93,8 +93,13 @@ async fn upstream_urls_in_json_bodies_point_at_the_proxy_unless_turned_off() {
     // escaped-slash field, now points at the proxy; github.com's html_url is left alone.
     let repo = get(&s, "/github/repos/octo/hello").await;
     assert_eq!(repo.status, 200, "{}", repo.text());
-    assert_eq!(repo.header("content-length"), None, "{:?}", repo.headers);
-    assert_eq!(repo.header("transfer-encoding"), Some("chunked"));
+    // A small body that came whole in one frame: an exact, recomputed Content-Length.
+    assert_eq!(
+        repo.header("content-length"),
+        Some(repo.body.len().to_string().as_str()),
+        "{:?}",
+        repo.headers
+    );
     let v = repo.json();
     assert_eq!(v["url"], format!("{me}/repos/octo/hello"));
     assert_eq!(
@@ -138,6 +143,28 @@ async fn upstream_urls_in_json_bodies_point_at_the_proxy_unless_turned_off() {
         .unwrap()
         .starts_with(&format!("<{me}/repos/octo/hello/issues?page=2>")));
 
+    // A large JSON body arrives in many frames: it streams, chunked, without Content-Length,
+    // and every URL in it is rewritten, wherever the frames split it.
+    let items = 5000;
+    let big = get(&s, &format!("/github/big?items={items}")).await;
+    assert_eq!(big.status, 200);
+    assert_eq!(big.header("content-length"), None, "{:?}", big.headers);
+    assert_eq!(big.header("transfer-encoding"), Some("chunked"));
+    assert!(big.body.len() > 1 << 20, "{} bytes", big.body.len());
+    let v = big.json();
+    let v = v.as_array().unwrap();
+    assert_eq!(v.len(), items);
+    for (i, item) in v.iter().enumerate() {
+        let n = i + 1;
+        assert_eq!(item["url"], format!("{me}/repos/o/r/issues/{n}"));
+        assert_eq!(item["user"]["url"], format!("{me}/users/o"));
+    }
+    assert_eq!(
+        big.text().matches(own.as_str()).count(),
+        items,
+        "only the URLs quoted in text keep the upstream origin"
+    );
+
     // rewrite_body = false: the upstream's bytes, Content-Length and all (the Link header is
     // still rewritten: that is not the body).
     let raw = get(&s, "/raw/repos/octo/hello").await;
@@ -180,12 +207,14 @@ async fn upstream_urls_in_json_bodies_point_at_the_proxy_unless_turned_off() {
         .map(|c| (c.method.as_str(), c.path_and_query.as_str()))
         .collect();
     let dl_path = format!("/download?bytes={n}");
+    let big_path = format!("/big?items={items}");
     assert_eq!(
         paths,
         [
             ("GET", "/repos/octo/hello"),
             ("GET", "/repos/octo/hello"),
             ("GET", "/repos/octo/hello/issues"),
+            ("GET", big_path.as_str()),
             ("GET", "/repos/octo/hello"),
             ("GET", dl_path.as_str()),
             ("GET", "/gzipped"),

@@ -146,10 +146,12 @@ impl JsonRewrite {
     }
 
     /// Wraps `body`, rewriting as it streams.
-    pub fn wrap<B>(self, body: B) -> RewriteBody<B> {
+    pub fn wrap<B: Body>(self, body: B) -> RewriteBody<B> {
         RewriteBody {
             inner: body,
             scanner: Scanner::new(self),
+            queued: None,
+            first: None,
             trailers: None,
         }
     }
@@ -168,12 +170,45 @@ impl JsonRewrite {
 pin_project! {
     /// A response body whose upstream URLs inside JSON strings are rewritten as it streams
     /// (see the module docs). Built by [`JsonRewrite::wrap`].
-    pub struct RewriteBody<B> {
+    pub struct RewriteBody<B>
+    where
+        B: Body,
+    {
         #[pin]
         inner: B,
         scanner: Scanner,
+        // Rewritten bytes to send before anything else (see `prepend`).
+        queued: Option<Bytes>,
+        // A frame (or the end) already taken from `inner`, handled before polling it again.
+        first: Option<Option<Result<Frame<Bytes>, B::Error>>>,
         // Trailers that arrived while bytes were still held back: sent after those.
         trailers: Option<HeaderMap>,
+    }
+}
+
+impl<B: Body<Data = Bytes>> RewriteBody<B> {
+    /// Rewrites `data`, the first bytes already taken from the wrapped body, and queues the
+    /// result to be sent first; returns the result's length. With `at_end`, `data` was the
+    /// whole body and bytes still held back are flushed into the result, so its length is the
+    /// length of the whole rewritten body (the proxy then sends an exact `Content-Length`).
+    pub fn prepend(&mut self, data: Bytes, at_end: bool) -> usize {
+        let mut out = self.scanner.process(data);
+        if at_end {
+            if let Some(rest) = self.scanner.finish() {
+                let mut joined = BytesMut::from(&out[..]);
+                joined.extend_from_slice(&rest);
+                out = joined.freeze();
+            }
+        }
+        let len = out.len();
+        self.queued = Some(out);
+        len
+    }
+
+    /// Hands back a frame (or the end, `None`) already taken from the wrapped body, to be
+    /// handled as if it came next.
+    pub fn unread(&mut self, frame: Option<Result<Frame<Bytes>, B::Error>>) {
+        self.first = Some(frame);
     }
 }
 
@@ -189,11 +224,18 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
+        if let Some(q) = this.queued.take().filter(|q| !q.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(q))));
+        }
         if let Some(t) = this.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(t))));
         }
         loop {
-            match ready!(this.inner.as_mut().poll_frame(cx)) {
+            let next = match this.first.take() {
+                Some(frame) => frame,
+                None => ready!(this.inner.as_mut().poll_frame(cx)),
+            };
+            match next {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let out = this.scanner.process(data);
@@ -216,7 +258,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.trailers.is_none() && !self.scanner.holds_bytes() && self.inner.is_end_stream()
+        self.queued.as_ref().is_none_or(Bytes::is_empty)
+            && self.trailers.is_none()
+            && !self.scanner.holds_bytes()
+            && match &self.first {
+                Some(None) => true,
+                Some(Some(_)) => false,
+                None => self.inner.is_end_stream(),
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -225,7 +274,7 @@ where
     }
 }
 
-impl<B> std::fmt::Debug for RewriteBody<B> {
+impl<B: Body> std::fmt::Debug for RewriteBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RewriteBody")
             .field("held", &self.scanner.cand.raw.len())
@@ -764,6 +813,36 @@ mod tests {
         assert_eq!(&first[..], b"[\"http://127.0.0.1:8080/github/x\",");
         let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(err.to_string(), "upstream reset");
+    }
+
+    #[tokio::test]
+    async fn a_prepended_first_frame_and_an_unread_one_come_first() {
+        let spec = github();
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"\"https://api.github.com\"]")))];
+        let mut body = spec.clone().wrap(Frames(frames.into()));
+        let n = body.prepend(Bytes::from_static(b"[\"https://api.github.com/a\","), false);
+        assert_eq!(n, b"[\"http://127.0.0.1:8080/github/a\",".len());
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &all[..],
+            b"[\"http://127.0.0.1:8080/github/a\",\"http://127.0.0.1:8080/github\"]"
+        );
+        // The whole body at once, ending inside a held candidate: flushed into the count.
+        let mut body = spec.clone().wrap(Frames(Default::default()));
+        assert_eq!(body.prepend(Bytes::from_static(b"[\"https://api"), true), 13);
+        body.unread(None);
+        assert!(!body.is_end_stream());
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"[\"https://api");
+        // An unread frame is scanned like the others.
+        let mut body = spec.wrap(Frames(Default::default()));
+        body.unread(Some(Ok(Frame::data(Bytes::from_static(
+            b"[\"https://api.github.com/x\"]",
+        )))));
+        assert_eq!(
+            &body.collect().await.unwrap().to_bytes()[..],
+            b"[\"http://127.0.0.1:8080/github/x\"]"
+        );
     }
 
     /// A body of the given frames.

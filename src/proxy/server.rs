@@ -303,13 +303,50 @@ impl Proxy {
         }
         match JsonRewrite::new(route, host).filter(|_| rewrite_body) {
             Some(rewrite) => {
-                // The length may change.
-                resp.headers_mut().remove(header::CONTENT_LENGTH);
-                (label, resp.map(|b| Either::Left(Either::Right(rewrite.wrap(b)))))
+                let resp = rewrite_json_body(resp, rewrite).await;
+                (label, resp.map(|b| Either::Left(Either::Right(b))))
             }
             None => (label, resp.map(|b| Either::Left(Either::Left(b)))),
         }
     }
+}
+
+/// Wraps `resp`'s body in the JSON rewriting. The length may change: when the upstream declared
+/// a `Content-Length` and the whole body came in the first frame (a small JSON answer), that
+/// frame is rewritten at once and the new exact length is sent; otherwise the
+/// `Content-Length` is dropped and the body streams (chunked on HTTP/1.1). Waiting for that
+/// first frame is bounded by the body's own idle timeout (`upstream.body_idle_timeout`).
+async fn rewrite_json_body(
+    resp: Response<UpstreamBody>,
+    rewrite: JsonRewrite,
+) -> Response<RewriteBody<UpstreamBody>> {
+    use http_body_util::BodyExt;
+    let (mut parts, mut body) = resp.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|&n| n > 0) else {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, rewrite.wrap(body));
+    };
+    let first = body.frame().await;
+    let mut body = rewrite.wrap(body);
+    match first {
+        Some(Ok(frame)) if frame.data_ref().is_some_and(|d| d.len() as u64 == declared) => {
+            let data = frame.into_data().unwrap_or_default();
+            let len = body.prepend(data, true);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        other => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            body.unread(other);
+        }
+    }
+    Response::from_parts(parts, body)
 }
 
 /// The credentials of an `Authorization`-style value with the `Bearer` scheme, matched

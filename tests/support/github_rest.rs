@@ -8,6 +8,8 @@
 //! - `GET /repos/{o}/{r}/issues[?page=N]` → [`ISSUE_PAGES`] pages of [`ISSUES_PER_PAGE`]
 //!   issues, with a `Link` header of absolute URLs on this server;
 //! - `POST /repos/{o}/{r}/issues` with `{"title"}` → 201 and the new issue (number 1000 + n);
+//! - `GET /big?items=N` → N issues of `o/r` in one JSON array (large enough to arrive in
+//!   several frames);
 //! - `GET /download?bytes=N` → N bytes of `application/octet-stream` that look like JSON with
 //!   this server's URLs in them ([`download_bytes`]);
 //! - `GET /gzipped` → `application/json` with `Content-Encoding: gzip` (bytes that contain an
@@ -206,6 +208,11 @@ fn route(own: &str, method: &str, path: &str, pq: &str, body: &[u8]) -> Response
                 .and_then(|v| v["title"].as_str().map(str::to_string))
                 .unwrap_or_default();
             json(201, issue(own, o, r, 1001, &title).to_string())
+        }
+        ("GET", ["big"]) => {
+            let n = query("items").unwrap_or(1).min(100_000);
+            let items: Vec<_> = (1..=n).map(|i| issue(own, "o", "r", i, "big")).collect();
+            json(200, serde_json::Value::from(items).to_string())
         }
         ("GET", ["download"]) => {
             let n = query("bytes").unwrap_or(0).min(1 << 30) as usize;
