@@ -11,7 +11,7 @@ use std::sync::Arc;
 use support::github_rest::{self, download_bytes, Calls, ISSUES_PER_PAGE};
 use support::http_client::{h2c_client, http1_client, request, Answer};
 use support::process::Proxy;
-use support::{empty, now_secs, start_backend, Realm};
+use support::{empty, start_backend, Realm};
 
 struct Setup {
     realm: Arc<Realm>,
@@ -28,48 +28,11 @@ async fn setup() -> Setup {
     let (api, calls) = github_rest::start(realm.clone()).await;
     let refresh = realm.new_refresh_token();
     let token = realm.new_access_token(&refresh);
-    let backend_token = realm.backend_token.clone().unwrap();
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = ""
-
-[refresh]
-mode = "backend"
-backend_url = "{backend_url}"
-backend_token = "env:ORP_T_BACKEND"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{api}"
-provider = "github"
-default_account = "octocat"
-
-[[route]]
-prefix = "/raw"
-upstream = "http://{api}"
-provider = "github"
-default_account = "octocat"
-rewrite_body = false
-
-[[account]]
-provider = "github"
-id = "octocat"
-refresh_token = "env:ORP_T_REFRESH"
-access_token = "env:ORP_T_ACCESS"
-expires_at = {}
-"#,
-        now_secs() + 3600
+    let raw_route = format!(
+        "\n[[route]]\nprefix = \"/raw\"\nupstream = \"http://{api}\"\nprovider = \"github\"\ndefault_account = \"octocat\"\nrewrite_body = false\n"
     );
-    let proxy = Proxy::start(
-        &config,
-        &[],
-        &[
-            ("ORP_T_BACKEND", &backend_token),
-            ("ORP_T_REFRESH", &refresh),
-            ("ORP_T_ACCESS", &token),
-        ],
-    )
-    .await;
+    let proxy =
+        github_rest::start_sidecar(&realm, &backend_url, api, &raw_route, &refresh, &token).await;
     Setup {
         realm,
         calls,

@@ -11,14 +11,15 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use oauth_refresh_proxy::Provider;
 use support::process::{drain, spawn_piped, text, wait_or_kill, KillOnDrop, Proxy};
-use support::{now_secs, start_api, start_backend, Realm, REPOS_PER_PAGE, REPO_PAGES};
+use support::{
+    now_secs, skip_unless_ci, start_api, start_backend, Realm, REPOS_PER_PAGE, REPO_PAGES,
+};
 
 /// Bound on the whole node run (both SDK runs).
 const NODE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,16 +52,11 @@ fn missing_prerequisite() -> Option<String> {
 
 #[test]
 fn octokit_paginates_through_the_sidecar() {
-    if let Some(reason) = missing_prerequisite() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true: the SDK test must not be skipped: {reason} (run: cd tests/sdk && npm install)");
-        }
-        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests, and
-        // this note must be visible in a plain `cargo test`.
-        let note = format!(
-            "\nSKIPPED: sdk::octokit_paginates_through_the_sidecar: {reason} (run: cd tests/sdk && npm install)\n"
-        );
-        let _ = std::io::stderr().write_all(note.as_bytes());
+    if skip_unless_ci(
+        "sdk::octokit_paginates_through_the_sidecar",
+        missing_prerequisite(),
+        "run: cd tests/sdk && npm install",
+    ) {
         return;
     }
 

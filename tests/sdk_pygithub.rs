@@ -20,8 +20,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use support::github_rest::{self, ISSUES_PER_PAGE, ISSUE_PAGES};
-use support::process::{drain, text, wait_or_kill, KillOnDrop, Proxy};
-use support::{now_secs, start_backend, Realm};
+use support::process::{drain, text, wait_or_kill, KillOnDrop};
+use support::{skip_unless_ci, start_backend, Realm};
 
 /// Bound on each wait for the script (a line, or its exit).
 const PY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,15 +59,11 @@ fn missing_prerequisite() -> Option<String> {
 #[test]
 fn pygithub_follows_body_urls_through_the_sidecar() {
     const INSTALL: &str = "run: python3 -m venv tests/sdk/venv && tests/sdk/venv/bin/pip install -r tests/sdk/requirements.txt";
-    if let Some(reason) = missing_prerequisite() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true: the PyGithub test must not be skipped: {reason} ({INSTALL})");
-        }
-        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
-        let note = format!(
-            "\nSKIPPED: sdk_pygithub::pygithub_follows_body_urls_through_the_sidecar: {reason} ({INSTALL})\n"
-        );
-        let _ = std::io::stderr().write_all(note.as_bytes());
+    if skip_unless_ci(
+        "sdk_pygithub::pygithub_follows_body_urls_through_the_sidecar",
+        missing_prerequisite(),
+        INSTALL,
+    ) {
         return;
     }
 
@@ -85,39 +81,13 @@ fn pygithub_follows_body_urls_through_the_sidecar() {
     });
     let refresh = realm.new_refresh_token();
     let initial = realm.new_access_token(&refresh);
-    let backend_token = realm.backend_token.clone().unwrap();
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = ""
-
-[refresh]
-mode = "backend"
-backend_url = "{backend_url}"
-backend_token = "env:ORP_PY_BACKEND"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{api}"
-provider = "github"
-default_account = "octocat"
-
-[[account]]
-provider = "github"
-id = "octocat"
-refresh_token = "env:ORP_PY_REFRESH"
-access_token = "env:ORP_PY_ACCESS"
-expires_at = {}
-"#,
-        now_secs() + 3600
-    );
-    let proxy = rt.block_on(Proxy::start(
-        &config,
-        &[],
-        &[
-            ("ORP_PY_BACKEND", &backend_token),
-            ("ORP_PY_REFRESH", &refresh),
-            ("ORP_PY_ACCESS", &initial),
-        ],
+    let proxy = rt.block_on(github_rest::start_sidecar(
+        &realm,
+        &backend_url,
+        api,
+        "",
+        &refresh,
+        &initial,
     ));
     let proxy_url = proxy.url("");
 

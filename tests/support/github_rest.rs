@@ -25,7 +25,8 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::{serve, Realm, GITHUB_401};
+use super::process::Proxy;
+use super::{now_secs, serve, Realm, GITHUB_401};
 
 /// Pages of `GET /repos/{o}/{r}/issues`.
 pub const ISSUE_PAGES: u64 = 3;
@@ -65,6 +66,55 @@ pub fn download_bytes(own: &str, n: usize) -> Vec<u8> {
     }
     out.truncate(n);
     out
+}
+
+/// The real binary in front of the fake at `api`: route `/github` (plus `extra_routes`, TOML
+/// `[[route]]` tables), account `github/octocat` (the default account) with `access` valid for
+/// an hour, refreshing through the fake backend at `backend_url`. Its secrets come from the
+/// environment, never the file.
+pub async fn start_sidecar(
+    realm: &Realm,
+    backend_url: &str,
+    api: SocketAddr,
+    extra_routes: &str,
+    refresh: &str,
+    access: &str,
+) -> Proxy {
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+admin_listen = ""
+
+[refresh]
+mode = "backend"
+backend_url = "{backend_url}"
+backend_token = "env:ORP_T_BACKEND"
+
+[[route]]
+prefix = "/github"
+upstream = "http://{api}"
+provider = "github"
+default_account = "octocat"
+{extra_routes}
+[[account]]
+provider = "github"
+id = "octocat"
+refresh_token = "env:ORP_T_REFRESH"
+access_token = "env:ORP_T_ACCESS"
+expires_at = {}
+"#,
+        now_secs() + 3600
+    );
+    let backend_token = realm.backend_token.clone().expect("the realm has a bearer");
+    Proxy::start(
+        &config,
+        &[],
+        &[
+            ("ORP_T_BACKEND", &backend_token),
+            ("ORP_T_REFRESH", refresh),
+            ("ORP_T_ACCESS", access),
+        ],
+    )
+    .await
 }
 
 /// Starts the fake; returns its address and its record of calls.
