@@ -180,7 +180,9 @@ async fn run(rounds: usize) -> Result<(), String> {
         out_len = w.len();
         let v: serde_json::Value = serde_json::from_slice(&w).map_err(|e| e.to_string())?;
         if v[0]["url"] != "http://127.0.0.1:8080/github/repos/o/r/issues/1"
-            || std::str::from_utf8(&w).unwrap().contains("https://api.github.com")
+            || std::str::from_utf8(&w)
+                .unwrap()
+                .contains("https://api.github.com")
         {
             return Err("the rewritten body is wrong".into());
         }

@@ -202,7 +202,10 @@ fn pygithub_follows_body_urls_through_the_sidecar() {
     }
     let fresh = bearer(&calls[3]);
     assert_ne!(fresh, initial);
-    assert!(realm.is_valid_access(&fresh), "not a token the realm issued");
+    assert!(
+        realm.is_valid_access(&fresh),
+        "not a token the realm issued"
+    );
     for c in &calls[3..] {
         assert_eq!(bearer(c), fresh, "{c:?}");
     }
@@ -214,7 +217,10 @@ fn pygithub_follows_body_urls_through_the_sidecar() {
     let py_err = text(&py_stderr);
     for secret in realm.secrets() {
         assert!(!py_err.contains(&secret), "secret in python's stderr");
-        assert!(!done.to_string().contains(&secret), "secret in python's output");
+        assert!(
+            !done.to_string().contains(&secret),
+            "secret in python's output"
+        );
     }
     proxy.assert_no_secret_in_stderr(&realm.secrets());
 }

@@ -2471,7 +2471,11 @@ token   = "env:ORP_REFRESH_API_TOKEN"
 
     #[test]
     fn route_rewrite_body() {
-        let on = parse(&format!("{BACKEND}{}", route_with("/g", "https://x.example"))).unwrap();
+        let on = parse(&format!(
+            "{BACKEND}{}",
+            route_with("/g", "https://x.example")
+        ))
+        .unwrap();
         assert!(on.routes[0].rewrite_body, "on by default");
         assert!(!on.summary().contains("JSON bodies not rewritten"));
         let off = parse(&format!(

@@ -592,7 +592,11 @@ mod tests {
     }
 
     fn github() -> JsonRewrite {
-        JsonRewrite::new(&route("/github", "https://api.github.com"), "127.0.0.1:8080").unwrap()
+        JsonRewrite::new(
+            &route("/github", "https://api.github.com"),
+            "127.0.0.1:8080",
+        )
+        .unwrap()
     }
 
     fn all(spec: &JsonRewrite, body: &str) -> String {
@@ -694,7 +698,10 @@ mod tests {
         );
         let default_port = JsonRewrite::new(&route("/g", "http://h.example"), "p").unwrap();
         assert_eq!(
-            all(&default_port, r#"["http://h.example:80/x","http://h.example:8080/x"]"#),
+            all(
+                &default_port,
+                r#"["http://h.example:80/x","http://h.example:8080/x"]"#
+            ),
             r#"["http://p/g/x","http://h.example:8080/x"]"#
         );
     }
@@ -705,7 +712,8 @@ mod tests {
         // A string longer than the cap that starts like a URL on a far too long host.
         let host = "a".repeat(MAX_PENDING * 2);
         let s = format!(r#"{{"a":"https://{host}/x","b":"https://api.github.com/y"}}"#);
-        let expected = format!(r#"{{"a":"https://{host}/x","b":"http://127.0.0.1:8080/github/y"}}"#);
+        let expected =
+            format!(r#"{{"a":"https://{host}/x","b":"http://127.0.0.1:8080/github/y"}}"#);
         assert_eq!(all(&spec, &s), expected);
         // A long path after a matching prefix streams (only the prefix was held).
         let path = "p/".repeat(MAX_PENDING);
@@ -818,8 +826,9 @@ mod tests {
     #[tokio::test]
     async fn a_prepended_first_frame_and_an_unread_one_come_first() {
         let spec = github();
-        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
-            vec![Ok(Frame::data(Bytes::from_static(b"\"https://api.github.com\"]")))];
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![Ok(Frame::data(
+            Bytes::from_static(b"\"https://api.github.com\"]"),
+        ))];
         let mut body = spec.clone().wrap(Frames(frames.into()));
         let n = body.prepend(Bytes::from_static(b"[\"https://api.github.com/a\","), false);
         assert_eq!(n, b"[\"http://127.0.0.1:8080/github/a\",".len());
@@ -830,10 +839,16 @@ mod tests {
         );
         // The whole body at once, ending inside a held candidate: flushed into the count.
         let mut body = spec.clone().wrap(Frames(Default::default()));
-        assert_eq!(body.prepend(Bytes::from_static(b"[\"https://api"), true), 13);
+        assert_eq!(
+            body.prepend(Bytes::from_static(b"[\"https://api"), true),
+            13
+        );
         body.unread(None);
         assert!(!body.is_end_stream());
-        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"[\"https://api");
+        assert_eq!(
+            &body.collect().await.unwrap().to_bytes()[..],
+            b"[\"https://api"
+        );
         // An unread frame is scanned like the others.
         let mut body = spec.wrap(Frames(Default::default()));
         body.unread(Some(Ok(Frame::data(Bytes::from_static(

@@ -29,8 +29,8 @@ use tower::{Layer, ServiceExt};
 
 use super::config::Config;
 use super::errors::{error_response, from_error, Code};
-use super::metrics::{Metrics, RouteMetrics};
 use super::json_rewrite::{self, JsonRewrite, RewriteBody};
+use super::metrics::{Metrics, RouteMetrics};
 use super::refresh_api::{self, RefreshApi};
 use super::router::{rewrite_authority, rewrite_link, rewrite_url, upstream_uri, Router};
 use super::timeouts::{IdleTimeout, ProxyTimeouts};

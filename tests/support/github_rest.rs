@@ -55,7 +55,10 @@ impl Calls {
 
 /// `n` bytes of a non-JSON download that nonetheless contain `"url":"http://{own}/..."`.
 pub fn download_bytes(own: &str, n: usize) -> Vec<u8> {
-    let unit = format!("{{\"url\":\"{own}/repos/o/r\",\"esc\":\"http:\\/\\/{}\\/x\"}}\n", own.trim_start_matches("http://"));
+    let unit = format!(
+        "{{\"url\":\"{own}/repos/o/r\",\"esc\":\"http:\\/\\/{}\\/x\"}}\n",
+        own.trim_start_matches("http://")
+    );
     let mut out = Vec::with_capacity(n);
     let mut i = 0u32;
     while out.len() < n {
