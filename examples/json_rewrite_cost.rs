@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example json_rewrite_cost            # 15 rounds
 //! cargo run --release --example json_rewrite_cost -- 31      # more rounds
+//! cargo run --release --example json_rewrite_cost -- 200 --wrapper-only   # part 1 only
 //! ```
 //!
 //! 1. **The body wrapper alone**, in-process: a 1 MiB GitHub-style JSON array (issues, seven
@@ -208,6 +209,10 @@ async fn run(rounds: usize) -> Result<(), String> {
         w * 1e3,
         out_len >> 10
     );
+
+    if std::env::args().any(|a| a == "--wrapper-only") {
+        return Ok(());
+    }
 
     // 2. Through the sidecar.
     let (upstream, json_up, download) = serve_upstream().await;

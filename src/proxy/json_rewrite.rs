@@ -8,7 +8,7 @@
 //! by `http://{Host}{prefix}`; the rest of the string (path, query, URI-template braces like
 //! GitHub's `{/number}`) passes through byte for byte. URLs in the middle of a string (an issue
 //! body quoting a URL), relative URLs, other origins and paths outside the base path are left
-//! alone. Escaped slashes (`https:\/\/api.github.com\/repos`) are recognised; the replaced
+//! alone, and so are URLs with userinfo (`https://user@api.github.com/`). Escaped slashes (`https:\/\/api.github.com\/repos`) are recognised; the replaced
 //! prefix is written with plain slashes and the rest keeps its escapes. Any other escape inside
 //! the scheme or authority (`\u0068ttps`) is not decoded: that string is left alone.
 //!
@@ -33,7 +33,6 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
-use http::uri::Authority;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -124,7 +123,8 @@ fn is_json_type(value: &[u8]) -> bool {
 pub struct JsonRewrite {
     /// `scheme://`, lower case.
     scheme_sep: Vec<u8>,
-    origin: Origin,
+    /// The upstream authority's spellings ([`Origin::authority_forms`]).
+    authorities: Vec<Vec<u8>>,
     base: Vec<u8>,
     replacement: Vec<u8>,
 }
@@ -139,10 +139,56 @@ impl JsonRewrite {
         scheme_sep.extend_from_slice(b"://");
         Some(JsonRewrite {
             scheme_sep,
-            origin,
+            authorities: origin.authority_forms(),
             base: base_path(route).as_bytes().to_vec(),
             replacement: format!("http://{proxy_host}{}", proxy_prefix(route)).into_bytes(),
         })
+    }
+
+    /// The verdict on a string starting at `rest[0]`, decided on this chunk alone when the
+    /// prefix is all there and has no backslash (the common case: no byte-by-byte matching);
+    /// `None` when the byte-by-byte [`Candidate`] must decide.
+    fn fast_verdict(&self, rest: &[u8]) -> Option<Verdict> {
+        let sep = self.scheme_sep.len();
+        let head = rest.get(..sep)?;
+        if !head.eq_ignore_ascii_case(&self.scheme_sep) {
+            // A first byte that cannot start the scheme settles it, escapes or not.
+            return match rest.first() {
+                Some(b) if b.to_ascii_lowercase() != self.scheme_sep[0] => Some(Verdict::NoMatch),
+                _ if head.contains(&b'\\') => None,
+                _ => Some(Verdict::NoMatch),
+            };
+        }
+        let tail = &rest[sep..];
+        let window = &tail[..tail.len().min(MAX_AUTHORITY + 1)];
+        let end = window
+            .iter()
+            .position(|&b| matches!(b, b'/' | b'?' | b'#' | b'"' | b'\\'))?;
+        if window[end] == b'\\' {
+            return None;
+        }
+        let authority = &tail[..end];
+        if !self
+            .authorities
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(authority))
+        {
+            return Some(Verdict::NoMatch);
+        }
+        let at = sep + end;
+        if self.base.is_empty() {
+            return Some(Verdict::Match(at));
+        }
+        let after = rest.get(at..at + self.base.len() + 1)?;
+        if after.contains(&b'\\') {
+            return None;
+        }
+        let boundary = matches!(after[self.base.len()], b'/' | b'?' | b'#' | b'"');
+        if &after[..self.base.len()] == self.base.as_slice() && boundary {
+            Some(Verdict::Match(at + self.base.len()))
+        } else {
+            Some(Verdict::NoMatch)
+        }
     }
 
     /// Wraps `body`, rewriting as it streams.
@@ -332,10 +378,21 @@ impl Scanner {
                 State::Outside => match memchr::memchr(b'"', &buf[i..]) {
                     Some(k) => {
                         i += k + 1;
-                        self.cand.reset();
-                        self.state = State::Candidate;
                         cand_start = i;
                         carried = 0;
+                        match self.spec.fast_verdict(&buf[i..]) {
+                            Some(Verdict::NoMatch) => self.state = State::InString,
+                            Some(Verdict::Match(prefix)) => {
+                                out.cut(i, i + prefix);
+                                out.push(&self.spec.replacement);
+                                i += prefix;
+                                self.state = State::InString;
+                            }
+                            _ => {
+                                self.cand.reset();
+                                self.state = State::Candidate;
+                            }
+                        }
                     }
                     None => i = buf.len(),
                 },
@@ -533,8 +590,10 @@ impl Candidate {
                 _ => Verdict::NoMatch,
             },
             Phase::Authority if boundary => {
-                let ours = Authority::try_from(self.authority.as_slice())
-                    .is_ok_and(|a| spec.origin.has_authority(&a));
+                let ours = spec
+                    .authorities
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(&self.authority));
                 if !ours {
                     Verdict::NoMatch
                 } else if spec.base.is_empty() {
@@ -663,6 +722,8 @@ mod tests {
             r#"{"a":"\u0068ttps://api.github.com/x"}"#,
             r#"{"a":"https://api.github.com\u002fx"}"#,
             r#"{"a":"https://"}"#,
+            r#"{"a":"https://u@api.github.com/x"}"#,
+            r#"{"a":"https:\/\/u@api.github.com\/x"}"#,
             r#"{"a":""}"#,
             r#"https://api.github.com/not-in-a-string"#,
         ] {

@@ -104,11 +104,21 @@ impl Origin {
         origin(route.upstream.scheme(), route.upstream.authority())
     }
 
-    /// Whether `authority`, under this origin's scheme, is this origin (host compared
-    /// case-insensitively, the scheme's default port made explicit).
-    pub(crate) fn has_authority(&self, authority: &Authority) -> bool {
-        explicit_port(&self.scheme, authority) == Some(self.port)
-            && authority.host().eq_ignore_ascii_case(&self.host)
+    /// The spellings of this origin's authority (lower case): `host:port`, and the bare `host`
+    /// when the port is the scheme's default. An authority equal to one of them
+    /// (case-insensitively) is this origin's: the comparison [`rewrite_url`] makes on parsed
+    /// URLs, without parsing (an authority with userinfo is not among them).
+    pub(crate) fn authority_forms(&self) -> Vec<Vec<u8>> {
+        let mut forms = vec![format!("{}:{}", self.host, self.port).into_bytes()];
+        let default = match self.scheme.as_str() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        };
+        if default == Some(self.port) {
+            forms.push(self.host.clone().into_bytes());
+        }
+        forms
     }
 }
 
