@@ -11,14 +11,13 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use oauth_refresh_proxy::Provider;
-use support::process::{drain, spawn_piped, text, wait_or_kill, KillOnDrop, Proxy};
-use support::{now_secs, start_api, start_backend, Realm, REPOS_PER_PAGE, REPO_PAGES};
+use support::process::{drain, spawn_piped, text, wait_or_kill, KillOnDrop};
+use support::{skip_unless_ci, start_api, start_backend, Realm, REPOS_PER_PAGE, REPO_PAGES};
 
 /// Bound on the whole node run (both SDK runs).
 const NODE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,16 +50,11 @@ fn missing_prerequisite() -> Option<String> {
 
 #[test]
 fn octokit_paginates_through_the_sidecar() {
-    if let Some(reason) = missing_prerequisite() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true: the SDK test must not be skipped: {reason} (run: cd tests/sdk && npm install)");
-        }
-        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests, and
-        // this note must be visible in a plain `cargo test`.
-        let note = format!(
-            "\nSKIPPED: sdk::octokit_paginates_through_the_sidecar: {reason} (run: cd tests/sdk && npm install)\n"
-        );
-        let _ = std::io::stderr().write_all(note.as_bytes());
+    if skip_unless_ci(
+        "sdk::octokit_paginates_through_the_sidecar",
+        missing_prerequisite(),
+        "run: cd tests/sdk && npm install",
+    ) {
         return;
     }
 
@@ -82,40 +76,14 @@ fn octokit_paginates_through_the_sidecar() {
     realm.revoke_access(&stale);
     let backend_token = realm.backend_token.clone().expect("the realm has a bearer");
 
-    let expires_at = now_secs() + 3600;
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = ""
-
-[refresh]
-mode = "backend"
-backend_url = "{backend_url}"
-backend_token = "env:ORP_SDK_BACKEND_TOKEN"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{api}"
-provider = "github"
-default_account = "octocat"
-
-[[account]]
-provider = "github"
-id = "octocat"
-refresh_token = "env:ORP_SDK_REFRESH_TOKEN"
-access_token = "env:ORP_SDK_ACCESS_TOKEN"
-expires_at = {expires_at}
-"#
-    );
-
-    // The real binary.
-    let proxy = rt.block_on(Proxy::start(
-        &config,
-        &[],
-        &[
-            ("ORP_SDK_BACKEND_TOKEN", &backend_token),
-            ("ORP_SDK_REFRESH_TOKEN", &refresh),
-            ("ORP_SDK_ACCESS_TOKEN", &stale),
-        ],
+    // The real binary (the same sidecar config as the PyGithub test's).
+    let proxy = rt.block_on(support::github_rest::start_sidecar(
+        &realm,
+        &backend_url,
+        api,
+        "",
+        &refresh,
+        &stale,
     ));
     let proxy_url = proxy.url("");
     assert!(proxy_url.starts_with("http://127.0.0.1:"), "{proxy_url}");

@@ -521,6 +521,9 @@ pub struct Route {
     /// Whether the proxy holds back requests the upstream's rate limits would refuse
     /// (`rate_limit`, SPEC 4.10).
     pub rate_limit: RateLimitMode,
+    /// Whether absolute upstream URLs inside JSON response bodies are rewritten to the proxy
+    /// (SPEC 4.3 "JSON bodies"; key `rewrite_body`, default `true`).
+    pub rewrite_body: bool,
 }
 
 /// What a route does with the upstream's rate limits (`[[route]] rate_limit`, SPEC 4.10).
@@ -577,6 +580,7 @@ impl Route {
             provider,
             default_account: None,
             rate_limit: RateLimitMode::Enforce,
+            rewrite_body: true,
         })
         .collect()
     }
@@ -1060,6 +1064,9 @@ impl Config {
             }
             if route.rate_limit == RateLimitMode::Pass {
                 let _ = write!(out, ", rate_limit pass");
+            }
+            if !route.rewrite_body {
+                let _ = write!(out, ", JSON bodies not rewritten");
             }
             let _ = writeln!(out, ")");
         }
@@ -1679,6 +1686,7 @@ fn route(t: &Tbl<'_>) -> Result<Route, String> {
         "provider",
         "default_account",
         "rate_limit",
+        "rewrite_body",
     ])?;
     let prefix = t.required_str("prefix")?.to_string();
     let raw = t.required_str("upstream")?;
@@ -1698,12 +1706,14 @@ fn route(t: &Tbl<'_>) -> Result<Route, String> {
             ))
         }
     };
+    let rewrite_body = t.bool("rewrite_body")?.unwrap_or(true);
     Ok(Route {
         prefix,
         upstream,
         provider,
         default_account,
         rate_limit,
+        rewrite_body,
     })
 }
 
@@ -2847,6 +2857,34 @@ token   = "env:ORP_REFRESH_API_TOKEN"
         format!(
             "[[route]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nprovider = \"github\"\n"
         )
+    }
+
+    #[test]
+    fn route_rewrite_body() {
+        let on = parse(&format!(
+            "{BACKEND}{}",
+            route_with("/g", "https://x.example")
+        ))
+        .unwrap();
+        assert!(on.routes[0].rewrite_body, "on by default");
+        assert!(!on.summary().contains("JSON bodies not rewritten"));
+        let off = parse(&format!(
+            "{BACKEND}{}rewrite_body = false\n",
+            route_with("/g", "https://x.example")
+        ))
+        .unwrap();
+        assert!(!off.routes[0].rewrite_body);
+        assert!(off
+            .summary()
+            .contains("/g               -> https://x.example (github, JSON bodies not rewritten)"));
+        assert_eq!(
+            err(&format!(
+                "{BACKEND}{}rewrite_body = \"no\"\n",
+                route_with("/g", "https://x.example")
+            )),
+            "proxy.toml: route[0].rewrite_body: expected true or false, found string"
+        );
+        assert!(Route::defaults().iter().all(|r| r.rewrite_body));
     }
 
     #[test]

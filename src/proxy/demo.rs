@@ -195,6 +195,7 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
             provider: Provider::Google,
             default_account: Some("alice".into()),
             rate_limit: Default::default(),
+            rewrite_body: true,
         },
         Route {
             prefix: "/github".into(),
@@ -204,6 +205,7 @@ pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), 
             provider: Provider::GitHub,
             default_account: None,
             rate_limit: Default::default(),
+            rewrite_body: true,
         },
     ];
     config.accounts = vec![alice, octocat, bob, mallory];

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod json_rewrite;
 pub mod listener;
 pub mod metrics;
 pub mod rate_limit;

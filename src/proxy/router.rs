@@ -71,7 +71,7 @@ impl Router {
 /// assert_eq!(upstream_uri(route, "", None).unwrap(), "https://api.github.com/");
 /// ```
 pub fn upstream_uri(route: &Route, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-    let base = route.upstream.path().trim_end_matches('/');
+    let base = base_path(route);
     let mut pq =
         String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
     pq.push_str(base);
@@ -87,28 +87,74 @@ pub fn upstream_uri(route: &Route, rest: &str, query: Option<&str>) -> Result<Ur
     Ok(Uri::from_parts(parts)?)
 }
 
-/// An origin with the default port made explicit, compared case-insensitively.
-#[derive(PartialEq, Eq)]
-struct Origin {
-    scheme: String,
+/// An origin with the default port made explicit, compared case-insensitively: the rule that
+/// decides which absolute URLs are "on the route's upstream" (SPEC 4.3), shared by
+/// [`rewrite_url`] and the JSON body rewriting ([`super::json_rewrite`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) scheme: String,
     host: String,
     port: u16,
+}
+
+impl Origin {
+    /// `route`'s upstream origin; `None` for an upstream without a scheme or host (or with a
+    /// scheme other than http/https and no port).
+    pub(crate) fn of_route(route: &Route) -> Option<Origin> {
+        origin(route.upstream.scheme(), route.upstream.authority())
+    }
+
+    /// The spellings of this origin's authority (lower case): `host:port`, and the bare `host`
+    /// when the port is the scheme's default. An authority equal to one of them
+    /// (case-insensitively) is this origin's: the comparison [`rewrite_url`] makes on parsed
+    /// URLs, without parsing (an authority with userinfo is not among them).
+    pub(crate) fn authority_forms(&self) -> Vec<Vec<u8>> {
+        let mut forms = vec![format!("{}:{}", self.host, self.port).into_bytes()];
+        let default = match self.scheme.as_str() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        };
+        if default == Some(self.port) {
+            forms.push(self.host.clone().into_bytes());
+        }
+        forms
+    }
+}
+
+/// `authority`'s port, or the default port of `scheme` (lower case) when it has none.
+fn explicit_port(scheme: &str, authority: &Authority) -> Option<u16> {
+    match (authority.port_u16(), scheme) {
+        (Some(p), _) => Some(p),
+        (None, "https") => Some(443),
+        (None, "http") => Some(80),
+        _ => None,
+    }
 }
 
 fn origin(scheme: Option<&Scheme>, authority: Option<&Authority>) -> Option<Origin> {
     let scheme = scheme?.as_str().to_ascii_lowercase();
     let authority = authority?;
-    let port = match (authority.port_u16(), scheme.as_str()) {
-        (Some(p), _) => p,
-        (None, "https") => 443,
-        (None, "http") => 80,
-        _ => return None,
-    };
+    let port = explicit_port(&scheme, authority)?;
     Some(Origin {
         scheme,
         host: authority.host().to_ascii_lowercase(),
         port,
     })
+}
+
+/// `route`'s upstream base path without its trailing `/` (`""` for none).
+pub(crate) fn base_path(route: &Route) -> &str {
+    route.upstream.path().trim_end_matches('/')
+}
+
+/// The path prefix rewritten URLs get on the proxy: the route's prefix, `""` for the prefix `/`.
+pub(crate) fn proxy_prefix(route: &Route) -> &str {
+    if route.prefix == "/" {
+        ""
+    } else {
+        route.prefix.as_str()
+    }
 }
 
 /// `host` (a request's `Host`) when it may become the authority of rewritten `Location`/`Link`
@@ -185,7 +231,7 @@ pub fn rewrite_url(url: &str, route: &Route, proxy_host: &str) -> Option<String>
     if theirs != ours {
         return None;
     }
-    let base = route.upstream.path().trim_end_matches('/');
+    let base = base_path(route);
     let path = uri.path();
     let rest = if base.is_empty() {
         path
@@ -196,11 +242,7 @@ pub fn rewrite_url(url: &str, route: &Route, proxy_host: &str) -> Option<String>
         }
         rest
     };
-    let prefix = if route.prefix == "/" {
-        ""
-    } else {
-        route.prefix.as_str()
-    };
+    let prefix = proxy_prefix(route);
     let mut out = format!("http://{proxy_host}{prefix}{rest}");
     if let Some(q) = uri.query() {
         out.push('?');
@@ -258,6 +300,7 @@ mod tests {
             provider: Provider::Google,
             default_account: None,
             rate_limit: Default::default(),
+            rewrite_body: true,
         }
     }
 

@@ -17,8 +17,9 @@
 //! `429 rate_limited` and never sent; every upstream answer is looked at for new limits.
 //!
 //! On the way back, a `Content-Length` beside a `Transfer-Encoding` is dropped, and absolute
-//! `Location`/`Link` URLs on the route's upstream are rewritten to the proxy, but only when the
-//! request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
+//! `Location`/`Link` URLs on the route's upstream are rewritten to the proxy — and so are those
+//! inside JSON bodies, unless the route says `rewrite_body = false` ([`super::json_rewrite`]) —
+//! but only when the request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use tower::{Layer, ServiceExt};
 
 use super::config::{Config, RateLimitMode};
 use super::errors::{error_response, from_error, Code};
+use super::json_rewrite::{self, JsonRewrite, RewriteBody};
 use super::metrics::{Metrics, RouteMetrics};
 use super::rate_limit::{RateLimits, Resource, UpstreamLimits};
 use super::refresh_api::{self, RefreshApi};
@@ -45,8 +47,9 @@ use crate::{Account, Tokens};
 pub use super::upstream::{upstream_client, Upstream, UpstreamClient, UpstreamConnector};
 
 /// The body of the proxy's responses: the upstream's, streamed (and bounded by
-/// `upstream.body_idle_timeout`), or one the proxy made.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+/// `upstream.body_idle_timeout`) — as it came, or with its JSON URLs rewritten
+/// ([`RewriteBody`]) — or one the proxy made.
+pub type ProxyBody = Either<Either<UpstreamBody, RewriteBody<UpstreamBody>>, Full<Bytes>>;
 
 /// The header naming the account of a request.
 pub static X_OAUTH_ACCOUNT: HeaderName = HeaderName::from_static("x-oauth-account");
@@ -274,6 +277,7 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
 
+        let method = req.method().clone();
         let (mut parts, body) = req.into_parts();
         // The caller's body fails with a BodyError when it stalls or its framing is bad: the
         // upstream attempt is aborted and the answer is 408 or 400 (errors::from_error).
@@ -317,17 +321,68 @@ impl Proxy {
         }
         strip_hop_by_hop(resp.headers_mut());
         let h = resp.headers();
-        if h.contains_key(header::LOCATION) || h.contains_key(header::LINK) {
-            if let Some(host) = proxy_host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .and_then(rewrite_authority)
-            {
-                rewrite_location_and_link(resp.headers_mut(), route, host);
-            }
+        let rewrite_headers = h.contains_key(header::LOCATION) || h.contains_key(header::LINK);
+        let rewrite_body =
+            route.rewrite_body && json_rewrite::applies(&method, resp.status(), resp.headers());
+        if !(rewrite_headers || rewrite_body) {
+            return (label, resp.map(|b| Either::Left(Either::Left(b))));
         }
-        (label, resp.map(Either::Left))
+        let Some(host) = proxy_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(rewrite_authority)
+        else {
+            return (label, resp.map(|b| Either::Left(Either::Left(b))));
+        };
+        if rewrite_headers {
+            rewrite_location_and_link(resp.headers_mut(), route, host);
+        }
+        match JsonRewrite::new(route, host).filter(|_| rewrite_body) {
+            Some(rewrite) => {
+                let resp = rewrite_json_body(resp, rewrite).await;
+                (label, resp.map(|b| Either::Left(Either::Right(b))))
+            }
+            None => (label, resp.map(|b| Either::Left(Either::Left(b)))),
+        }
     }
+}
+
+/// Wraps `resp`'s body in the JSON rewriting. The length may change: when the upstream declared
+/// a `Content-Length` and the whole body came in the first frame (a small JSON answer), that
+/// frame is rewritten at once and the new exact length is sent; otherwise the
+/// `Content-Length` is dropped and the body streams (chunked on HTTP/1.1). Waiting for that
+/// first frame is bounded by the body's own idle timeout (`upstream.body_idle_timeout`).
+async fn rewrite_json_body(
+    resp: Response<UpstreamBody>,
+    rewrite: JsonRewrite,
+) -> Response<RewriteBody<UpstreamBody>> {
+    use http_body_util::BodyExt;
+    let (mut parts, mut body) = resp.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|&n| n > 0) else {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, rewrite.wrap(body));
+    };
+    let first = body.frame().await;
+    let mut body = rewrite.wrap(body);
+    match first {
+        Some(Ok(frame)) if frame.data_ref().is_some_and(|d| d.len() as u64 == declared) => {
+            let data = frame.into_data().unwrap_or_default();
+            let len = body.prepend(data, true);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        other => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            body.unread(other);
+        }
+    }
+    Response::from_parts(parts, body)
 }
 
 /// The credentials of an `Authorization`-style value with the `Bearer` scheme, matched

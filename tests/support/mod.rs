@@ -4,6 +4,8 @@
 //! [`redis_server`]: a real `redis-server` for the shared-store tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "sidecar")]
+pub mod github_rest;
 pub mod http_client;
 #[cfg(feature = "sidecar")]
 pub mod process;
@@ -31,6 +33,22 @@ pub fn full(b: impl Into<Bytes>) -> TestBody {
 
 pub fn empty() -> TestBody {
     full(Bytes::new())
+}
+
+/// For a test whose outside prerequisite (`reason`: what is missing) is absent: under `CI=true`
+/// it fails; otherwise it prints `SKIPPED: {test}: {reason} ({install})` straight to the
+/// process's stderr (libtest captures `eprintln!` of passing tests, and the note must be
+/// visible in a plain `cargo test`) and answers `true`: return.
+pub fn skip_unless_ci(test: &str, reason: Option<String>, install: &str) -> bool {
+    let Some(reason) = reason else {
+        return false;
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true: {test} must not be skipped: {reason} ({install})");
+    }
+    let note = format!("\nSKIPPED: {test}: {reason} ({install})\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes());
+    true
 }
 
 /// Seconds since the Unix epoch.
