@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::Request;
-use redb::{ReadableDatabase, ReadableTable};
-use oauth_refresh_proxy::Provider;
 use http_body_util::BodyExt;
+use oauth_refresh_proxy::Provider;
+use redb::{ReadableDatabase, ReadableTable};
 use support::http_client::{http1_client, request};
 use support::process::{assert_no_secret_in_logs, run_cli, CliOutput, Proxy, TempDir};
 use support::redis_server::RedisServer;
@@ -121,6 +121,22 @@ fn assert_no_token_bytes(bytes: &[u8], realm: &Realm, what: &str) {
     }
 }
 
+/// Asserts that the file at `path` still holds exactly `before` (offsets of a difference shown,
+/// never the bytes, which may hold tokens).
+fn assert_unchanged(path: &Path, before: &[u8], what: &str) {
+    let now = std::fs::read(path).unwrap();
+    let diff: Vec<usize> = (0..now.len().min(before.len()))
+        .filter(|&i| now[i] != before[i])
+        .take(20)
+        .collect();
+    assert!(
+        now.len() == before.len() && diff.is_empty(),
+        "{what}: the store file changed ({} -> {} bytes; differing offsets {diff:?})",
+        before.len(),
+        now.len()
+    );
+}
+
 /// The fakes: a rotating realm (GitHub refreshes rotate), its backend and a fake GitHub API.
 struct World {
     realm: Arc<Realm>,
@@ -208,7 +224,8 @@ expires_at = {expires}
     /// every one of `needles`, with no panic, no secret and nothing listening; returns it.
     fn start_error(&self, cfg: &Path, keys: Keys, needles: &[&str]) -> String {
         let token = self.token();
-        let env = keys.env(&token);
+        let mut env = keys.env(&token);
+        env.push(("RUST_LOG", "trace"));
         let started = Instant::now();
         let CliOutput {
             status,
@@ -217,19 +234,20 @@ expires_at = {expires}
         } = run_cli(&["serve", "--config", cfg.to_str().unwrap()], &env);
         assert!(started.elapsed() < WAIT, "not prompt: {stderr}");
         assert_eq!(status.code(), Some(1), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
-        assert!(stderr.starts_with("error: "), "{stderr:?}");
+        // Trace logs around it, and exactly one error line.
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{stderr:?}");
+        let line = errors[0].to_string();
+        assert!(line.starts_with("error: "), "{line:?}");
         for n in needles {
-            assert!(stderr.contains(n), "{n:?} not in {stderr:?}");
+            assert!(line.contains(n), "{n:?} not in {line:?}");
         }
         for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
             assert!(!stderr.contains(bad), "{stderr:?}");
         }
         assert!(!stdout.contains("listening"), "{stdout:?}");
-        for s in secrets(&self.realm) {
-            assert!(!stderr.contains(&s), "a secret in {stderr:?}");
-        }
-        stderr
+        assert_no_secret_in_logs(std::slice::from_ref(&stderr), &secrets(&self.realm));
+        line
     }
 }
 
@@ -360,12 +378,12 @@ async fn a_wrong_key_no_key_or_a_tampered_record_is_a_start_up_error_and_changes
     let cfg_c = dir.write("c.toml", &w.file_config(&store, key(KEY_C), &r0, &a0));
     let e = w.start_error(&cfg_c, key(KEY_C), &["store.path", &shown, &kid_a]);
     assert!(e.contains("previous_keys"), "{e}");
-    assert_eq!(std::fs::read(&store).unwrap(), before, "wrong key: file changed");
+    assert_unchanged(&store, &before, "wrong key: file changed");
 
     // No key.
     let cfg_none = dir.write("none.toml", &w.file_config(&store, NO_KEY, &r0, &a0));
     w.start_error(&cfg_none, NO_KEY, &["store.path", &shown, "encryption_key"]);
-    assert_eq!(std::fs::read(&store).unwrap(), before, "no key: file changed");
+    assert_unchanged(&store, &before, "no key: file changed");
 
     // A flipped character inside the sealed refresh token, then inside the access token.
     for field in ["refresh_token", "access_token"] {
@@ -374,8 +392,12 @@ async fn a_wrong_key_no_key_or_a_tampered_record_is_a_start_up_error_and_changes
         v[field] = serde_json::Value::String(flip(&sealed));
         write_records(&store, &[("github/octo", v)]);
         let tampered = std::fs::read(&store).unwrap();
-        w.start_error(&cfg_a, key(KEY_A), &["store.path", &shown, "authentication"]);
-        assert_eq!(std::fs::read(&store).unwrap(), tampered, "{field}: file changed");
+        w.start_error(
+            &cfg_a,
+            key(KEY_A),
+            &["store.path", &shown, "authentication"],
+        );
+        assert_unchanged(&store, &tampered, &format!("{field}: file changed"));
         // Restore the original record.
         let (_, mut v) = records(&store).remove(0);
         v[field] = serde_json::Value::String(sealed);
@@ -404,13 +426,19 @@ async fn encrypt_existing_seals_a_clear_store_and_keeps_its_accounts() {
     let mut p = w.start(&cfg_none, NO_KEY).await;
     assert_eq!(proxied_get(&p, "/github/user").await, 200);
     logs.push(p.kill9());
+    // Recovered after the kill by a read-write open, so that the file is cleanly closed.
+    assert_eq!(records(&store).len(), 1);
     let clear = std::fs::read(&store).unwrap();
     assert!(clear.windows(r0.len()).any(|w| w == r0.as_bytes()));
 
     // A key without encrypt_existing: refused, unchanged.
     let cfg_key = dir.write("key.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
-    w.start_error(&cfg_key, key(KEY_A), &["store.path", &shown, "encrypt_existing"]);
-    assert_eq!(std::fs::read(&store).unwrap(), clear, "file changed");
+    w.start_error(
+        &cfg_key,
+        key(KEY_A),
+        &["store.path", &shown, "encrypt_existing"],
+    );
+    assert_unchanged(&store, &clear, "file changed");
 
     // encrypt_existing = true: sealed at start-up, the still-valid access token kept.
     let keys = Keys {
@@ -453,8 +481,12 @@ async fn keys_rotate_through_previous_keys() {
     // B alone cannot open a record sealed with A; the error points at previous_keys.
     let cfg_b = dir.write("b.toml", &w.file_config(&store, key(KEY_B), &r0, &a0));
     let before = std::fs::read(&store).unwrap();
-    w.start_error(&cfg_b, key(KEY_B), &["store.path", &shown, &kid_a, "previous_keys"]);
-    assert_eq!(std::fs::read(&store).unwrap(), before);
+    w.start_error(
+        &cfg_b,
+        key(KEY_B),
+        &["store.path", &shown, &kid_a, "previous_keys"],
+    );
+    assert_unchanged(&store, &before, "file");
 
     // B with A as a previous key: starts and serves, no refresh; a refresh re-seals with B.
     let rot = Keys {
@@ -504,7 +536,7 @@ async fn a_record_moved_to_another_account_does_not_open() {
     write_records(&store, &[("github/mallory", v.clone())]);
     let moved = std::fs::read(&store).unwrap();
     w.start_error(&cfg, key(KEY_A), &["store.path", &shown, "github/mallory"]);
-    assert_eq!(std::fs::read(&store).unwrap(), moved);
+    assert_unchanged(&store, &moved, "file");
 
     // Copied with its "account" field edited to match: the seal is bound to the account.
     v["account"] = serde_json::Value::String("mallory".into());
@@ -515,7 +547,7 @@ async fn a_record_moved_to_another_account_does_not_open() {
         key(KEY_A),
         &["store.path", &shown, "github/mallory", "authentication"],
     );
-    assert_eq!(std::fs::read(&store).unwrap(), moved);
+    assert_unchanged(&store, &moved, "file");
     assert_eq!(w.realm.backend_calls.get(), 0);
     assert_no_secret_in_logs(&logs, &secrets(&w.realm));
 }
@@ -541,9 +573,9 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_values_hold_no_token_bytes_and_wrong_keys_or_moved_hashes_do_not_open() {
     capture_logs();
-    let Some(redis) =
-        RedisServer::start("redis_values_hold_no_token_bytes_and_wrong_keys_or_moved_hashes_do_not_open")
-    else {
+    let Some(redis) = RedisServer::start(
+        "redis_values_hold_no_token_bytes_and_wrong_keys_or_moved_hashes_do_not_open",
+    ) else {
         return;
     };
     let w = World::new("encredis").await;
@@ -584,10 +616,15 @@ async fn redis_values_hold_no_token_bytes_and_wrong_keys_or_moved_hashes_do_not_
     w.start_error(
         &cfg_c,
         key(KEY_C),
-        &["store.url", &addr, "orp:acct:github:octo", "previous_keys"],
+        &[
+            "token store",
+            &addr,
+            "orp:acct:github:octo",
+            "previous_keys",
+        ],
     );
     let cfg_none = dir.write("none.toml", &w.config(&table, NO_KEY, &r0, &a0));
-    w.start_error(&cfg_none, NO_KEY, &["store.url", &addr, "encryption_key"]);
+    w.start_error(&cfg_none, NO_KEY, &["token store", &addr, "encryption_key"]);
     // The first replica is unaffected.
     assert_eq!(proxied_get(&p, "/github/user").await, 200);
     logs.push(p.kill9());
@@ -603,7 +640,7 @@ async fn redis_values_hold_no_token_bytes_and_wrong_keys_or_moved_hashes_do_not_
         w.start_error(
             &cfg,
             key(KEY_A),
-            &["store.url", &addr, "orp:acct:github:mallory"],
+            &["token store", &addr, "orp:acct:github:mallory"],
         );
         // Put things back.
         if how == "RENAME" {
@@ -704,7 +741,11 @@ async fn sigkill_during_encrypted_rotations_loses_nothing() {
         let before = w.realm.backend_requests().len();
         let (status, body) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
         let requests = w.realm.backend_requests();
-        assert_eq!(requests.len(), before + 1, "round {round}: one backend call");
+        assert_eq!(
+            requests.len(),
+            before + 1,
+            "round {round}: one backend call"
+        );
         let spent = sent_refresh_token(&requests[before].2);
         if status == 200 {
             let chain = rotated(&w.realm);
@@ -713,7 +754,10 @@ async fn sigkill_during_encrypted_rotations_loses_nothing() {
             } else {
                 r0.clone()
             };
-            assert_eq!(spent, newest, "round {round} (point {point}): an older token");
+            assert_eq!(
+                spent, newest,
+                "round {round} (point {point}): an older token"
+            );
         } else {
             assert_eq!(point, 0, "round {round}: {status} {body}");
             assert_eq!(status, 401, "round {round}: {body}");

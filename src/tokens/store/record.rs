@@ -365,9 +365,16 @@ impl Codec {
         })?;
         let (under_provider, under_account) = stored_under;
         if provider != under_provider || r.account != under_account {
-            return Err(malformed(format!(
+            let what = format!(
                 "the record stored for {under_provider}/{under_account} belongs to another account"
-            )));
+            );
+            // A sealed record moved to another account's key is a record these keys cannot
+            // open for that account (a start-up error in both stores), not a malformed one.
+            return Err(if r.kid.is_some() {
+                RecordError::Sealing(format!("{what} (copied from another account)"))
+            } else {
+                malformed(what)
+            });
         }
         let generation = match generation {
             Generation::Beside(g) => g,
