@@ -123,19 +123,6 @@ fn read_records(
     Ok(out)
 }
 
-/// Opens an existing, cleanly closed file read-only (which never modifies it) and checks that
-/// every record opens with `codec`: a store these keys cannot open is refused before redb's
-/// read-write open, which rewrites its header, touches the file. `Ok` when the check passes or
-/// cannot be made read-only (a file that needs recovery, or is locked): the read-write open
-/// then reports or repairs it, and checks the records again.
-fn precheck_read_only(path: &Path, codec: &Codec) -> Result<(), StoreError> {
-    // redb may panic on some corrupted files in debug builds: left to the read-write open.
-    let Ok(Ok(db)) = catch_unwind(AssertUnwindSafe(|| builder().open_read_only(path))) else {
-        return Ok(());
-    };
-    read_records(&db, codec, path).map(drop)
-}
-
 impl Inner {
     fn err(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
         StoreError(format!("{}: {what}: {}", self.path.display(), one_line(e)))
@@ -238,10 +225,7 @@ impl FileStore {
                 None => open_existing(path)?,
             },
             Err(e) => return Err(fail(&format!("cannot open: {}", one_line(e)))),
-            Ok(_) => {
-                precheck_read_only(path, &codec)?;
-                open_existing(path)?
-            }
+            Ok(_) => open_existing(path)?,
         };
         let mut inner = Inner {
             db,

@@ -545,9 +545,19 @@ mod tests {
             matches!(e, RecordError::Sealing(ref m) if m.contains("authentication")),
             "{e}"
         );
-        // Stored under another key, unedited.
+        // Stored under another key, unedited: a sealing error too (a start-up error in Redis,
+        // which skips malformed records).
         let e = c
             .decode((Provider::GitHub, "mallory"), &bytes, Generation::InRecord)
+            .unwrap_err();
+        assert!(
+            matches!(e, RecordError::Sealing(ref m) if m.contains("another account")),
+            "{e}"
+        );
+        // In the clear, the same mismatch stays a malformed record.
+        let clear = Codec::new(None).encode(&account(), true);
+        let e = Codec::new(None)
+            .decode((Provider::GitHub, "mallory"), &clear, Generation::InRecord)
             .unwrap_err();
         assert!(matches!(e, RecordError::Malformed(_)));
         // Tokens swapped between fields.
