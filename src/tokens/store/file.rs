@@ -92,6 +92,37 @@ fn one_line(s: impl std::fmt::Display) -> String {
     s.to_string().replace(['\n', '\r'], " ")
 }
 
+/// Every record of `db`, opened by `codec`, with how it was sealed; fails (naming `path`) on
+/// the first record that cannot be opened (malformed, or not openable with the keys).
+fn read_records(
+    db: &impl ReadableDatabase,
+    codec: &Codec,
+    path: &Path,
+) -> Result<Vec<(StoredAccount, Sealing)>, StoreError> {
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError(format!("{}: {what}: {}", path.display(), one_line(e)))
+    };
+    let tx = db.begin_read().map_err(|e| err("cannot read", &e))?;
+    let table = match tx.open_table(ACCOUNTS) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(err("cannot read", &e)),
+    };
+    let mut out = Vec::new();
+    for item in table.iter().map_err(|e| err("cannot read", &e))? {
+        let (key, value) = item.map_err(|e| err("cannot read", &e))?;
+        let under = parse_key(key.value()).map_err(|e| err("corrupted", &e))?;
+        let opened = codec
+            .decode(under, value.value(), Generation::InRecord)
+            .map_err(|e| match e {
+                super::record::RecordError::Malformed(m) => err("corrupted", &m),
+                super::record::RecordError::Sealing(m) => err("cannot open", &m),
+            })?;
+        out.push(opened);
+    }
+    Ok(out)
+}
+
 impl Inner {
     fn err(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
         StoreError(format!("{}: {what}: {}", self.path.display(), one_line(e)))
@@ -108,29 +139,7 @@ impl Inner {
     /// Every record, opened, with how it was sealed. Fails on the first record that cannot be
     /// opened (malformed, or not openable with the configured keys).
     fn read_all_sealing(&self) -> Result<Vec<(StoredAccount, Sealing)>, StoreError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| self.err("cannot read", e))?;
-        let table = match tx.open_table(ACCOUNTS) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.err("cannot read", e)),
-        };
-        let mut out = Vec::new();
-        for item in table.iter().map_err(|e| self.err("cannot read", e))? {
-            let (key, value) = item.map_err(|e| self.err("cannot read", e))?;
-            let under = parse_key(key.value()).map_err(|e| self.err("corrupted", e))?;
-            let opened = self
-                .codec
-                .decode(under, value.value(), Generation::InRecord)
-                .map_err(|e| match e {
-                    super::record::RecordError::Malformed(m) => self.err("corrupted", m),
-                    super::record::RecordError::Sealing(m) => self.err("cannot open", m),
-                })?;
-            out.push(opened);
-        }
-        Ok(out)
+        read_records(&self.db, &self.codec, &self.path)
     }
 
     /// Runs one write transaction on the accounts table and commits it durably.
@@ -208,6 +217,7 @@ impl FileStore {
     pub fn open_with(path: &Path, encryption: Option<Encryption>) -> Result<FileStore, StoreError> {
         let shown = path.display().to_string();
         let fail = |what: &str| StoreError(format!("{shown}: {what}"));
+        let codec = Codec::new(encryption);
         let (db, file_mode, identity) = match std::fs::metadata(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => match create_new(path)? {
                 Some(created) => created,
@@ -217,12 +227,12 @@ impl FileStore {
             Err(e) => return Err(fail(&format!("cannot open: {}", one_line(e)))),
             Ok(_) => open_existing(path)?,
         };
-        let inner = Inner {
+        let mut inner = Inner {
             db,
             path: path.to_path_buf(),
             identity,
             writes_ok: AtomicBool::new(true),
-            codec: Codec::new(encryption),
+            codec,
         };
         // A record this build (or these keys) cannot open is a start-up error, not a surprise
         // later — found before anything is written, so such a file is left untouched.
@@ -242,6 +252,12 @@ impl FileStore {
             Ok(())
         })?;
         if !clear.is_empty() {
+            // The pages that held the records in the clear are free now, not erased: compacting
+            // moves the live pages down and truncates the file, so the old pages go with it.
+            inner
+                .db
+                .compact()
+                .map_err(|e| fail(&format!("cannot compact after encrypting: {}", one_line(e))))?;
             tracing::info!(path = %shown, accounts = clear.len(),
                 "encrypted the token store's records written with no key (store.encrypt_existing)");
         }

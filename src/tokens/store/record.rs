@@ -365,9 +365,16 @@ impl Codec {
         })?;
         let (under_provider, under_account) = stored_under;
         if provider != under_provider || r.account != under_account {
-            return Err(malformed(format!(
+            let what = format!(
                 "the record stored for {under_provider}/{under_account} belongs to another account"
-            )));
+            );
+            // A sealed record moved to another account's key is a record these keys cannot
+            // open for that account (a start-up error in both stores), not a malformed one.
+            return Err(if r.kid.is_some() {
+                RecordError::Sealing(format!("{what} (copied from another account)"))
+            } else {
+                malformed(what)
+            });
         }
         let generation = match generation {
             Generation::Beside(g) => g,
@@ -538,9 +545,19 @@ mod tests {
             matches!(e, RecordError::Sealing(ref m) if m.contains("authentication")),
             "{e}"
         );
-        // Stored under another key, unedited.
+        // Stored under another key, unedited: a sealing error too (a start-up error in Redis,
+        // which skips malformed records).
         let e = c
             .decode((Provider::GitHub, "mallory"), &bytes, Generation::InRecord)
+            .unwrap_err();
+        assert!(
+            matches!(e, RecordError::Sealing(ref m) if m.contains("another account")),
+            "{e}"
+        );
+        // In the clear, the same mismatch stays a malformed record.
+        let clear = Codec::new(None).encode(&account(), true);
+        let e = Codec::new(None)
+            .decode((Provider::GitHub, "mallory"), &clear, Generation::InRecord)
             .unwrap_err();
         assert!(matches!(e, RecordError::Malformed(_)));
         // Tokens swapped between fields.
