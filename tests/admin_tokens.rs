@@ -97,6 +97,7 @@ struct Entry {
     needs_reauth: bool,
     last_refresh_at: Option<u64>,
     last_error: Option<String>,
+    rate_limited_until: Option<u64>,
 }
 
 /// What one lister saw.
