@@ -11,16 +11,15 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::Request;
 use http_body_util::BodyExt;
-use oauth_refresh_proxy::Provider;
 use redb::{ReadableDatabase, ReadableTable};
 use support::http_client::{http1_client, request};
 use support::process::{assert_no_secret_in_logs, run_cli, CliOutput, Proxy, TempDir};
 use support::redis_server::RedisServer;
+use support::rotating::RotatingWorld;
 use support::*;
 
 const BACKEND_ENV: &str = "ORP_STORE_ENC_TEST_BACKEND_TOKEN";
@@ -133,42 +132,10 @@ fn assert_unchanged(path: &Path, before: &[u8], what: &str) {
     assert!(!a.is_empty(), "{what}: no records");
 }
 
-/// The fakes: a rotating realm (GitHub refreshes rotate), its backend and a fake GitHub API.
-struct World {
-    realm: Arc<Realm>,
-    backend: String,
-    api: SocketAddr,
-}
+type World = RotatingWorld;
 
-impl World {
-    async fn new(name: &str) -> World {
-        capture_logs();
-        let realm = Realm::new(name, true);
-        let backend = start_backend(realm.clone()).await;
-        let api = start_api(realm.clone(), Provider::GitHub).await;
-        World {
-            realm,
-            backend,
-            api,
-        }
-    }
-
-    fn credentials(&self) -> (String, String) {
-        let refresh = self.realm.new_refresh_token();
-        let access = self.realm.new_access_token(&refresh);
-        (refresh, access)
-    }
-
-    fn last_ok_authorization(&self) -> String {
-        self.realm
-            .seen()
-            .iter()
-            .rev()
-            .find(|s| s.status == 200)
-            .and_then(|s| s.authorization.clone())
-            .expect("a request succeeded")
-    }
-
+/// What the encryption tests add to the shared fakes.
+impl RotatingWorld {
     fn token(&self) -> String {
         self.realm.backend_token.clone().unwrap()
     }

@@ -26,6 +26,7 @@ use oauth_refresh_proxy::{
 };
 use support::http_client::{http1_client, request};
 use support::process::{assert_no_secret_in_logs, run_cli, CliOutput, Proxy, TempDir};
+use support::rotating::RotatingWorld;
 use support::*;
 use tokio::sync::{oneshot, Semaphore};
 use tower::util::BoxCloneService;
@@ -56,44 +57,7 @@ fn rotated(realm: &Realm) -> Vec<String> {
         .collect()
 }
 
-/// The fakes: a rotating realm (GitHub refreshes rotate), its backend and a fake GitHub API.
-struct World {
-    realm: Arc<Realm>,
-    backend: String,
-    api: SocketAddr,
-}
-
-impl World {
-    async fn new(name: &str) -> World {
-        capture_logs();
-        let realm = Realm::new(name, true);
-        let backend = start_backend(realm.clone()).await;
-        let api = start_api(realm.clone(), Provider::GitHub).await;
-        World {
-            realm,
-            backend,
-            api,
-        }
-    }
-
-    /// A refresh token the backend accepts and an access token the API accepts.
-    fn credentials(&self) -> (String, String) {
-        let refresh = self.realm.new_refresh_token();
-        let access = self.realm.new_access_token(&refresh);
-        (refresh, access)
-    }
-
-    /// The `Authorization` of the last request the API answered with 200.
-    fn last_ok_authorization(&self) -> String {
-        self.realm
-            .seen()
-            .iter()
-            .rev()
-            .find(|s| s.status == 200)
-            .and_then(|s| s.authorization.clone())
-            .expect("a request succeeded")
-    }
-}
+type World = RotatingWorld;
 
 // ---------------------------------------------------------------------------------------------
 // Layer-level plumbing.

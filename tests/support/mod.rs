@@ -12,6 +12,8 @@ pub mod process;
 #[cfg(feature = "sidecar")]
 pub mod redis_server;
 #[cfg(feature = "sidecar")]
+pub mod rotating;
+#[cfg(feature = "sidecar")]
 pub mod world;
 
 use std::convert::Infallible;
