@@ -922,6 +922,24 @@ impl Limited {
     fn stderr(&self) -> String {
         text(&self.stderr)
     }
+
+    /// The stderr read so far once it contains `needle`, waiting at most `WAIT`: stdout and
+    /// stderr are separate pipes drained by separate threads, so a line logged before the
+    /// "listening" lines may still be in flight when they arrive.
+    fn stderr_once_it_has(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self.stderr();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} within {WAIT:?}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -938,7 +956,7 @@ async fn the_descriptor_limit_is_raised_and_max_connections_clamped_to_fit() {
     );
     // (1024 - 256 for the admin listener - 256 reserved) / 2 (an upstream socket each) = 256.
     let line = proxy
-        .stderr()
+        .stderr_once_it_has("does not fit")
         .lines()
         .find(|l| l.contains("does not fit"))
         .map(str::to_string)
@@ -990,11 +1008,7 @@ async fn accept_errors_back_off_and_are_logged_at_most_once_a_second() {
     // 200 descriptors: max_connections is clamped to 1, but the admin listener's own budget
     // (256) does not fit, so flooding it runs the process out of descriptors.
     let proxy = Limited::start(&w, "header_read_timeout = \"30s\"", 200, 200);
-    assert!(
-        proxy.stderr().contains("clamped to 1"),
-        "{}",
-        proxy.stderr()
-    );
+    proxy.stderr_once_it_has("clamped to 1");
     let mut flood = Vec::new();
     for _ in 0..400 {
         flood.push(connect(proxy.admin).await);
