@@ -76,6 +76,7 @@ use std::time::Duration;
 use http::Uri;
 use toml::{Table, Value};
 
+use crate::store::redis::RedisNodes;
 use crate::token::timestamp_to_system_time;
 use crate::{Provider, Secret, TokenSeed};
 
@@ -413,10 +414,14 @@ pub enum StoreSettings {
         /// The store file.
         path: PathBuf,
     },
-    /// A shared Redis (`kind = "redis"`, `url = …`).
+    /// A shared Redis (`kind = "redis"`): one node (`url = …`, `rediss://` for TLS) or a
+    /// Redis Cluster (`cluster_urls = […]`).
     Redis {
-        /// The Redis URL.
-        url: String,
+        /// The node, or the cluster's nodes.
+        nodes: RedisNodes,
+        /// `ca_file`: PEM certificates of the CAs trusted for `rediss://` instead of the
+        /// system's roots (read at start-up).
+        ca_file: Option<PathBuf>,
         /// How long a replica's refresh lock lives without renewal (`lock_ttl`, default
         /// `"30s"`): a live holder renews it every third of this; when its holder dies
         /// mid-refresh, another replica takes over after at most this long. Must exceed
@@ -497,9 +502,14 @@ impl fmt::Debug for StoreSettings {
         match self {
             StoreSettings::Memory => f.write_str("Memory"),
             StoreSettings::File { path } => f.debug_struct("File").field("path", path).finish(),
-            StoreSettings::Redis { url, lock_ttl } => f
+            StoreSettings::Redis {
+                nodes,
+                ca_file,
+                lock_ttl,
+            } => f
                 .debug_struct("Redis")
-                .field("url", &redact_userinfo(url))
+                .field("nodes", nodes)
+                .field("ca_file", ca_file)
                 .field("lock_ttl", lock_ttl)
                 .finish(),
         }
@@ -828,6 +838,19 @@ impl Config {
             );
         }
         enc.encryption()?;
+        if let StoreSettings::Redis { nodes, ca_file, .. } = &self.store {
+            let urls = match nodes {
+                RedisNodes::Single(url) => std::slice::from_ref(url),
+                RedisNodes::Cluster(urls) => urls.as_slice(),
+            };
+            let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+            if tls != 0 && tls != urls.len() {
+                return Err("store.cluster_urls: mixes rediss:// (TLS) and redis:// URLs".into());
+            }
+            if ca_file.is_some() && tls == 0 {
+                return Err("store.ca_file: applies to rediss:// (TLS) URLs only".into());
+            }
+        }
         if let StoreSettings::Redis { lock_ttl, .. } = &self.store {
             let r = &self.refresh;
             if lock_ttl.is_zero() {
@@ -990,11 +1013,22 @@ impl Config {
             StoreSettings::File { path } => {
                 writeln!(out, "store:           file {}", path.display())
             }
-            StoreSettings::Redis { url, lock_ttl } => {
+            StoreSettings::Redis {
+                nodes, lock_ttl, ..
+            } => {
+                let shown = match nodes {
+                    RedisNodes::Single(url) => redact_userinfo(url),
+                    RedisNodes::Cluster(urls) => format!(
+                        "cluster {}",
+                        urls.iter()
+                            .map(|u| redact_userinfo(u))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
                 writeln!(
                     out,
-                    "store:           redis {} (lock_ttl {lock_ttl:?})",
-                    redact_userinfo(url)
+                    "store:           redis {shown} (lock_ttl {lock_ttl:?})"
                 )
             }
         };
@@ -1180,6 +1214,26 @@ impl<'t> Tbl<'t> {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(v) => Err(self.type_error(key, "a string", v)),
+        }
+    }
+
+    /// An array of strings.
+    fn strs(&self, key: &str) -> Result<Option<Vec<&'t str>>, String> {
+        match self.table.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s.as_str()),
+                    v => Err(format!(
+                        "{}: expected an array of strings, found an array holding {}",
+                        self.key(key),
+                        v.type_str()
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(v) => Err(self.type_error(key, "an array of strings", v)),
         }
     }
 
@@ -1478,18 +1532,11 @@ impl Parser<'_> {
             HealthChange::Failing,
             HealthChange::Recovered,
         ];
-        let events = match t.table.get("events") {
+        let events = match t.strs("events")? {
             None => ALL.to_vec(),
-            Some(Value::Array(items)) => {
+            Some(names) => {
                 let mut events = Vec::new();
-                for item in items {
-                    let Value::String(name) = item else {
-                        return Err(format!(
-                            "{}: expected an array of strings, found an array holding {}",
-                            t.key("events"),
-                            item.type_str()
-                        ));
-                    };
+                for name in names {
                     let event = ALL.into_iter().find(|e| e.as_str() == name).ok_or_else(|| {
                         format!(
                             "{}: unknown event {name:?} (expected \"needs_reauth\", \"refresh_failing\" or \"refresh_recovered\")",
@@ -1505,7 +1552,6 @@ impl Parser<'_> {
                 }
                 events
             }
-            Some(v) => return Err(t.type_error("events", "an array of strings", v)),
         };
         let max_backoff = t
             .duration("max_backoff")?
@@ -1619,6 +1665,8 @@ fn store(t: &Tbl<'_>) -> Result<StoreSettings, String> {
         "kind",
         "path",
         "url",
+        "cluster_urls",
+        "ca_file",
         "lock_ttl",
         "encryption_key",
         "previous_keys",
@@ -1635,13 +1683,39 @@ fn store(t: &Tbl<'_>) -> Result<StoreSettings, String> {
             }),
             _ => Err("store.path: required when store.kind = \"file\"".into()),
         },
-        "redis" => match url {
-            Some(u) if !u.is_empty() => Ok(StoreSettings::Redis {
-                url: u.to_string(),
+        "redis" => {
+            let cluster = t
+                .strs("cluster_urls")?
+                .map(|urls| urls.into_iter().map(str::to_string).collect::<Vec<_>>());
+            let nodes = match (url, cluster) {
+                (Some(_), Some(_)) => {
+                    return Err("store.cluster_urls: give either store.url (one Redis) or \
+                         store.cluster_urls (a Redis Cluster), not both"
+                        .into())
+                }
+                (Some(u), None) if !u.is_empty() => RedisNodes::Single(u.to_string()),
+                (None, Some(urls)) => {
+                    if urls.is_empty() || urls.iter().any(String::is_empty) {
+                        return Err(
+                            "store.cluster_urls: must list at least one node URL, none empty"
+                                .into(),
+                        );
+                    }
+                    RedisNodes::Cluster(urls)
+                }
+                _ => {
+                    return Err("store.url: required when store.kind = \"redis\" (or \
+                         store.cluster_urls for a Redis Cluster)"
+                        .into())
+                }
+            };
+            let ca_file = t.str("ca_file")?.map(PathBuf::from);
+            Ok(StoreSettings::Redis {
+                nodes,
+                ca_file,
                 lock_ttl,
-            }),
-            _ => Err("store.url: required when store.kind = \"redis\"".into()),
-        },
+            })
+        }
         other => Err(format!(
             "store.kind: unknown store kind {other:?} (expected \"memory\", \"file\" or \"redis\")"
         )),
@@ -2118,12 +2192,24 @@ token   = "env:ORP_REFRESH_API_TOKEN"
     #[test]
     fn redis_password_hidden_in_debug() {
         let s = StoreSettings::Redis {
-            url: "redis://:pa55word@redis:6379/0".into(),
+            nodes: RedisNodes::Single("redis://:pa55word@redis:6379/0".into()),
+            ca_file: None,
             lock_ttl: DEFAULT_LOCK_TTL,
         };
         let d = format!("{s:?}");
         assert!(!d.contains("pa55word"), "{d}");
         assert!(d.contains("redis:6379"), "{d}");
+        let s = StoreSettings::Redis {
+            nodes: RedisNodes::Cluster(vec![
+                "rediss://u:pa55word@r1:7000".into(),
+                "rediss://u:pa55word@r2:7000".into(),
+            ]),
+            ca_file: Some("ca.pem".into()),
+            lock_ttl: DEFAULT_LOCK_TTL,
+        };
+        let d = format!("{s:?}");
+        assert!(!d.contains("pa55word"), "{d}");
+        assert!(d.contains("r2:7000") && d.contains("ca.pem"), "{d}");
     }
 
     #[test]
@@ -2769,7 +2855,8 @@ token   = "env:ORP_REFRESH_API_TOKEN"
         assert_eq!(
             c.store,
             StoreSettings::Redis {
-                url: "redis://127.0.0.1:6379".into(),
+                nodes: RedisNodes::Single("redis://127.0.0.1:6379".into()),
+                ca_file: None,
                 lock_ttl: Duration::from_secs(45)
             }
         );
@@ -2779,6 +2866,57 @@ token   = "env:ORP_REFRESH_API_TOKEN"
             )),
             "proxy.toml: store.lock_ttl: 5s must exceed refresh.timeout (10s)"
         );
+        let c = Config::from_toml_str_with_env(
+            &format!(
+                "{BACKEND}[store]\nkind = \"redis\"\ncluster_urls = [\"rediss://r1:7000\", \"rediss://r2:7000\"]\nca_file = \"ca.pem\""
+            ),
+            "proxy.toml",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.store,
+            StoreSettings::Redis {
+                nodes: RedisNodes::Cluster(vec![
+                    "rediss://r1:7000".into(),
+                    "rediss://r2:7000".into()
+                ]),
+                ca_file: Some("ca.pem".into()),
+                lock_ttl: DEFAULT_LOCK_TTL,
+            }
+        );
+        for (store, message) in [
+            (
+                "url = \"redis://r\"\ncluster_urls = [\"redis://r:7000\"]",
+                "store.cluster_urls: give either store.url (one Redis) or store.cluster_urls (a Redis Cluster), not both",
+            ),
+            (
+                "cluster_urls = []",
+                "store.cluster_urls: must list at least one node URL, none empty",
+            ),
+            (
+                "cluster_urls = [\"redis://r:7000\", 7001]",
+                "store.cluster_urls: expected an array of strings, found an array holding integer",
+            ),
+            (
+                "cluster_urls = [\"redis://r:7000\", \"rediss://r:7001\"]",
+                "store.cluster_urls: mixes rediss:// (TLS) and redis:// URLs",
+            ),
+            (
+                "url = \"redis://r\"\nca_file = \"ca.pem\"",
+                "store.ca_file: applies to rediss:// (TLS) URLs only",
+            ),
+            (
+                "",
+                "store.url: required when store.kind = \"redis\" (or store.cluster_urls for a Redis Cluster)",
+            ),
+        ] {
+            assert_eq!(
+                err(&format!("{BACKEND}[store]\nkind = \"redis\"\n{store}")),
+                format!("proxy.toml: {message}"),
+                "{store}"
+            );
+        }
         assert_eq!(
             err(&format!("{BACKEND}[store]\nkind = \"file\"")),
             "proxy.toml: store.path: required when store.kind = \"file\""
@@ -2803,7 +2941,8 @@ token   = "env:ORP_REFRESH_API_TOKEN"
         assert_eq!(
             c.store,
             StoreSettings::Redis {
-                url: "redis://r".into(),
+                nodes: RedisNodes::Single("redis://r".into()),
+                ca_file: None,
                 lock_ttl: DEFAULT_LOCK_TTL,
             }
         );

@@ -20,7 +20,8 @@ use super::webhook::Webhooks;
 use crate::refresh::{
     BackendRefresher, DirectRefresher, GitHubRefresher, GoogleRefresher, Refresher, RetryPolicy,
 };
-use crate::store::{file::FileStore, redis::RedisStore, Store};
+use crate::store::redis::{RedisNodes, RedisOptions, RedisStore};
+use crate::store::{file::FileStore, Store};
 use crate::{Provider, Tokens};
 
 /// Opens the store `settings` names, sealing tokens as `encryption` says; `None` for the
@@ -36,22 +37,49 @@ pub async fn open_store(
             FileStore::open_with(path, encryption)
                 .map_err(|e| SetupError(format!("store.path: {}", e.0)))?,
         )),
-        StoreSettings::Redis { url, lock_ttl } => {
-            Some(open_redis(url, *lock_ttl, encryption).await?)
-        }
+        StoreSettings::Redis { .. } => Some(open_redis(settings, encryption).await?),
     })
 }
 
-/// Connects the Redis store of `store.url` (`store.kind = "redis"`).
+/// Connects the Redis store `settings` names (`store.kind = "redis"`: `store.url` or
+/// `store.cluster_urls`, with `store.ca_file`'s CAs when given); errors name the key.
+///
+/// # Panics
+///
+/// When `settings` is not [`StoreSettings::Redis`].
 pub async fn open_redis(
-    url: &str,
-    lock_ttl: Duration,
+    settings: &StoreSettings,
     encryption: Option<crate::store::Encryption>,
 ) -> Result<Arc<RedisStore>, SetupError> {
+    let StoreSettings::Redis {
+        nodes,
+        ca_file,
+        lock_ttl,
+    } = settings
+    else {
+        panic!("open_redis: not a Redis store: {settings:?}");
+    };
+    let ca_certificates = match ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            SetupError(format!(
+                "store.ca_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?),
+        None => None,
+    };
+    let key = match nodes {
+        RedisNodes::Single(_) => "store.url",
+        RedisNodes::Cluster(_) => "store.cluster_urls",
+    };
+    let options = RedisOptions {
+        encryption,
+        ca_certificates,
+    };
     Ok(Arc::new(
-        RedisStore::connect_with(url, lock_ttl, encryption)
+        RedisStore::open(nodes.clone(), *lock_ttl, options)
             .await
-            .map_err(|e| SetupError(format!("store.url: {}", e.0)))?,
+            .map_err(|e| SetupError(format!("{key}: {}", e.0)))?,
     ))
 }
 
@@ -236,10 +264,9 @@ impl Sidecar {
             .retry(retry_policy(r));
         // The Redis store is also kept as such: it shares the rate limits (SPEC 4.10).
         let redis = match &config.store {
-            StoreSettings::Redis { url, lock_ttl } => Some(
+            StoreSettings::Redis { .. } => Some(
                 open_redis(
-                    url,
-                    *lock_ttl,
+                    &config.store,
                     config.store_encryption.encryption().map_err(SetupError)?,
                 )
                 .await?,

@@ -6,8 +6,8 @@
 //!
 //! | key | what |
 //! |---|---|
-//! | `orp:acct:{provider}:{account}` | a hash: `gen` (the token generation, decimal) and `data` (JSON of the other [`StoredAccount`] fields, secrets included) |
-//! | `orp:lock:{provider}:{account}` | the refresh lock: `SET NX PX lock_ttl`, value = a random owner id |
+//! | `orp:acct:<provider>:<account>` | a hash: `gen` (the token generation, decimal) and `data` (JSON of the other [`StoredAccount`] fields, secrets included) |
+//! | `orp:lock:<provider>:<account>` | the refresh lock: `SET NX PX lock_ttl`, value = a random owner id |
 //! | `orp:claim:{key}` | a [`Store::claim`] (webhook events: sent once per fleet): `SET NX PX ttl`, value = the claimer's origin |
 //! | channel `orp:updates` | one message per write: `{"o": origin, "p": provider, "a": account}` |
 //! | `orp:note:{name}` | a short-lived note ([`RedisStore::publish_note`]): `SET … PX ttl` |
@@ -78,17 +78,47 @@
 //! replicas' notes — on the subscriber connection of [`Store::updates`], which must be
 //! running — plus, after every (re)subscription, every note still stored (one's own included).
 //!
-//! Limits: one Redis (no Cluster: the scripts touch two keys). A refresh racing an
-//! administrative removal on another replica can re-create the removed account.
+//! # TLS and Redis Cluster
+//!
+//! `rediss://` URLs connect with TLS (rustls, the crate's one TLS stack), verifying the server
+//! against the system's roots or, when given, [`RedisOptions::ca_certificates`].
+//!
+//! With [`RedisNodes::Cluster`] the store runs on a Redis Cluster. An account's two keys share
+//! one hash slot through a `{provider:account}` hash tag — `orp:acct:{github:alice}` and
+//! `orp:lock:{github:alice}` — so the fenced write (one script over both keys) and the lock work
+//! per account exactly as on one node. What differs:
+//!
+//! - listings (start-up, re-sync after a reconnect, notes) `SCAN` every primary in turn, as
+//!   `CLUSTER SLOTS` names them, and read the accounts one command each (a pipeline must stay
+//!   in one slot);
+//! - announcements are classic pub/sub, which a cluster delivers on every node: the subscriber
+//!   holds one connection to one of the configured nodes and moves to the next one when it
+//!   fails;
+//! - `PING` (`/readyz`) asks every node: while a primary is down the store is not ready, and
+//!   refreshes of the accounts in its slots fail at once as `token store unavailable` (503);
+//! - `store.encrypt_existing` seals each account in its own script (records in different slots
+//!   cannot share one), so an interrupted start-up leaves some records sealed and some not;
+//!   the next start-up seals the rest.
+//!
+//! A single node keeps the untagged key names of the table above.
+//!
+//! Limits: a refresh racing an administrative removal on another replica can re-create the
+//! removed account.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
-    AsyncConnectionConfig, Client, IntoConnectionInfo, Msg, ProtocolVersion, PushKind, Script,
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Msg,
+    ProtocolVersion, PushKind, RedisFuture, Script, TlsCertificates, Value,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -197,9 +227,10 @@ pub struct RedisStore {
 }
 
 struct Shared {
-    conn: ConnectionManager,
-    /// The client of the subscriber connection (RESP3).
-    subscriber: Client,
+    conn: Conn,
+    /// The clients of the subscriber connection (RESP3), one per configured node: the
+    /// subscriber moves to the next one after a failure.
+    subscribers: Vec<Client>,
     /// `host:port` (never the password), for errors and logs.
     addr: String,
     lock_ttl: Duration,
@@ -241,18 +272,126 @@ struct Announcement {
     a: String,
 }
 
-/// The provider and account an account key names (`orp:acct:{provider}:{account}`).
+/// The provider and account an account key names: `orp:acct:<provider>:<account>` (one node)
+/// or `orp:acct:{<provider>:<account>}` (a cluster's hash-tagged form).
 fn parse_account_key(key: &str) -> Option<(Provider, &str)> {
-    let (p, a) = key.strip_prefix("orp:acct:")?.split_once(':')?;
+    let rest = key.strip_prefix("orp:acct:")?;
+    let rest = match rest.strip_prefix('{') {
+        Some(tagged) => tagged.strip_suffix('}')?,
+        None => rest,
+    };
+    let (p, a) = rest.split_once(':')?;
     Some((p.parse().ok()?, a))
 }
 
-fn account_key(provider: Provider, account: &str) -> String {
-    format!("orp:acct:{}:{account}", provider.as_str())
+/// Where the shared store lives: one Redis, or a Redis Cluster.
+///
+/// `Debug` shows the nodes' addresses, never a password.
+///
+/// ```
+/// use oauth_refresh_proxy::store::redis::RedisNodes;
+///
+/// let one = RedisNodes::Single("rediss://:pw@redis.internal:6380".into());
+/// assert_eq!(format!("{one:?}"), "Single(\"redis.internal:6380\")");
+/// let cluster = RedisNodes::Cluster(vec!["redis://10.0.0.1:7000".into(), "redis://10.0.0.2:7000".into()]);
+/// assert!(format!("{cluster:?}").contains("10.0.0.2:7000"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisNodes {
+    /// One Redis: `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS.
+    Single(String),
+    /// A Redis Cluster: some of its nodes' URLs (all `redis://` or all `rediss://`); the
+    /// others are learnt from the cluster.
+    Cluster(Vec<String>),
 }
 
-fn lock_key(provider: Provider, account: &str) -> String {
-    format!("orp:lock:{}:{account}", provider.as_str())
+impl std::fmt::Debug for RedisNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |url: &str| match url.into_connection_info() {
+            Ok(info) => info.addr().to_string(),
+            Err(_) => "<invalid URL>".to_string(),
+        };
+        match self {
+            RedisNodes::Single(url) => f.debug_tuple("Single").field(&shown(url)).finish(),
+            RedisNodes::Cluster(urls) => f
+                .debug_tuple("Cluster")
+                .field(&urls.iter().map(|u| shown(u)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// How [`RedisStore::open`] reaches and writes the store, beside its nodes.
+///
+/// ```
+/// use oauth_refresh_proxy::store::redis::RedisOptions;
+///
+/// let options = RedisOptions {
+///     ca_certificates: Some(b"-----BEGIN CERTIFICATE-----\n...".to_vec()),
+///     ..RedisOptions::default()
+/// };
+/// assert!(options.encryption.is_none());
+/// ```
+#[derive(Default)]
+pub struct RedisOptions {
+    /// Tokens sealed at rest (see [`Encryption`]).
+    pub encryption: Option<Encryption>,
+    /// PEM certificates of the CAs trusted for `rediss://` instead of the system's roots.
+    pub ca_certificates: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("encryption", &self.encryption.is_some())
+            .field("ca_certificates", &self.ca_certificates.is_some())
+            .finish()
+    }
+}
+
+/// The command connection: one Redis (reconnecting by itself), or a cluster.
+#[derive(Clone)]
+enum Conn {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The key of `provider`/`account`'s `kind` (`acct` or `lock`): hash-tagged in a cluster, so
+/// both keys of an account share one slot.
+fn key_of(cluster: bool, kind: &str, provider: Provider, account: &str) -> String {
+    if cluster {
+        format!("orp:{kind}:{{{}:{account}}}", provider.as_str())
+    } else {
+        format!("orp:{kind}:{}:{account}", provider.as_str())
+    }
 }
 
 fn random_id() -> String {
@@ -322,9 +461,9 @@ fn decide(current: &StoredAccount, stored: Option<StoredAccount>) -> Decision {
 }
 
 impl RedisStore {
-    /// Connects to the Redis at `url` (`redis://[user:password@]host:port[/db]`; TLS is not
-    /// built in). `lock_ttl` is how long a replica's refresh lock outlives the replica (see
-    /// the [module documentation](self)).
+    /// Connects to the Redis at `url` (`redis://[user:password@]host:port[/db]`, or `rediss://`
+    /// for TLS against the system's roots). `lock_ttl` is how long a replica's refresh lock
+    /// outlives the replica (see the [module documentation](self)).
     ///
     /// Fails with a clear error when the URL is invalid or Redis cannot be reached now; the
     /// error never contains the password.
@@ -342,38 +481,124 @@ impl RedisStore {
         lock_ttl: Duration,
         encryption: Option<Encryption>,
     ) -> Result<RedisStore, StoreError> {
+        let options = RedisOptions {
+            encryption,
+            ..RedisOptions::default()
+        };
+        RedisStore::open(RedisNodes::Single(url.to_string()), lock_ttl, options).await
+    }
+
+    /// Connects to one Redis or a Redis Cluster ([`RedisNodes`]), plain or TLS, with the
+    /// [`RedisOptions`]. Fails with a clear one-line error, never containing a password, when
+    /// a URL is invalid, TLS and plain URLs are mixed, CA certificates are given for plain
+    /// URLs, or the store cannot be reached now (bounded: at most three command timeouts).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use oauth_refresh_proxy::store::redis::{RedisNodes, RedisOptions, RedisStore};
+    ///
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let nodes = RedisNodes::Cluster(vec![
+    ///     "rediss://10.0.0.1:7000".into(),
+    ///     "rediss://10.0.0.2:7000".into(),
+    /// ]);
+    /// let options = RedisOptions {
+    ///     ca_certificates: Some(std::fs::read("/etc/orp/redis-ca.pem")?),
+    ///     ..RedisOptions::default()
+    /// };
+    /// let store = RedisStore::open(nodes, Duration::from_secs(30), options).await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub async fn open(
+        nodes: RedisNodes,
+        lock_ttl: Duration,
+        options: RedisOptions,
+    ) -> Result<RedisStore, StoreError> {
         if lock_ttl.is_zero() {
             return Err(StoreError("lock_ttl must be above zero".into()));
         }
-        let info = url.into_connection_info().map_err(|e| {
-            StoreError(format!(
-                "not a valid Redis URL (redis://[user:password@]host:port[/db]): {e}"
-            ))
-        })?;
-        let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
+        let (urls, cluster) = match &nodes {
+            RedisNodes::Single(url) => (std::slice::from_ref(url), false),
+            RedisNodes::Cluster(urls) => (urls.as_slice(), true),
+        };
+        if urls.is_empty() {
+            return Err(StoreError(
+                "a Redis Cluster needs at least one node URL".into(),
+            ));
+        }
+        let mut infos = Vec::with_capacity(urls.len());
+        for url in urls {
+            infos.push(url.as_str().into_connection_info().map_err(|e| {
+                StoreError(format!(
+                    "not a valid Redis URL (redis://[user:password@]host:port[/db], or rediss:// \
+                     for TLS): {e}"
+                ))
+            })?);
+        }
+        let tls = |i: &ConnectionInfo| matches!(i.addr(), ConnectionAddr::TcpTls { .. });
+        let tls_nodes = infos.iter().filter(|i| tls(i)).count();
+        if tls_nodes != 0 && tls_nodes != infos.len() {
+            return Err(StoreError(
+                "the cluster's node URLs mix rediss:// (TLS) and redis://".into(),
+            ));
+        }
+        if options.ca_certificates.is_some() && tls_nodes == 0 {
+            return Err(StoreError(
+                "CA certificates are given but no URL is rediss:// (TLS)".into(),
+            ));
+        }
+        let addr = if cluster {
+            let nodes: Vec<String> = infos.iter().map(|i| i.addr().to_string()).collect();
+            format!("cluster {}", nodes.join(","))
+        } else {
+            format!("{}/{}", infos[0].addr(), infos[0].redis_settings().db())
+        };
         let op_timeout = (lock_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(2));
-        let resp3 = info.clone().set_redis_settings(
-            info.redis_settings()
-                .clone()
-                .set_protocol(ProtocolVersion::RESP3),
-        );
         let bad = |e: redis::RedisError| StoreError(format!("redis {addr}: {e}"));
-        let client = Client::open(info).map_err(bad)?;
-        let subscriber = Client::open(resp3).map_err(bad)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(op_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
+        let certs = || TlsCertificates {
+            client_tls: None,
+            root_cert: options.ca_certificates.clone(),
+        };
+        let client = |info: ConnectionInfo| match options.ca_certificates {
+            Some(_) => Client::build_with_tls(info, certs()),
+            None => Client::open(info),
+        };
+        let mut subscribers = Vec::with_capacity(infos.len());
+        for info in &infos {
+            let resp3 = info.clone().set_redis_settings(
+                info.redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3),
+            );
+            subscribers.push(client(resp3).map_err(bad)?);
+        }
         let unreachable =
             |what: String| StoreError(format!("cannot reach Redis at {addr}: {what}"));
-        let conn = match tokio::time::timeout(
-            op_timeout * 3,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        {
+        let connecting = async {
+            if cluster {
+                let mut builder = ClusterClientBuilder::new(infos.clone())
+                    .connection_timeout(op_timeout)
+                    .response_timeout(op_timeout)
+                    .retries(1);
+                if options.ca_certificates.is_some() {
+                    builder = builder.certs(certs());
+                }
+                let client = builder.build()?;
+                client.get_async_connection().await.map(Conn::Cluster)
+            } else {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(op_timeout))
+                    .set_response_timeout(Some(op_timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500));
+                let client = client(infos[0].clone())?;
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map(Conn::One)
+            }
+        };
+        let conn = match tokio::time::timeout(op_timeout * 3, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(unreachable(e.to_string())),
             Err(_) => {
@@ -387,7 +612,7 @@ impl RedisStore {
             stop: watch::channel(()).0,
             shared: Arc::new(Shared {
                 conn,
-                subscriber,
+                subscribers,
                 addr: addr.clone(),
                 lock_ttl,
                 op_timeout,
@@ -395,7 +620,7 @@ impl RedisStore {
                 listening: AtomicBool::new(false),
                 subscribed: AtomicBool::new(false),
                 announced: watch::channel(0).0,
-                codec: Codec::new(encryption),
+                codec: Codec::new(options.encryption),
                 notes: std::sync::Mutex::new(None),
                 save: Script::new(SAVE_LUA),
                 commit: Script::new(COMMIT_LUA),
@@ -410,7 +635,7 @@ impl RedisStore {
             .ping()
             .await
             .map_err(|e| unreachable(e.0.clone()))?;
-        tracing::info!(redis = %addr, ?lock_ttl, "connected to the shared token store");
+        tracing::info!(redis = %addr, ?lock_ttl, tls = tls_nodes != 0, "connected to the shared token store");
         Ok(store)
     }
 }
@@ -459,6 +684,71 @@ impl RedisStore {
 }
 
 impl Shared {
+    fn cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// The key of an account's `kind` (`acct`, `lock`) in this deployment's form.
+    fn key(&self, kind: &str, provider: Provider, account: &str) -> String {
+        key_of(self.cluster(), kind, provider, account)
+    }
+
+    fn account_key(&self, provider: Provider, account: &str) -> String {
+        self.key("acct", provider, account)
+    }
+
+    /// Runs `cmd` for each of `keys` (all of them one key's command) and returns the answers in
+    /// order: pipelined in chunks on one node; on a cluster, where a pipeline must stay in one
+    /// slot, as separate commands, up to 64 at a time.
+    async fn per_key<T>(
+        &self,
+        what: &str,
+        keys: &[String],
+        cmd: impl Fn(&str) -> redis::Cmd,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let mut out = Vec::with_capacity(keys.len());
+        match &self.conn {
+            Conn::One(_) => {
+                for chunk in keys.chunks(256) {
+                    let mut pipe = redis::pipe();
+                    for k in chunk {
+                        pipe.add_command(cmd(k));
+                    }
+                    let mut c = self.conn.clone();
+                    let rows: Vec<T> = self.op(what, pipe.query_async(&mut c)).await?;
+                    out.extend(rows);
+                }
+            }
+            Conn::Cluster(_) => {
+                for chunk in keys.chunks(64) {
+                    let mut set = tokio::task::JoinSet::new();
+                    for (i, k) in chunk.iter().enumerate() {
+                        let (mut c, cmd) = (self.conn.clone(), cmd(k));
+                        set.spawn(async move { (i, cmd.query_async::<T>(&mut c).await) });
+                    }
+                    let mut rows: Vec<Option<T>> = (0..chunk.len()).map(|_| None).collect();
+                    let joined = self
+                        .op(what, async {
+                            while let Some(done) = set.join_next().await {
+                                let (i, r) = done.map_err(|e| {
+                                    redis::RedisError::from(std::io::Error::other(e.to_string()))
+                                })?;
+                                rows[i] = Some(r?);
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    joined?;
+                    out.extend(rows.into_iter().flatten());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Hands a note's payload to the consumer of [`RedisStore::notes`], if any.
     fn forward_note(&self, payload: String) {
         if let Some(tx) = self
@@ -489,18 +779,14 @@ impl Shared {
 
     async fn stored_notes(&self) -> Result<Vec<String>, StoreError> {
         let keys = self.scan_keys("scan notes", NOTE_PATTERN).await?;
-        let mut c = self.conn.clone();
-        let mut out = Vec::new();
-        for chunk in keys.chunks(256) {
-            let values: Vec<Option<String>> = self
-                .op(
-                    "read notes",
-                    redis::cmd("MGET").arg(chunk).query_async(&mut c),
-                )
-                .await?;
-            out.extend(values.into_iter().flatten());
-        }
-        Ok(out)
+        let values: Vec<Option<String>> = self
+            .per_key("read notes", &keys, |k| {
+                let mut c = redis::cmd("GET");
+                c.arg(k);
+                c
+            })
+            .await?;
+        Ok(values.into_iter().flatten().collect())
     }
 
     /// Runs one Redis operation, bounded by `op_timeout`.
@@ -549,7 +835,7 @@ impl Shared {
         account: &str,
     ) -> Result<Option<StoredAccount>, StoreError> {
         let mut c = self.conn.clone();
-        let key = account_key(provider, account);
+        let key = self.account_key(provider, account);
         let (gen, data): (Option<String>, Option<String>) = self
             .op(
                 "read account",
@@ -571,26 +857,13 @@ impl Shared {
 
     /// Every key matching `pattern` (SCAN), sorted, without duplicates.
     async fn scan_keys(&self, what: &str, pattern: &str) -> Result<Vec<String>, StoreError> {
-        let mut c = self.conn.clone();
         let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .op(
-                    what,
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut c),
-                )
-                .await?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
+        match &self.conn {
+            Conn::One(_) => self.scan_node(what, pattern, None, &mut keys).await?,
+            Conn::Cluster(_) => {
+                for node in self.primaries().await? {
+                    self.scan_node(what, pattern, Some(node), &mut keys).await?;
+                }
             }
         }
         keys.sort();
@@ -598,18 +871,103 @@ impl Shared {
         Ok(keys)
     }
 
-    async fn load(&self) -> Result<Vec<StoredAccount>, StoreError> {
+    /// `SCAN`s one node (`None`: the one node of a single Redis; else a cluster node's
+    /// `(host, port)`) for `pattern`, appending to `keys`.
+    async fn scan_node(
+        &self,
+        what: &str,
+        pattern: &str,
+        node: Option<(String, u16)>,
+        keys: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500);
+            let (next, batch): (u64, Vec<String>) = match (&node, &mut c) {
+                (Some((host, port)), Conn::Cluster(cluster)) => {
+                    let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    let value = self.op(what, cluster.route_command(scan, to)).await?;
+                    redis::from_redis_value(value).map_err(|e| {
+                        StoreError(format!("redis {}: {what}: {host}:{port}: {e}", self.addr))
+                    })?
+                }
+                _ => self.op(what, scan.query_async(&mut c)).await?,
+            };
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The cluster's primaries, `(host, port)`, as `CLUSTER SLOTS` names them.
+    async fn primaries(&self) -> Result<Vec<(String, u16)>, StoreError> {
+        let Conn::Cluster(cluster) = &self.conn else {
+            return Ok(Vec::new());
+        };
+        let what = "list the cluster's primaries";
+        let value = self
+            .op(
+                what,
+                cluster.clone().route_command(
+                    redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                ),
+            )
+            .await?;
+        let malformed = |e: String| {
+            StoreError(format!(
+                "redis {}: {what}: unexpected answer: {e}",
+                self.addr
+            ))
+        };
+        let ranges: Vec<Vec<Value>> =
+            redis::from_redis_value(value).map_err(|e| malformed(e.to_string()))?;
+        let mut nodes = Vec::new();
+        for range in ranges {
+            // [start, end, [host, port, id, …], replicas…]
+            let primary = range
+                .into_iter()
+                .nth(2)
+                .ok_or_else(|| malformed("a slot range without a primary".into()))?;
+            let fields: Vec<Value> =
+                redis::from_redis_value(primary).map_err(|e| malformed(e.to_string()))?;
+            let mut fields = fields.into_iter();
+            let (Some(host), Some(port)) = (fields.next(), fields.next()) else {
+                return Err(malformed("a primary without host and port".into()));
+            };
+            let host: String =
+                redis::from_redis_value(host).map_err(|e| malformed(e.to_string()))?;
+            let port: u16 = redis::from_redis_value(port).map_err(|e| malformed(e.to_string()))?;
+            nodes.push((host, port));
+        }
+        nodes.sort();
+        nodes.dedup();
+        Ok(nodes)
+    }
+
+    async fn load(&self) -> Result<Vec<StoredAccount>, StoreError> {
         let keys = self.scan_keys("scan accounts", ACCOUNT_PATTERN).await?;
         let mut out = Vec::with_capacity(keys.len());
         let mut clear = Vec::new();
         for chunk in keys.chunks(256) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("HMGET").arg(k).arg("gen").arg("data");
-            }
-            let rows: Vec<(Option<String>, Option<String>)> =
-                self.op("load accounts", pipe.query_async(&mut c)).await?;
+            let rows: Vec<(Option<String>, Option<String>)> = self
+                .per_key("load accounts", chunk, |k| {
+                    let mut c = redis::cmd("HMGET");
+                    c.arg(k).arg("gen").arg("data");
+                    c
+                })
+                .await?;
             for (k, row) in chunk.iter().zip(rows) {
                 if let (Some(g), Some(d)) = row {
                     match self.decode(k, &g, &d) {
@@ -655,20 +1013,28 @@ impl Shared {
     /// sealed)`) by their sealed form in one atomic script, which writes nothing if any of them
     /// changed since it was read.
     async fn seal_existing(&self, clear: &[(String, String, Vec<u8>)]) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let mut inv = self.seal_existing.prepare_invoke();
-        for (k, old, new) in clear {
-            inv.key(k).arg(old).arg(new.as_slice());
-        }
-        let n: i64 = self
-            .op("encrypt existing records", inv.invoke_async(&mut c))
-            .await?;
-        if n != 1 {
-            return Err(StoreError(format!(
-                "redis {}: encrypt existing records: another writer changed them meanwhile; nothing was \
-                 written, start again",
-                self.addr
-            )));
+        // One script for all on one node; one per account on a cluster (one slot a script).
+        let batches: Vec<&[(String, String, Vec<u8>)]> = if self.cluster() {
+            clear.chunks(1).collect()
+        } else {
+            vec![clear]
+        };
+        for batch in batches {
+            let mut c = self.conn.clone();
+            let mut inv = self.seal_existing.prepare_invoke();
+            for (k, old, new) in batch {
+                inv.key(k).arg(old).arg(new.as_slice());
+            }
+            let n: i64 = self
+                .op("encrypt existing records", inv.invoke_async(&mut c))
+                .await?;
+            if n != 1 {
+                return Err(StoreError(format!(
+                    "redis {}: encrypt existing records: another writer changed them meanwhile; \
+                     nothing more was written, start again",
+                    self.addr
+                )));
+            }
         }
         tracing::info!(redis = %self.addr, accounts = clear.len(),
             "encrypted the token store's records written with no key (store.encrypt_existing)");
@@ -681,7 +1047,7 @@ impl Shared {
             .op(
                 "save account",
                 self.save
-                    .key(account_key(account.provider, &account.account))
+                    .key(self.account_key(account.provider, &account.account))
                     .arg(account.generation)
                     .arg(self.codec.encode(account, false))
                     .arg(CHANNEL)
@@ -770,7 +1136,7 @@ impl Shared {
             .op(
                 "write refreshed account",
                 self.commit
-                    .key(account_key(next.provider, &next.account))
+                    .key(self.account_key(next.provider, &next.account))
                     .key(lock)
                     .arg(expected.map(|g| g.to_string()).unwrap_or_default())
                     .arg(next.generation)
@@ -790,7 +1156,7 @@ impl Shared {
             .op(
                 "remove account",
                 self.remove
-                    .key(account_key(provider, account))
+                    .key(self.account_key(provider, account))
                     .arg(CHANNEL)
                     .arg(self.announcement(provider, account))
                     .invoke_async(&mut c),
@@ -811,7 +1177,7 @@ impl Shared {
         refresh: RefreshFn,
     ) -> Result<StoredAccount, RefreshError> {
         let (provider, account) = (current.provider, current.account.clone());
-        let lock = lock_key(provider, &account);
+        let lock = self.key("lock", provider, &account);
         let owner = random_id();
         let deadline = Instant::now() + self.wait_bound();
         let mut announced = self.announced.subscribe();
@@ -1048,7 +1414,7 @@ impl Shared {
         let mut conn: MultiplexedConnection = self
             .op(
                 "connect subscriber",
-                self.subscriber
+                self.subscribers[failures as usize % self.subscribers.len()]
                     .get_multiplexed_async_connection_with_config(&config),
             )
             .await
@@ -1207,8 +1573,20 @@ mod tests {
         a.seed_fingerprint = Some("ab".into());
         a.last_error = Some("x".into());
         let codec = Codec::new(None);
-        let key = account_key(a.provider, &a.account);
+        let key = key_of(false, "acct", a.provider, &a.account);
         let under = parse_account_key(&key).unwrap();
+        assert_eq!(key, "orp:acct:github:octo");
+        let tagged = key_of(true, "acct", a.provider, &a.account);
+        assert_eq!(tagged, "orp:acct:{github:octo}");
+        assert_eq!(parse_account_key(&tagged), Some(under));
+        assert_eq!(
+            key_of(true, "lock", a.provider, "a}b"),
+            "orp:lock:{github:a}b}"
+        );
+        assert_eq!(
+            parse_account_key("orp:acct:{github:a}b}"),
+            Some((Provider::GitHub, "a}b"))
+        );
         let data = codec.encode(&a, false);
         let (back, _) = codec.decode(under, &data, Generation::Beside(7)).unwrap();
         assert_eq!(back, a);
