@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Sidecar vs nginx, side by side in one run, on the same cores.
+# Sidecar vs nginx and HAProxy, side by side in one run, on the same cores.
 #
-# Starts on loopback: a fast upstream (its own nginx, answering 200 "ok" from memory), nginx as a reverse
-# proxy injecting a static bearer (the best a proxy can do without refresh logic), and the
-# sidecar (release build) with a valid cached token. Then drives each with wrk, interleaved
-# A/B/C rounds, and prints requests/s, p50 and p99 for direct, nginx and sidecar, with ratios.
+# Starts on loopback: a fast upstream (its own nginx, answering 200 "ok" from memory); nginx
+# (1 and 2 workers) and HAProxy (1 and 2 threads, `http-reuse always`) as reverse proxies
+# injecting a static bearer (the best a proxy can do without refresh logic); and the sidecar
+# (release build) with a valid cached token. Then drives each with wrk in interleaved rounds
+# and prints requests/s, p50 and p99 per target, with ratios against the best anchor (the
+# fastest of the four nginx/HAProxy set-ups by median requests/s).
 #
 #   bash benches/sidecar_vs_nginx.sh [SECONDS_PER_ROUND] [ROUNDS] [CONNECTIONS]
 #
-# Installs nginx and wrk from Debian's packages when missing (needs root).
+# BEFORE=path/to/an/older/oauth-refresh-proxy adds that binary as target `before`, run with the
+# same config (for a before/after in one run). WORKERS=n sets the sidecar's [server] workers.
+# Installs nginx, haproxy and wrk from Debian's packages when missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,11 +23,13 @@ CONNS=${3:-64}
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 cargo build --release --quiet --bin oauth-refresh-proxy
 BIN=target/release/oauth-refresh-proxy
@@ -32,17 +38,17 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "$WORK/up/nginx.pid" "$WORK/ng/nginx.pid"; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null || true; done
+  for p in "$WORK"/*/nginx.pid "$WORK"/*/haproxy.pid; do [ -f "$p" ] && kill $(cat "$p") 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); NG=$(free_port)
+UP=$(free_port)
 
-# The upstream runs in its own nginx instance (one worker), so that both proxies under test
+# The upstream runs in its own nginx instance (one worker), so that the proxies under test
 # share the cores with the same separate upstream process.
-mkdir -p "$WORK/up" "$WORK/ng"
+mkdir -p "$WORK/up"
 cat > "$WORK/up/nginx.conf" <<NGINX
 worker_processes 1;
 pid $WORK/up/nginx.pid;
@@ -57,17 +63,23 @@ http {
   }
 }
 NGINX
-cat > "$WORK/ng/nginx.conf" <<NGINX
-worker_processes 2;
-pid $WORK/ng/nginx.pid;
-error_log $WORK/ng/error.log warn;
+"$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up"
+
+declare -A URL
+# nginx as a reverse proxy with N workers.
+start_nginx() { # name workers
+  local dir="$WORK/$1" port; port=$(free_port); mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<NGINX
+worker_processes $2;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
   upstream api { server 127.0.0.1:$UP; keepalive 256; }
   server {
-    listen 127.0.0.1:$NG;
+    listen 127.0.0.1:$port;
     location /github/ {
       proxy_pass http://api/;
       proxy_http_version 1.1;
@@ -78,8 +90,40 @@ http {
   }
 }
 NGINX
-"$NGINX" -c "$WORK/up/nginx.conf" -p "$WORK/up"
-"$NGINX" -c "$WORK/ng/nginx.conf" -p "$WORK/ng"
+  "$NGINX" -c "$dir/nginx.conf" -p "$dir"
+  URL[$1]="http://127.0.0.1:$port/github/user"
+}
+# HAProxy with N threads, keeping upstream connections for any client (http-reuse always).
+start_haproxy() { # name threads
+  local dir="$WORK/$1" port; port=$(free_port); mkdir -p "$dir"
+  cat > "$dir/haproxy.cfg" <<HAPROXY
+global
+  nbthread $2
+  maxconn 20000
+  pidfile $dir/haproxy.pid
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$port
+  default_backend be
+backend be
+  http-request set-header Authorization "Bearer static-token-for-the-benchmark"
+  http-request set-header Host api.github.com
+  http-request set-path %[path,regsub(^/github/,/)]
+  server up 127.0.0.1:$UP
+HAPROXY
+  "$HAPROXY" -D -f "$dir/haproxy.cfg"
+  URL[$1]="http://127.0.0.1:$port/github/user"
+}
+start_nginx nginx1 1
+start_nginx nginx2 2
+start_haproxy haproxy1 1
+start_haproxy haproxy2 2
+URL[direct]="http://127.0.0.1:$UP/user"
 
 cat > "$WORK/proxy.toml" <<TOML
 listen = "127.0.0.1:0"
@@ -99,14 +143,24 @@ refresh_token = "ghr_benchmark-refresh-token"
 access_token = "ghu_benchmark-access-token"
 expires_at = $(( $(date +%s) + 86400 ))
 TOML
-RUST_LOG=warn "$BIN" serve --config "$WORK/proxy.toml" > "$WORK/sidecar.out" 2> "$WORK/sidecar.err" &
-PIDS+=($!)
-for _ in $(seq 1 100); do grep -q "proxy listening" "$WORK/sidecar.out" 2>/dev/null && break; sleep 0.1; done
-SC=$(sed -n 's#proxy listening on http://##p' "$WORK/sidecar.out" | head -1)
-[ -n "$SC" ] || { echo "sidecar did not start"; cat "$WORK/sidecar.err"; exit 1; }
+[ -n "${WORKERS:-}" ] && printf '[server]\nworkers = %d\n' "$WORKERS" >> "$WORK/proxy.toml"
+start_sidecar() { # name binary
+  RUST_LOG=warn "$2" serve --config "$WORK/proxy.toml" > "$WORK/$1.out" 2> "$WORK/$1.err" &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do grep -q "proxy listening" "$WORK/$1.out" 2>/dev/null && break; sleep 0.1; done
+  local addr; addr=$(sed -n 's#proxy listening on http://##p' "$WORK/$1.out" | head -1)
+  [ -n "$addr" ] || { echo "$1 did not start"; cat "$WORK/$1.err"; exit 1; }
+  URL[$1]="http://$addr/github/user"
+}
+start_sidecar sidecar "$BIN"
+TARGETS=(direct nginx1 nginx2 haproxy1 haproxy2 sidecar)
+ANCHORS=(nginx1 nginx2 haproxy1 haproxy2)
+if [ -n "${BEFORE:-}" ]; then
+  start_sidecar before "$BEFORE"
+  TARGETS+=(before)
+fi
 
-declare -A URL=( [direct]="http://127.0.0.1:$UP/user" [nginx]="http://127.0.0.1:$NG/github/user" [sidecar]="http://$SC/github/user" )
-for t in direct nginx sidecar; do
+for t in "${TARGETS[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$t]}")
   [ "$code" = 200 ] || { echo "$t answered $code"; exit 1; }
   wrk -t2 -c"$CONNS" -d2s "${URL[$t]}" >/dev/null   # warm-up
@@ -118,7 +172,7 @@ to_us() { # wrk latency like 512.00us, 1.23ms, 2.00s -> microseconds
 
 declare -A RPS P50 P99
 for r in $(seq 1 "$ROUNDS"); do
-  for t in direct nginx sidecar; do
+  for t in "${TARGETS[@]}"; do
     out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "${URL[$t]}")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
@@ -129,12 +183,17 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+best=""; best_rps=0
+for t in "${ANCHORS[@]}"; do
+  rps=$(median "${RPS[$t]}")
+  if awk -v a="$rps" -v b="$best_rps" 'BEGIN{exit !(a>b)}'; then best=$t; best_rps=$rps; fi
+done
+B99=$(median "${P99[$best]}")
 echo
-echo "medians over $ROUNDS rounds of ${SECS}s, wrk -t2 -c$CONNS, proxy nginx 2 workers, sidecar 2 tokio workers, upstream nginx 1 worker, $(nproc) cores"
-printf '%-8s %12s %10s %10s %14s %14s\n' target "req/s" "p50 us" "p99 us" "rps vs nginx" "p99 vs nginx"
-NR=$(median "${RPS[nginx]}"); N99=$(median "${P99[nginx]}")
-for t in direct nginx sidecar; do
+echo "medians over $ROUNDS rounds of ${SECS}s, wrk -t2 -c$CONNS; upstream nginx 1 worker; sidecar workers ${WORKERS:-default (cores)}; $(nproc) cores; best anchor: $best"
+printf '%-9s %12s %10s %10s %13s %13s\n' target "req/s" "p50 us" "p99 us" "rps vs best" "p99 vs best"
+for t in "${TARGETS[@]}"; do
   rps=$(median "${RPS[$t]}"); p50=$(median "${P50[$t]}"); p99=$(median "${P99[$t]}")
-  printf '%-8s %12.0f %10.0f %10.0f %14.2f %14.2f\n' "$t" "$rps" "$p50" "$p99" \
-    "$(awk -v a="$rps" -v b="$NR" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$N99" 'BEGIN{print a/b}')"
+  printf '%-9s %12.0f %10.0f %10.0f %13.2f %13.2f\n' "$t" "$rps" "$p50" "$p99" \
+    "$(awk -v a="$rps" -v b="$best_rps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$B99" 'BEGIN{print a/b}')"
 done

@@ -662,6 +662,103 @@ async fn two_hundred_concurrent_requests_on_a_revoked_token_share_one_refresh() 
     sc.finish(&w.realm);
 }
 
+/// The process's threads that serve the proxy listener (`orp-worker-N`), sorted by name, with
+/// how often each has woken up so far (voluntary context switches).
+fn worker_threads(pid: u32) -> Vec<(String, u64)> {
+    let mut threads: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.ok()?.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+            };
+            let name = field("Name:")?;
+            let wakeups = field("voluntary_ctxt_switches:")?.parse().ok()?;
+            Some((name, wakeups))
+        })
+        .filter(|(n, _)| n.starts_with("orp-worker-"))
+        .collect();
+    threads.sort();
+    threads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_the_workers_and_still_share_one_refresh() {
+    const N: u64 = 300;
+    let mut w = World::new("workers").await;
+    let (_, old) = w.seed("github", "octo", 3600);
+    let sc = w
+        .start(Opts {
+            root: "[server]\nworkers = 3",
+            ..Opts::default()
+        })
+        .await;
+    let before = worker_threads(sc.pid());
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["orp-worker-0", "orp-worker-1", "orp-worker-2"]);
+    w.realm.revoke_access(&old);
+    w.realm.script([Reply::Gated]);
+    // One connection per request: the connections go to the three workers in turn.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let uri = sc.url(&format!("/github/workers/{i}"));
+        set.spawn(async move {
+            let client = http1_client();
+            request(
+                &client,
+                "GET",
+                &uri,
+                &[("x-oauth-account", "octo")],
+                empty(),
+            )
+            .await
+        });
+    }
+    w.realm.backend_calls.wait_for(1).await;
+    w.realm.api_calls.wait_for(N).await;
+    // All but the first request, whichever worker it is on, wait on the first one's refresh.
+    let coalesced = [("provider", "github")];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = sc.metrics().await;
+        if metric(&m, "orp_refresh_coalesced_total", &coalesced) == Some((N - 1) as f64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all requests coalesced: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.realm.release_backend(1);
+    while let Some(a) = set.join_next().await {
+        let a = a.unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    assert_eq!(
+        w.realm.backend_calls.get(),
+        1,
+        "one refresh across the workers"
+    );
+    assert_eq!(w.realm.api_calls.get(), 2 * N);
+    let new: Vec<_> = w
+        .realm
+        .seen()
+        .into_iter()
+        .filter(|s| s.status == 200)
+        .collect();
+    assert_eq!(new.len() as u64, N);
+    assert!(new.iter().all(|s| s.authorization == new[0].authorization));
+    // Every worker served its share: each was woken for its ~100 connections (an idle worker
+    // sleeps in its reactor and is never woken; a busy one handles many events per wake-up, so
+    // the count only says "at least once").
+    let after = worker_threads(sc.pid());
+    for ((name, b), (_, a)) in before.iter().zip(&after) {
+        assert!(a > b, "{name} was never woken: {after:?}");
+    }
+    sc.finish(&w.realm);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_refresh_fails_fast_until_the_tokens_are_replaced() {
     let mut w = World::new("rej").await;

@@ -86,6 +86,10 @@ fn config(port: u16, access: &str, refresh: &str) -> String {
     format!(
         r#"listen = "127.0.0.1:0"
 admin_listen = ""
+# One serving thread, so one upstream pool: the pooling assertions count its connections (each
+# worker has a pool of its own).
+[server]
+workers = 1
 [refresh]
 backend_url = "http://127.0.0.1:9"
 [[route]]

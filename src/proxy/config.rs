@@ -264,6 +264,10 @@ pub struct ServerSettings {
     /// Connections the proxy listener keeps open at once; past it, new ones are closed at once
     /// (`max_connections`, default 10 000, at least 1).
     pub max_connections: usize,
+    /// Serving threads: single-threaded runtimes the proxy listener's connections are spread
+    /// over, each with its own upstream connection pool (`workers`, default: the number of
+    /// cores; see [`workers`](super::workers)).
+    pub workers: usize,
 }
 
 impl Default for ServerSettings {
@@ -273,6 +277,7 @@ impl Default for ServerSettings {
             idle_timeout: Duration::from_secs(90),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            workers: super::workers::default_count(),
         }
     }
 }
@@ -1069,6 +1074,7 @@ impl Config {
             format_duration(s.body_read_timeout),
             s.max_connections
         );
+        let _ = writeln!(out, "workers:         {}", s.workers);
         if !self.webhooks.is_empty() {
             let _ = writeln!(out, "webhooks ({}):", self.webhooks.len());
         }
@@ -1728,6 +1734,7 @@ fn server(t: &Tbl<'_>) -> Result<ServerSettings, String> {
         "idle_timeout",
         "body_read_timeout",
         "max_connections",
+        "workers",
     ])?;
     let mut s = ServerSettings::default();
     for (key, field) in [
@@ -1750,8 +1757,19 @@ fn server(t: &Tbl<'_>) -> Result<ServerSettings, String> {
             )
         })? as usize;
     }
+    if let Some(n) = t.int("workers")? {
+        s.workers = usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_WORKERS).contains(n))
+            .ok_or_else(|| {
+                format!("server.workers: must be between 1 and {MAX_WORKERS}, found {n}")
+            })?;
+    }
     Ok(s)
 }
+
+/// The most `[server] workers` accepted.
+pub const MAX_WORKERS: usize = 1024;
 
 fn route(t: &Tbl<'_>) -> Result<Route, String> {
     t.only(&[
@@ -2276,6 +2294,7 @@ token   = "env:ORP_REFRESH_API_TOKEN"
                 idle_timeout: Duration::from_millis(500),
                 body_read_timeout: Duration::from_secs(60),
                 max_connections: 50,
+                workers: super::super::workers::default_count(),
             }
         );
         assert!(c.summary().contains(
@@ -2284,6 +2303,19 @@ token   = "env:ORP_REFRESH_API_TOKEN"
         // One key alone leaves the others at their defaults.
         let c = parse(&format!("{BACKEND}[server]\nmax_connections = 1\n")).unwrap();
         assert_eq!(c.server.max_connections, 1);
+        let c = parse(&format!("{BACKEND}[server]\nworkers = 3\n")).unwrap();
+        assert_eq!(c.server.workers, 3);
+        assert!(
+            c.summary().contains("workers:         3\n"),
+            "{}",
+            c.summary()
+        );
+        for n in [0, -1, 1025] {
+            assert_eq!(
+                err(&format!("{BACKEND}[server]\nworkers = {n}\n")),
+                format!("proxy.toml: server.workers: must be between 1 and 1024, found {n}")
+            );
+        }
         assert_eq!(c.server.idle_timeout, Duration::from_secs(90));
 
         let bad = |body: &str| err(&format!("{BACKEND}[server]\n{body}\n"));

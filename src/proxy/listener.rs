@@ -63,6 +63,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::config::ServerSettings;
+use super::workers::Workers;
 use crate::BoxError;
 
 /// The admin listener's own connection budget, apart from `max_connections`.
@@ -266,8 +267,29 @@ pub async fn serve<H, Fut, B>(
     handler: H,
     limits: Limits,
     open: Gauge,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_on(listener, handler, limits, open, shutdown, drain, None).await
+}
+
+/// [`serve`], with every accepted connection handed to the next of `workers`
+/// ([`Workers::spawn_connection`]) instead of run on the current runtime: the listener's
+/// budget, accept-error handling and drain are the same.
+pub async fn serve_on<H, Fut, B>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    open: Gauge,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    workers: Option<Workers>,
 ) where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -342,10 +364,16 @@ pub async fn serve<H, Fut, B>(
         let builder = builder.clone();
         let handler = handler.clone();
         let phase = phase.clone();
-        tokio::spawn(async move {
+        let run = move |stream: TcpStream| async move {
             conn.run(&builder, stream, handler, phase).await;
             drop(slot);
-        });
+        };
+        match &workers {
+            Some(workers) => workers.spawn_connection(stream, run),
+            None => {
+                tokio::spawn(run(stream));
+            }
+        }
     }
     drop(listener);
     let _ = phase_tx.send(Phase::Draining);

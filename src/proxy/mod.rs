@@ -22,3 +22,4 @@ pub mod sidecar;
 pub mod timeouts;
 pub mod upstream;
 pub mod webhook;
+pub mod workers;

@@ -112,7 +112,7 @@ impl Proxy {
             router,
             per_route,
             unrouted: metrics.route(""),
-            client: layer.layer(Upstream::new(&timeouts)),
+            client: layer.layer(Upstream::with_pools(&timeouts, config.server.workers)),
             client_token: config.client_token.clone(),
             metrics,
             refresh_api: None,

@@ -11,12 +11,13 @@ use tokio::sync::watch;
 
 use super::admin::{self, AdminState};
 use super::config::{Config, RefreshMode, RefreshSettings, StoreEncryption, StoreSettings};
-use super::listener::{self, serve, Limits};
+use super::listener::{self, serve, serve_on, Limits};
 use super::metrics::Metrics;
 use super::refresh_api::RefreshApi;
 use super::server::Proxy;
 use super::timeouts::ProxyTimeouts;
 use super::webhook::Webhooks;
+use super::workers::Workers;
 use crate::refresh::{
     BackendRefresher, DirectRefresher, GitHubRefresher, GoogleRefresher, Refresher, RetryPolicy,
 };
@@ -103,6 +104,8 @@ pub struct Sidecar {
     admin: Arc<AdminState>,
     proxy_limits: Limits,
     admin_limits: Limits,
+    /// `[server] workers`: the serving threads of the proxy listener.
+    workers: Workers,
     webhooks: Webhooks,
 }
 
@@ -324,6 +327,11 @@ impl Sidecar {
             admin,
             proxy_limits: proxy_limits(config),
             admin_limits: Limits::admin(&config.server),
+            workers: Workers::start(config.server.workers).map_err(|e| {
+                SetupError(format!(
+                    "cannot start the serving threads (server.workers): {e}"
+                ))
+            })?,
             webhooks,
         })
     }
@@ -367,7 +375,8 @@ impl Sidecar {
         drain: Duration,
     ) {
         let proxy = self.proxy.clone();
-        let proxy_task = tokio::spawn(serve(
+        let workers = Some(self.workers.clone());
+        let proxy_task = tokio::spawn(serve_on(
             proxy_listener,
             move |req| {
                 let proxy = proxy.clone();
@@ -377,6 +386,7 @@ impl Sidecar {
             self.metrics.connections("proxy"),
             shutdown.clone(),
             drain,
+            workers,
         ));
         let admin_task = admin_listener.map(|l| {
             let state = self.admin.clone();

@@ -188,7 +188,7 @@ pub enum UpstreamError {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Arc<UpstreamClient>,
+    clients: Arc<[UpstreamClient]>,
     response_timeout: Duration,
     body_idle_timeout: Duration,
 }
@@ -196,11 +196,25 @@ pub struct Upstream {
 impl Upstream {
     /// A new pooled client ([`upstream_client`]) with `timeouts`' bounds.
     pub fn new(timeouts: &ProxyTimeouts) -> Self {
+        Upstream::with_pools(timeouts, 1)
+    }
+
+    /// Like [`new`](Upstream::new), with one pooled client per serving worker (`pools`, at
+    /// least 1): a request uses the pool of the worker it runs on
+    /// ([`workers::current`](super::workers::current)), so a pooled connection is only ever
+    /// used on the thread whose reactor it is registered with.
+    pub fn with_pools(timeouts: &ProxyTimeouts, pools: usize) -> Self {
         Upstream {
-            client: Arc::new(upstream_client(timeouts)),
+            clients: (0..pools.max(1))
+                .map(|_| upstream_client(timeouts))
+                .collect(),
             response_timeout: timeouts.response,
             body_idle_timeout: timeouts.body_idle,
         }
+    }
+
+    fn client(&self) -> &UpstreamClient {
+        &self.clients[super::workers::current() % self.clients.len()]
     }
 }
 
@@ -220,7 +234,7 @@ impl tower::Service<Request<ReplayBody<CallerBody>>> for Upstream {
             attempt: attempt.clone(),
         });
         ResponseFuture {
-            inner: self.client.request(req),
+            inner: self.client().request(req),
             sleep: tokio::time::sleep(self.response_timeout),
             attempt,
             response_timeout: self.response_timeout,
