@@ -63,9 +63,12 @@ enum Command {
     },
 }
 
+/// Logs to stderr at `default` (or `RUST_LOG`). redis-rs's own records are kept to errors by
+/// default: the store reports connection trouble itself, once, in its own words (redis-rs
+/// logs one line per cluster node and attempt).
 fn init_logs(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},redis=error")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

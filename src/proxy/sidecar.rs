@@ -21,7 +21,9 @@ use super::workers::Workers;
 use crate::refresh::{
     BackendRefresher, DirectRefresher, GitHubRefresher, GoogleRefresher, Refresher, RetryPolicy,
 };
-use crate::store::redis::{RedisNodes, RedisOptions, RedisStore};
+use crate::store::redis::{
+    has_pem_certificate, RedisNodes, RedisOptions, RedisStore, NO_PEM_CERTIFICATE,
+};
 use crate::store::{file::FileStore, Store};
 use crate::{Provider, Tokens};
 
@@ -61,12 +63,21 @@ pub async fn open_redis(
         panic!("open_redis: not a Redis store: {settings:?}");
     };
     let ca_certificates = match ca_file {
-        Some(path) => Some(std::fs::read(path).map_err(|e| {
-            SetupError(format!(
-                "store.ca_file: cannot read {}: {e}",
-                path.display()
-            ))
-        })?),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                SetupError(format!(
+                    "store.ca_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            if !has_pem_certificate(&pem) {
+                return Err(SetupError(format!(
+                    "store.ca_file: {}: {NO_PEM_CERTIFICATE}",
+                    path.display()
+                )));
+            }
+            Some(pem)
+        }
         None => None,
     };
     let key = match nodes {

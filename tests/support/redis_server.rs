@@ -173,7 +173,9 @@ pub fn redis_tools_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
         return Some((server, cli));
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: redis-cli is not on PATH and CI=true: the Redis store tests must run under CI");
+        panic!(
+            "{test}: redis-cli is not on PATH and CI=true: the Redis store tests must run under CI"
+        );
     }
     let _ = writeln!(
         std::io::stderr(),
@@ -234,7 +236,15 @@ pub fn redis_cli<S: AsRef<str> + std::fmt::Debug>(args: &[S]) -> String {
         .unwrap_or_else(|| panic!("redis-cli {args:?} did not exit within {WAIT:?}"));
     assert!(ok, "redis-cli {args:?}: {text}");
     let text = text.trim().to_string();
-    for prefix in ["ERR", "MOVED", "ASK", "CLUSTERDOWN", "WRONGTYPE", "NOAUTH", "(error)"] {
+    for prefix in [
+        "ERR",
+        "MOVED",
+        "ASK",
+        "CLUSTERDOWN",
+        "WRONGTYPE",
+        "NOAUTH",
+        "(error)",
+    ] {
         assert!(!text.starts_with(prefix), "redis-cli {args:?}: {text}");
     }
     text
@@ -297,8 +307,7 @@ impl TestPki {
         let issuer = Issuer::new(ca, ca_key);
         let key = KeyPair::generate().unwrap();
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         params
             .distinguished_name
             .push(DnType::CommonName, "localhost");
@@ -431,7 +440,10 @@ impl RedisTlsServer {
     /// Starts it again on the same port, with the same certificate.
     pub fn restart(&mut self) {
         assert!(self.child.is_none());
-        assert!(self.spawn(), "the TLS redis-server could not restart on its port");
+        assert!(
+            self.spawn(),
+            "the TLS redis-server could not restart on its port"
+        );
     }
 }
 
@@ -524,7 +536,10 @@ impl RedisCluster {
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
         let (ok, out) = try_redis_cli(&args, WAIT)
             .unwrap_or_else(|| panic!("redis-cli --cluster create did not end within {WAIT:?}"));
-        assert!(ok && out.contains("All 16384 slots covered"), "cluster create: {out}");
+        assert!(
+            ok && out.contains("All 16384 slots covered"),
+            "cluster create: {out}"
+        );
         cluster.wait_healthy(Instant::now() + WAIT);
         Some(cluster)
     }
@@ -622,7 +637,10 @@ impl RedisCluster {
     /// waits (bounded) until the whole cluster is healthy again.
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {i} is running");
-        assert!(self.spawn(i), "cluster node {i} could not restart on its port");
+        assert!(
+            self.spawn(i),
+            "cluster node {i} could not restart on its port"
+        );
         self.wait_healthy(Instant::now() + WAIT);
     }
 

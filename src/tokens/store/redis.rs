@@ -349,6 +349,29 @@ impl std::fmt::Debug for RedisOptions {
     }
 }
 
+/// Why CA certificates without a certificate in them are refused (they would trust nothing,
+/// and every connection would fail as if the server's certificate were wrong).
+pub const NO_PEM_CERTIFICATE: &str =
+    "no PEM certificate (-----BEGIN CERTIFICATE-----) in the CA certificates";
+
+/// Whether `pem` holds at least one PEM certificate block.
+///
+/// ```
+/// use oauth_refresh_proxy::store::redis::has_pem_certificate;
+///
+/// assert!(has_pem_certificate(b"-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n"));
+/// assert!(!has_pem_certificate(b"-----BEGIN PRIVATE KEY-----\nMIIE...\n-----END PRIVATE KEY-----\n"));
+/// assert!(!has_pem_certificate(b"not a certificate"));
+/// ```
+pub fn has_pem_certificate(pem: &[u8]) -> bool {
+    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    const END: &[u8] = b"-----END CERTIFICATE-----";
+    let Some(begin) = pem.windows(BEGIN.len()).position(|w| w == BEGIN) else {
+        return false;
+    };
+    pem[begin..].windows(END.len()).any(|w| w == END)
+}
+
 /// The command connection: one Redis (reconnecting by itself), or a cluster.
 #[derive(Clone)]
 enum Conn {
@@ -542,10 +565,15 @@ impl RedisStore {
                 "the cluster's node URLs mix rediss:// (TLS) and redis://".into(),
             ));
         }
-        if options.ca_certificates.is_some() && tls_nodes == 0 {
-            return Err(StoreError(
-                "CA certificates are given but no URL is rediss:// (TLS)".into(),
-            ));
+        if let Some(pem) = &options.ca_certificates {
+            if tls_nodes == 0 {
+                return Err(StoreError(
+                    "CA certificates are given but no URL is rediss:// (TLS)".into(),
+                ));
+            }
+            if !has_pem_certificate(pem) {
+                return Err(StoreError(NO_PEM_CERTIFICATE.into()));
+            }
         }
         let addr = if cluster {
             let nodes: Vec<String> = infos.iter().map(|i| i.addr().to_string()).collect();
@@ -805,11 +833,37 @@ impl Shared {
         }
     }
 
+    /// `PING`, bounded; on a cluster, every primary that `CLUSTER SLOTS` names, each by its
+    /// address (redis-rs's own fan-out skips nodes it has given up on, so a primary that is
+    /// down would go unnoticed).
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let pong: String = self
-            .op("PING", redis::cmd("PING").query_async(&mut c))
-            .await?;
+        let pong: String = match &self.conn {
+            Conn::One(c) => {
+                self.op("PING", redis::cmd("PING").query_async(&mut c.clone()))
+                    .await?
+            }
+            Conn::Cluster(c) => {
+                for (host, port) in self.primaries().await? {
+                    let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port,
+                    });
+                    let what = format!("PING {host}:{port}");
+                    let value = self
+                        .op(&what, c.clone().route_command(redis::cmd("PING"), to))
+                        .await?;
+                    let pong: String = redis::from_redis_value(value)
+                        .map_err(|e| StoreError(format!("redis {}: {what}: {e}", self.addr)))?;
+                    if pong != "PONG" {
+                        return Err(StoreError(format!(
+                            "redis {}: {what}: unexpected answer",
+                            self.addr
+                        )));
+                    }
+                }
+                "PONG".to_string()
+            }
+        };
         if pong == "PONG" {
             Ok(())
         } else {
