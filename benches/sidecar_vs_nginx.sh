@@ -99,7 +99,7 @@ start_haproxy() { # name threads
   cat > "$dir/haproxy.cfg" <<HAPROXY
 global
   nbthread $2
-  maxconn 20000
+  maxconn 4096
   pidfile $dir/haproxy.pid
 defaults
   mode http
