@@ -3,6 +3,7 @@
 //! ([`listener`]), and their lifecycle (SPEC 4.8).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,28 +41,22 @@ pub async fn open_store(
             FileStore::open_with(path, encryption)
                 .map_err(|e| SetupError(format!("store.path: {}", e.0)))?,
         )),
-        StoreSettings::Redis { .. } => Some(open_redis(settings, encryption).await?),
+        StoreSettings::Redis {
+            nodes,
+            ca_file,
+            lock_ttl,
+        } => Some(open_redis(nodes, ca_file.as_deref(), *lock_ttl, encryption).await?),
     })
 }
 
-/// Connects the Redis store `settings` names (`store.kind = "redis"`: `store.url` or
-/// `store.cluster_urls`, with `store.ca_file`'s CAs when given); errors name the key.
-///
-/// # Panics
-///
-/// When `settings` is not [`StoreSettings::Redis`].
+/// Connects the Redis store of `store.url` or `store.cluster_urls` (`nodes`), trusting
+/// `store.ca_file`'s CAs when given (`store.kind = "redis"`); errors name the key.
 pub async fn open_redis(
-    settings: &StoreSettings,
+    nodes: &RedisNodes,
+    ca_file: Option<&Path>,
+    lock_ttl: Duration,
     encryption: Option<crate::store::Encryption>,
 ) -> Result<Arc<RedisStore>, SetupError> {
-    let StoreSettings::Redis {
-        nodes,
-        ca_file,
-        lock_ttl,
-    } = settings
-    else {
-        panic!("open_redis: not a Redis store: {settings:?}");
-    };
     let ca_certificates = match ca_file {
         Some(path) => {
             let pem = std::fs::read(path).map_err(|e| {
@@ -89,7 +84,7 @@ pub async fn open_redis(
         ca_certificates,
     };
     Ok(Arc::new(
-        RedisStore::open(nodes.clone(), *lock_ttl, options)
+        RedisStore::open(nodes.clone(), lock_ttl, options)
             .await
             .map_err(|e| SetupError(format!("{key}: {}", e.0)))?,
     ))
@@ -278,9 +273,15 @@ impl Sidecar {
             .retry(retry_policy(r));
         // The Redis store is also kept as such: it shares the rate limits (SPEC 4.10).
         let redis = match &config.store {
-            StoreSettings::Redis { .. } => Some(
+            StoreSettings::Redis {
+                nodes,
+                ca_file,
+                lock_ttl,
+            } => Some(
                 open_redis(
-                    &config.store,
+                    nodes,
+                    ca_file.as_deref(),
+                    *lock_ttl,
                     config.store_encryption.encryption().map_err(SetupError)?,
                 )
                 .await?,
