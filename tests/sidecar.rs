@@ -602,6 +602,19 @@ async fn a_revoked_token_is_refreshed_and_the_request_replayed_byte_identical() 
     sc.finish(&w.realm);
 }
 
+/// Waits (at most `WAIT`) until `orp_refresh_coalesced_total{provider="github"}` is `n`.
+async fn wait_coalesced(sc: &Sidecar, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = sc.metrics().await;
+        if metric(&m, "orp_refresh_coalesced_total", &[("provider", "github")]) == Some(n as f64) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not all requests coalesced: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_requests_on_a_revoked_token_share_one_refresh() {
     const N: u64 = 200;
@@ -629,16 +642,7 @@ async fn two_hundred_concurrent_requests_on_a_revoked_token_share_one_refresh() 
     // Every request got its 401 and all but the first wait on the first one's refresh.
     w.realm.backend_calls.wait_for(1).await;
     w.realm.api_calls.wait_for(N).await;
-    let coalesced = [("provider", "github")];
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = sc.metrics().await;
-        if metric(&m, "orp_refresh_coalesced_total", &coalesced) == Some((N - 1) as f64) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not all requests coalesced: {m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_coalesced(&sc, N - 1).await;
     w.realm.release_backend(1);
     let mut ok = 0;
     while let Some(a) = set.join_next().await {
@@ -656,7 +660,7 @@ async fn two_hundred_concurrent_requests_on_a_revoked_token_share_one_refresh() 
     assert!(new.iter().all(|s| s.authorization == new[0].authorization));
     let m = sc.metrics().await;
     assert_eq!(
-        metric(&m, "orp_refresh_coalesced_total", &coalesced),
+        metric(&m, "orp_refresh_coalesced_total", &[("provider", "github")]),
         Some((N - 1) as f64)
     );
     sc.finish(&w.realm);
@@ -720,16 +724,7 @@ async fn connections_are_spread_over_the_workers_and_still_share_one_refresh() {
     w.realm.backend_calls.wait_for(1).await;
     w.realm.api_calls.wait_for(N).await;
     // All but the first request, whichever worker it is on, wait on the first one's refresh.
-    let coalesced = [("provider", "github")];
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = sc.metrics().await;
-        if metric(&m, "orp_refresh_coalesced_total", &coalesced) == Some((N - 1) as f64) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not all requests coalesced: {m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_coalesced(&sc, N - 1).await;
     w.realm.release_backend(1);
     while let Some(a) = set.join_next().await {
         let a = a.unwrap();

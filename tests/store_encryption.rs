@@ -20,6 +20,7 @@ use support::http_client::{http1_client, request};
 use support::process::{assert_no_secret_in_logs, run_cli, CliOutput, Proxy, TempDir};
 use support::redis_server::RedisServer;
 use support::rotating::RotatingWorld;
+use support::shared_store::{rotated, sent_refresh_token};
 use support::*;
 
 const BACKEND_ENV: &str = "ORP_STORE_ENC_TEST_BACKEND_TOKEN";
@@ -90,21 +91,6 @@ fn secrets(realm: &Realm) -> Vec<String> {
     let mut v = realm.secrets();
     v.extend([KEY_A, KEY_B, KEY_C].map(String::from));
     v
-}
-
-/// The refresh token of a backend request body.
-fn sent_refresh_token(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    v["refresh_token"].as_str().unwrap().to_string()
-}
-
-/// The rotated refresh tokens the backend issued, oldest first.
-fn rotated(realm: &Realm) -> Vec<String> {
-    realm
-        .secrets()
-        .into_iter()
-        .filter(|s| s.starts_with("refresh-") && s.ends_with('r'))
-        .collect()
 }
 
 /// Asserts that `bytes` (a store's raw content) contain none of the tokens `realm` handed out.

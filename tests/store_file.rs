@@ -27,6 +27,7 @@ use oauth_refresh_proxy::{
 use support::http_client::{http1_client, request};
 use support::process::{assert_no_secret_in_logs, run_cli, CliOutput, Proxy, TempDir};
 use support::rotating::RotatingWorld;
+use support::shared_store::{rotated, sent_refresh_token};
 use support::*;
 use tokio::sync::{oneshot, Semaphore};
 use tower::util::BoxCloneService;
@@ -40,21 +41,6 @@ const BACKEND_ENV: &str = "ORP_STORE_FILE_TEST_BACKEND_TOKEN";
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-/// The refresh token of a backend request body.
-fn sent_refresh_token(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    v["refresh_token"].as_str().unwrap().to_string()
-}
-
-/// The rotated refresh tokens the backend issued, oldest first.
-fn rotated(realm: &Realm) -> Vec<String> {
-    realm
-        .secrets()
-        .into_iter()
-        .filter(|s| s.starts_with("refresh-") && s.ends_with('r'))
-        .collect()
 }
 
 type World = RotatingWorld;

@@ -10,295 +10,38 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use oauth_refresh_proxy::store::redis::RedisStore;
-use oauth_refresh_proxy::{
-    Account, BackendRefresher, Error, ErrorKind, Provider, RefreshLayer, ReplayBody, RetryPolicy,
-    Secret, TokenSeed, Tokens,
-};
+use http::{Request, StatusCode};
+use oauth_refresh_proxy::{ErrorKind, Provider};
+use support::http_client::{http1_client, request};
 use support::redis_server::*;
+use support::shared_store::*;
 use support::*;
-use tower::util::BoxCloneService;
-use tower::{Layer, ServiceExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oauth-refresh-proxy");
-const BACKEND_ENV: &str = "ORP_TEST_BACKEND_TOKEN";
-
-// ---------------------------------------------------------------------------------------------
-// In-process replicas
-// ---------------------------------------------------------------------------------------------
-
-type Svc = BoxCloneService<Request<TestBody>, Response<Incoming>, Error>;
-
-struct Replica {
-    tokens: Tokens,
-    svc: Svc,
-}
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 2,
-        timeout: Duration::from_secs(5),
-        late_answer_window: Duration::from_secs(5),
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
-}
-
-/// A layer stack with its own cache and its own connection to the Redis at `url`.
+/// A replica on `redis`, 5 s refreshes.
 async fn replica(
-    url: &str,
+    redis: &RedisServer,
     lock_ttl: Duration,
     realm: &Realm,
     backend: &str,
     provider: Provider,
 ) -> Replica {
-    let store = RedisStore::connect(url, lock_ttl).await.unwrap();
-    let refresher = BackendRefresher::new(backend)
-        .unwrap()
-        .bearer(Secret::new(realm.backend_token.clone().unwrap()))
-        .timeout(Duration::from_secs(5));
-    let tokens = Tokens::builder(refresher)
-        .retry(policy())
-        .store(Arc::new(store))
-        .build();
-    let client: Client<HttpConnector, ReplayBody<TestBody>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build(HttpConnector::new());
-    let svc = RefreshLayer::new(tokens.clone())
-        .default_account("alice")
-        .layer(client);
-    let svc = tower::ServiceBuilder::new()
-        .map_request(move |mut req: Request<TestBody>| {
-            req.extensions_mut().insert(provider);
-            req
-        })
-        .service(svc);
-    Replica {
-        tokens,
-        svc: BoxCloneService::new(svc),
-    }
+    let timeout = Duration::from_secs(5);
+    Replica::open(redis, lock_ttl, realm, backend, provider, timeout).await
 }
 
-impl Replica {
-    async fn get(&self, url: String, account: &str) -> Result<Response<Incoming>, Error> {
-        let mut req = Request::get(url).body(empty()).unwrap();
-        req.extensions_mut().insert(Account::new(account));
-        self.svc.clone().oneshot(req).await
-    }
-
-    async fn get_status(&self, url: String, account: &str) -> StatusCode {
-        let resp = self.get(url, account).await.unwrap();
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        status
-    }
-
-    fn generation(&self, provider: Provider, account: &str) -> Option<u64> {
-        self.tokens.get(provider, account).map(|a| a.generation)
-    }
-}
-
-/// Polls `cond` every 5 ms until it holds; panics after `WAIT`.
-async fn wait_until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "waited {WAIT:?} for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// A seed the realm accepts, its access token valid for `valid_for` seconds (negative:
-/// expired). Returns (seed, refresh, access).
-fn seed(realm: &Realm, valid_for: i64) -> (TokenSeed, String, String) {
-    let refresh = realm.new_refresh_token();
-    let access = realm.new_access_token(&refresh);
-    let at = if valid_for >= 0 {
-        SystemTime::now() + Duration::from_secs(valid_for as u64)
-    } else {
-        SystemTime::now() - Duration::from_secs((-valid_for) as u64)
-    };
-    let seed = TokenSeed::new(refresh.as_str())
-        .access_token(access.as_str())
-        .expires_at(at);
-    (seed, refresh, access)
-}
-
-async fn restore(r: &Replica, provider: Provider, account: &str, seed: &TokenSeed) {
-    r.tokens
-        .restore(vec![(provider, account.to_string(), seed.clone())])
-        .await
-        .unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sidecar processes
-// ---------------------------------------------------------------------------------------------
-
-struct Sidecar {
-    child: Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    dir: PathBuf,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn sidecar_config(
+/// A sidecar config on the Redis at `redis_url`: `refresh` keys, `lock_ttl`, one Google route.
+fn google_sidecar_config(
     redis_url: &str,
     backend: &str,
-    api: SocketAddr,
-    refresh_and_store: &str,
+    api: std::net::SocketAddr,
+    refresh: &str,
+    lock_ttl: &str,
     accounts: &str,
 ) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[refresh]
-backend_url = "{backend}"
-backend_token = "env:{BACKEND_ENV}"
-{refresh_and_store}
-url = "{redis_url}"
-
-[[route]]
-prefix = "/google"
-upstream = "http://{api}"
-provider = "google"
-default_account = "alice"
-
-{accounts}"#
-    )
-}
-
-fn account_toml(provider: &str, id: &str, refresh: &str, access: &str, valid_for: i64) -> String {
-    let at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + valid_for;
-    format!(
-        "[[account]]\nprovider = \"{provider}\"\nid = \"{id}\"\nrefresh_token = \"{refresh}\"\n\
-         access_token = \"{access}\"\nexpires_at = {at}\n\n"
-    )
-}
-
-/// Starts `oauth-refresh-proxy serve` and waits for its listening lines.
-async fn start_sidecar(config: &str, realm: &Realm) -> Sidecar {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "orp-redis-sidecar-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("proxy.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "trace")
-        .env(BACKEND_ENV, realm.backend_token.clone().unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut pipe = child.stderr.take().unwrap();
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 16384];
-        while let Ok(n) = pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let (mut proxy, mut admin) = (None, None);
-    while proxy.is_none() || admin.is_none() {
-        let line = match tokio::time::timeout(WAIT, rx.recv()).await {
-            Ok(Some(line)) => line,
-            Ok(None) => panic!(
-                "the sidecar exited before listening: {}",
-                String::from_utf8_lossy(&stderr.lock().unwrap())
-            ),
-            Err(_) => panic!("the sidecar did not report its addresses within {WAIT:?}"),
-        };
-        if let Some(a) = line.strip_prefix("proxy listening on http://") {
-            proxy = Some(a.parse().unwrap());
-        } else if let Some(a) = line.strip_prefix("admin listening on http://") {
-            admin = Some(a.parse().unwrap());
-        }
-    }
-    Sidecar {
-        child,
-        proxy: proxy.unwrap(),
-        admin: admin.unwrap(),
-        stderr,
-        dir,
-    }
-}
-
-/// `GET url` with HTTP/1.1; (status, body). Connection errors are returned as `Err`.
-async fn http_get(url: String, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
-    let client: Client<HttpConnector, TestBody> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let mut req = Request::get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client
-        .request(req.body(empty()).unwrap())
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn assert_no_secret_in(text: &str, secrets: &[String]) {
-    for s in secrets {
-        assert!(!text.contains(s.as_str()), "secret {s:?} found in: {text}");
-    }
+    let store = format!("lock_ttl = \"{lock_ttl}\"\n{}", store_url(redis_url, None));
+    sidecar_config("google", backend, api, refresh, &store, accounts)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,62 +57,14 @@ async fn two_replicas_a_thousand_revoked_token_requests_make_one_backend_call() 
         return;
     };
     // GitHub rotation: a second refresh with the spent refresh token would be rejected.
-    let realm = Realm::new("rthousand", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
+    let (realm, backend, api) = fakes("rthousand", true, Provider::GitHub).await;
     let ttl = Duration::from_secs(10);
-    let a = replica(&redis.url(), ttl, &realm, &backend, Provider::GitHub).await;
-    let b = replica(&redis.url(), ttl, &realm, &backend, Provider::GitHub).await;
-    let (seed, _, access) = seed(&realm, 3600);
-    restore(&a, Provider::GitHub, "alice", &seed).await;
-    restore(&b, Provider::GitHub, "alice", &seed).await;
-    wait_until("both replicas ready", || async {
-        a.tokens.ready().await && b.tokens.ready().await
-    })
-    .await;
-    realm.revoke_access(&access);
+    let a = replica(&redis, ttl, &realm, &backend, Provider::GitHub).await;
+    let b = replica(&redis, ttl, &realm, &backend, Provider::GitHub).await;
+    let (_, _, access) = seed_alice(&realm, &[&a, &b]).await;
 
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let svc = if i % 2 == 0 {
-            a.svc.clone()
-        } else {
-            b.svc.clone()
-        };
-        let url = format!("http://{api}/burst/{i}");
-        tasks.push(tokio::spawn(async move {
-            let resp = svc
-                .oneshot(Request::get(url).body(empty()).unwrap())
-                .await
-                .unwrap();
-            let status = resp.status();
-            let _ = resp.into_body().collect().await;
-            status
-        }));
-    }
-    for t in tasks {
-        assert_eq!(
-            tokio::time::timeout(WAIT, t).await.unwrap().unwrap(),
-            StatusCode::OK
-        );
-    }
-    assert_eq!(
-        realm.backend_calls.get(),
-        1,
-        "one backend call for the fleet"
-    );
-    let ok = realm.seen().iter().filter(|s| s.status == 200).count();
-    assert_eq!(ok, 1000);
-    assert_eq!(
-        a.generation(Provider::GitHub, "alice"),
-        b.generation(Provider::GitHub, "alice")
-    );
-    // Exactly one replica refreshed; the other (if it had a flight) adopted the result.
-    let (sa, sb) = (
-        a.tokens.stats(Provider::GitHub),
-        b.tokens.stats(Provider::GitHub),
-    );
-    assert_eq!(sa.refresh_success + sb.refresh_success, 1, "{sa:?} {sb:?}");
+    library_storm(&realm, api, &access, (&a, &b), false).await;
+    assert_eq!(a.generation("alice"), b.generation("alice"));
     assert_no_secret_logged(&realm.secrets());
 }
 
@@ -380,20 +75,12 @@ async fn a_rotation_reaches_the_other_replica_through_pubsub() {
     else {
         return;
     };
-    let realm = Realm::new("rrotation", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
+    let (realm, backend, api) = fakes("rrotation", true, Provider::GitHub).await;
     let ttl = Duration::from_secs(10);
-    let a = replica(&redis.url(), ttl, &realm, &backend, Provider::GitHub).await;
-    let b = replica(&redis.url(), ttl, &realm, &backend, Provider::GitHub).await;
-    let (seed, old_refresh, access) = seed(&realm, 3600);
-    restore(&a, Provider::GitHub, "alice", &seed).await;
-    restore(&b, Provider::GitHub, "alice", &seed).await;
-    wait_until("both replicas ready", || async {
-        a.tokens.ready().await && b.tokens.ready().await
-    })
-    .await;
-    let before = b.generation(Provider::GitHub, "alice").unwrap();
+    let a = replica(&redis, ttl, &realm, &backend, Provider::GitHub).await;
+    let b = replica(&redis, ttl, &realm, &backend, Provider::GitHub).await;
+    let (_, old_refresh, access) = seed_alice(&realm, &[&a, &b]).await;
+    let before = b.generation("alice").unwrap();
 
     // A finds the token revoked, refreshes (rotating refresh AND access token), replays.
     realm.revoke_access(&access);
@@ -403,12 +90,12 @@ async fn a_rotation_reaches_the_other_replica_through_pubsub() {
     );
     assert_eq!(realm.backend_calls.get(), 1);
     let new_access = realm.seen().last().unwrap().authorization.clone().unwrap();
-    let generation = a.generation(Provider::GitHub, "alice").unwrap();
+    let generation = a.generation("alice").unwrap();
     assert!(generation > before);
 
     // B learns the new tokens from the announcement, without a request of its own.
     wait_until("B to apply A's refresh", || async {
-        b.generation(Provider::GitHub, "alice") == Some(generation)
+        b.generation("alice") == Some(generation)
     })
     .await;
     let seen_before = realm.seen().len();
@@ -439,16 +126,11 @@ async fn puts_removals_and_rejections_are_shared() {
     let Some(redis) = RedisServer::start("puts_removals_and_rejections_are_shared") else {
         return;
     };
-    let realm = Realm::new("rshared", false);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::Google).await;
+    let (realm, backend, api) = fakes("rshared", false, Provider::Google).await;
     let ttl = Duration::from_secs(10);
-    let a = replica(&redis.url(), ttl, &realm, &backend, Provider::Google).await;
-    let b = replica(&redis.url(), ttl, &realm, &backend, Provider::Google).await;
-    wait_until("both replicas ready", || async {
-        a.tokens.ready().await && b.tokens.ready().await
-    })
-    .await;
+    let a = replica(&redis, ttl, &realm, &backend, Provider::Google).await;
+    let b = replica(&redis, ttl, &realm, &backend, Provider::Google).await;
+    wait_ready("both replicas ready", &[&a, &b]).await;
 
     // An account created on A appears on B.
     let (seed, refresh, access) = seed(&realm, 3600);
@@ -511,28 +193,30 @@ async fn a_lock_holder_killed_mid_refresh_is_taken_over_after_the_lock_expires()
     else {
         return;
     };
-    let realm = Realm::new("rkilled", false);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::Google).await;
+    let (realm, backend, api) = fakes("rkilled", false, Provider::Google).await;
     let (seed, refresh, access) = seed(&realm, 3600);
     let lock_ttl = Duration::from_secs(4);
-    let config = sidecar_config(
+    let config = google_sidecar_config(
         &redis.url(),
         &backend,
         api,
-        "timeout = \"3s\"\nmax_attempts = 1\n\n[store]\nkind = \"redis\"\nlock_ttl = \"4s\"",
+        "timeout = \"3s\"\nmax_attempts = 1",
+        "4s",
         &account_toml("google", "alice", &refresh, &access, 3600),
     );
     let mut holder = start_sidecar(&config, &realm).await;
-    let b = replica(&redis.url(), lock_ttl, &realm, &backend, Provider::Google).await;
-    restore(&b, Provider::Google, "alice", &seed).await;
-    wait_until("B ready", || async { b.tokens.ready().await }).await;
+    let b = replica(&redis, lock_ttl, &realm, &backend, Provider::Google).await;
+    b.restore("alice", &seed).await;
+    wait_ready("B ready", &[&b]).await;
 
     // The sidecar meets the revoked token, takes the lock and calls the backend, which holds it.
     realm.revoke_access(&access);
     realm.script([Reply::Gated]);
-    let via_holder = format!("http://{}/google/held", holder.proxy);
-    let doomed = tokio::spawn(async move { http_get(via_holder, &[]).await });
+    let via_holder = Request::get(holder.url("/google/held"))
+        .body(empty())
+        .unwrap();
+    let client = http1_client();
+    let doomed = tokio::spawn(async move { client.request(via_holder).await.map(|r| r.status()) });
     realm.backend_calls.wait_for(1).await;
     let mut c = redis.conn().await;
     let pttl: i64 = redis::cmd("PTTL")
@@ -543,18 +227,9 @@ async fn a_lock_holder_killed_mid_refresh_is_taken_over_after_the_lock_expires()
     assert!(pttl > 0 && pttl <= 4000, "the holder's lock: pttl {pttl}");
 
     // Requests on replica B meet the same 401 and wait for the holder's lock.
-    let mut waiting = Vec::new();
-    for i in 0..20 {
-        let svc = b.svc.clone();
-        let url = format!("http://{api}/b/{i}");
-        waiting.push(tokio::spawn(async move {
-            let resp = svc
-                .oneshot(Request::get(url).body(empty()).unwrap())
-                .await
-                .unwrap();
-            resp.status()
-        }));
-    }
+    let waiting: Vec<_> = (0..20)
+        .map(|i| b.spawn_get(format!("http://{api}/b/{i}")))
+        .collect();
     realm.api_calls.wait_for(21).await; // the holder's 401 + B's 20
     assert_eq!(
         realm.backend_calls.get(),
@@ -568,8 +243,7 @@ async fn a_lock_holder_killed_mid_refresh_is_taken_over_after_the_lock_expires()
         .query_async(&mut c)
         .await
         .unwrap();
-    holder.child.kill().unwrap();
-    holder.child.wait().unwrap();
+    holder.kill9();
     let killed = Instant::now();
     let _ = tokio::time::timeout(WAIT, doomed).await;
     for t in waiting {
@@ -592,8 +266,7 @@ async fn a_lock_holder_killed_mid_refresh_is_taken_over_after_the_lock_expires()
     let requests = realm.backend_requests();
     assert!(requests.iter().all(|r| r.2.contains(&refresh)));
     assert_eq!(b.tokens.stats(Provider::Google).refresh_success, 1);
-    let stderr = String::from_utf8_lossy(&holder.stderr.lock().unwrap()).into_owned();
-    assert_no_secret_in(&stderr, &realm.secrets());
+    holder.assert_no_secret_in_stderr(&realm.secrets());
     assert_no_secret_logged(&realm.secrets());
 }
 
@@ -605,11 +278,9 @@ async fn redis_outage_valid_tokens_work_refreshes_fail_fast_then_recover() {
     else {
         return;
     };
-    let realm = Realm::new("routage", false);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::Google).await;
+    let (realm, backend, api) = fakes("routage", false, Provider::Google).await;
     let a = replica(
-        &redis.url(),
+        &redis,
         Duration::from_secs(10),
         &realm,
         &backend,
@@ -618,9 +289,9 @@ async fn redis_outage_valid_tokens_work_refreshes_fail_fast_then_recover() {
     .await;
     let (alice, _, _) = seed(&realm, 3600);
     let (bob, _, _) = seed(&realm, -10);
-    restore(&a, Provider::Google, "alice", &alice).await;
-    restore(&a, Provider::Google, "bob", &bob).await;
-    wait_until("ready", || async { a.tokens.ready().await }).await;
+    a.restore("alice", &alice).await;
+    a.restore("bob", &bob).await;
+    wait_ready("ready", &[&a]).await;
 
     redis.stop();
     assert!(!a.tokens.ready().await, "not ready while Redis is down");
@@ -646,7 +317,7 @@ async fn redis_outage_valid_tokens_work_refreshes_fail_fast_then_recover() {
 
     // Back (empty: no persistence), without restarting anything here.
     redis.restart();
-    wait_until("ready again", || async { a.tokens.ready().await }).await;
+    wait_ready("ready again", &[&a]).await;
     assert_eq!(
         a.get_status(format!("http://{api}/bob2"), "bob").await,
         StatusCode::OK
@@ -661,7 +332,7 @@ async fn redis_outage_valid_tokens_work_refreshes_fail_fast_then_recover() {
         .unwrap();
     assert_eq!(
         gen.and_then(|g| g.parse::<u64>().ok()),
-        a.generation(Provider::Google, "bob"),
+        a.generation("bob"),
         "the refreshed account is in the store again"
     );
     assert_no_secret_logged(&realm.secrets());
@@ -675,118 +346,55 @@ async fn sidecar_readyz_follows_redis_and_recovers_without_restart() {
     else {
         return;
     };
-    let realm = Realm::new("rreadyz", false);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::Google).await;
+    let (realm, backend, api) = fakes("rreadyz", false, Provider::Google).await;
     let (_, r1, a1) = seed(&realm, 3600);
     let (_, r2, a2) = seed(&realm, -10);
     let accounts = account_toml("google", "alice", &r1, &a1, 3600)
         + &account_toml("google", "bob", &r2, &a2, -10);
-    let config = sidecar_config(
+    let config = google_sidecar_config(
         &redis.url(),
         &backend,
         api,
-        "timeout = \"2s\"\n\n[store]\nkind = \"redis\"\nlock_ttl = \"5s\"",
+        "timeout = \"2s\"",
+        "5s",
         &accounts,
     );
     let sc = start_sidecar(&config, &realm).await;
-    let readyz = format!("http://{}/readyz", sc.admin);
-    let status = |url: String| async move { http_get(url, &[]).await.map(|(s, _)| s) };
-    wait_until("readyz 200", || {
-        let url = readyz.clone();
-        async move { status(url).await == Ok(200) }
-    })
-    .await;
+    let client = http1_client();
+    wait_readyz(&client, &sc, 200).await;
 
     redis.stop();
-    assert_eq!(status(readyz.clone()).await, Ok(503));
-    let (s, _) = http_get(format!("http://{}/google/a", sc.proxy), &[])
-        .await
-        .unwrap();
-    assert_eq!(s, 200, "a valid cached token keeps working");
+    assert_eq!(readyz(&client, &sc).await, 503);
+    let a = request(&client, "GET", &sc.url("/google/a"), &[], empty()).await;
+    assert_eq!(a.status, 200, "a valid cached token keeps working");
     let started = Instant::now();
-    let (s, body) = http_get(
-        format!("http://{}/google/b", sc.proxy),
-        &[("x-oauth-account", "bob")],
-    )
-    .await
-    .unwrap();
-    assert_eq!(s, 503, "{body}");
+    let b = get_as(&client, &sc, "bob", "/google/b").await;
+    let body = b.text();
+    assert_eq!(b.status, 503, "{body}");
     assert!(body.contains("refresh_unavailable") && body.contains("token store unavailable"));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(realm.backend_calls.get(), 0);
 
     redis.restart();
-    wait_until("readyz 200 again", || {
-        let url = readyz.clone();
-        async move { status(url).await == Ok(200) }
-    })
-    .await;
-    let (s, body) = http_get(
-        format!("http://{}/google/b", sc.proxy),
-        &[("x-oauth-account", "bob")],
-    )
-    .await
-    .unwrap();
-    assert_eq!(s, 200, "{body}");
+    wait_readyz(&client, &sc, 200).await;
+    let b = get_as(&client, &sc, "bob", "/google/b").await;
+    assert_eq!(b.status, 200, "{}", b.text());
     assert_eq!(realm.backend_calls.get(), 1);
-    let stderr = String::from_utf8_lossy(&sc.stderr.lock().unwrap()).into_owned();
-    assert_no_secret_in(&stderr, &realm.secrets());
+    sc.assert_no_secret_in_stderr(&realm.secrets());
 }
 
 /// Needs no redis-server: nothing listens on the port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_refuses_to_start_when_redis_is_unreachable() {
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("orp-redis-down-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("proxy.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[refresh]\nbackend_url = \"http://127.0.0.1:1\"\n[store]\nkind = \"redis\"\n\
-             url = \"redis://:hunter2-secret@127.0.0.1:{port}\"\n"
-        ),
-    )
-    .unwrap();
-    let out = run_bounded(Command::new(BIN).arg("serve").arg("--config").arg(&path));
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(out.0, Some(1), "stderr: {}", out.1);
-    let lines: Vec<&str> = out.1.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {}", out.1);
-    assert!(
-        lines[0].contains(&format!("cannot reach Redis at 127.0.0.1:{port}")),
-        "{}",
-        lines[0]
+    let config = format!(
+        "[refresh]\nbackend_url = \"http://127.0.0.1:1\"\n[store]\nkind = \"redis\"\n\
+         url = \"redis://:hunter2-secret@127.0.0.1:{port}\"\n"
     );
-    assert!(!out.1.contains("hunter2"), "the password never shows");
-}
-
-/// Runs a command to its end (bounded by `WAIT`): (exit code, stderr).
-fn run_bounded(cmd: &mut Command) -> (Option<i32>, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = pipe.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the command did not exit within {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (status.code(), reader.join().unwrap())
+    // Exit code 1, one stderr line naming the address; the password never shows.
+    refused(
+        &config,
+        &[&format!("cannot reach Redis at 127.0.0.1:{port}")],
+        &["hunter2"],
+    );
 }

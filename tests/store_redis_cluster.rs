@@ -16,26 +16,14 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use oauth_refresh_proxy::store::redis::{RedisNodes, RedisOptions, RedisStore};
-use oauth_refresh_proxy::{
-    Account, BackendRefresher, Error, ErrorKind, Provider, RefreshLayer, ReplayBody, RetryPolicy,
-    Secret, TokenSeed, Tokens,
-};
-use support::http_client::{http1_client, request, Answer, HttpClient};
-use support::process::{Proxy, TempDir};
+use http::StatusCode;
+use oauth_refresh_proxy::{ErrorKind, Provider};
+use support::http_client::{http1_client, request};
 use support::redis_server::*;
-use support::world::BACKEND_ENV;
+use support::shared_store::*;
 use support::*;
-use tower::util::BoxCloneService;
-use tower::{Layer, ServiceExt};
 
 // ---------------------------------------------------------------------------------------------
 // Keys and accounts
@@ -74,40 +62,6 @@ fn accounts_on_every_master(
     panic!("500 ids did not cover every master: {count:?}");
 }
 
-/// The rotated refresh tokens the backend issued, oldest first.
-fn rotated(realm: &Realm) -> Vec<String> {
-    realm
-        .secrets()
-        .into_iter()
-        .filter(|s| s.starts_with("refresh-") && s.ends_with('r'))
-        .collect()
-}
-
-/// The refresh token each backend call spent, in order.
-fn spent(realm: &Realm) -> Vec<String> {
-    realm
-        .backend_requests()
-        .iter()
-        .map(|(_, _, body)| {
-            let v: serde_json::Value = serde_json::from_str(body).unwrap();
-            v["refresh_token"].as_str().unwrap().to_string()
-        })
-        .collect()
-}
-
-/// Asserts that no refresh token was spent twice.
-fn assert_none_spent_twice(realm: &Realm) {
-    let spent = spent(realm);
-    let mut unique = spent.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(
-        unique.len(),
-        spent.len(),
-        "a refresh token spent twice: {spent:?}"
-    );
-}
-
 /// Asserts that `account`'s record is on `owner` alone (hash-tagged key, no untagged key
 /// anywhere) and holds `refresh`; returns its generation.
 fn assert_stored_on(cluster: &RedisCluster, owner: usize, account: &str, refresh: &str) -> u64 {
@@ -136,140 +90,12 @@ fn assert_stored_on(cluster: &RedisCluster, owner: usize, account: &str, refresh
 }
 
 // ---------------------------------------------------------------------------------------------
-// In-process replicas
+// Replicas and sidecars
 // ---------------------------------------------------------------------------------------------
 
-type Svc = BoxCloneService<Request<TestBody>, Response<Incoming>, Error>;
-
-struct Replica {
-    tokens: Tokens,
-    svc: Svc,
-}
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 2,
-        timeout: Duration::from_secs(10),
-        late_answer_window: Duration::from_secs(5),
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
-}
-
-/// A layer stack with its own cache and its own connection to the cluster.
-async fn replica(
-    cluster: &RedisCluster,
-    lock_ttl: Duration,
-    realm: &Realm,
-    backend: &str,
-) -> Replica {
-    let store = RedisStore::open(
-        RedisNodes::Cluster(cluster.urls()),
-        lock_ttl,
-        RedisOptions::default(),
-    )
-    .await
-    .unwrap();
-    let refresher = BackendRefresher::new(backend)
-        .unwrap()
-        .bearer(Secret::new(realm.backend_token.clone().unwrap()))
-        .timeout(Duration::from_secs(10));
-    let tokens = Tokens::builder(refresher)
-        .retry(policy())
-        .store(Arc::new(store))
-        .build();
-    let client: Client<HttpConnector, ReplayBody<TestBody>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build(HttpConnector::new());
-    let svc = RefreshLayer::new(tokens.clone())
-        .default_account("alice")
-        .layer(client);
-    let svc = tower::ServiceBuilder::new()
-        .map_request(move |mut req: Request<TestBody>| {
-            req.extensions_mut().insert(Provider::GitHub);
-            req
-        })
-        .service(svc);
-    Replica {
-        tokens,
-        svc: BoxCloneService::new(svc),
-    }
-}
-
-impl Replica {
-    async fn get(&self, url: String, account: &str) -> Result<Response<Incoming>, Error> {
-        let mut req = Request::get(url).body(empty()).unwrap();
-        req.extensions_mut().insert(Account::new(account));
-        tokio::time::timeout(WAIT, self.svc.clone().oneshot(req))
-            .await
-            .expect("an answer within WAIT")
-    }
-
-    async fn get_status(&self, url: String, account: &str) -> StatusCode {
-        let resp = self.get(url, account).await.unwrap();
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        status
-    }
-
-    fn generation(&self, account: &str) -> Option<u64> {
-        self.tokens
-            .get(Provider::GitHub, account)
-            .map(|a| a.generation)
-    }
-
-    async fn restore(&self, account: &str, seed: &TokenSeed) {
-        self.tokens
-            .restore(vec![(Provider::GitHub, account.to_string(), seed.clone())])
-            .await
-            .unwrap();
-    }
-}
-
-/// Polls `cond` every 5 ms until it holds; panics after `WAIT`.
-async fn wait_until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "waited {WAIT:?} for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// A seed the realm accepts, valid for an hour: (seed, refresh, access).
-fn seed(realm: &Realm) -> (TokenSeed, String, String) {
-    let refresh = realm.new_refresh_token();
-    let access = realm.new_access_token(&refresh);
-    let seed = TokenSeed::new(refresh.as_str())
-        .access_token(access.as_str())
-        .expires_at(SystemTime::now() + Duration::from_secs(3600));
-    (seed, refresh, access)
-}
-
-/// The `Authorization` of the last request the API answered with 200, without `Bearer `.
-fn last_ok_access(realm: &Realm) -> String {
-    realm
-        .seen()
-        .iter()
-        .rev()
-        .find(|s| s.status == 200)
-        .and_then(|s| s.authorization.clone())
-        .expect("a request succeeded")
-        .trim_start_matches("Bearer ")
-        .to_string()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sidecar processes
-// ---------------------------------------------------------------------------------------------
-
-/// A sidecar config on `cluster_urls`, with `refresh_and_store` keys (`timeout` in
-/// `[refresh]`, then `lock_ttl` in `[store]`); one GitHub route to `api` (default account
-/// `alice`); `accounts` appended.
-fn sidecar_config(
+/// A sidecar config on `cluster_urls`, with `timeout` in `[refresh]` and `lock_ttl` in
+/// `[store]`; one GitHub route to `api` (default account `alice`); `accounts` appended.
+fn cluster_sidecar_config(
     urls: &[String],
     backend: &str,
     api: std::net::SocketAddr,
@@ -277,100 +103,14 @@ fn sidecar_config(
     lock_ttl: &str,
     accounts: &str,
 ) -> String {
-    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[refresh]
-backend_url = "{backend}"
-backend_token = "env:{BACKEND_ENV}"
-timeout = "{timeout}"
-
-[store]
-kind = "redis"
-cluster_urls = [{urls}]
-lock_ttl = "{lock_ttl}"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{api}"
-provider = "github"
-default_account = "alice"
-
-{accounts}"#,
-        urls = urls.join(", ")
-    )
+    let refresh = format!("timeout = \"{timeout}\"");
+    let store = format!("{}\nlock_ttl = \"{lock_ttl}\"", cluster_urls(urls));
+    sidecar_config("github", backend, api, &refresh, &store, accounts)
 }
 
-fn account_toml(id: &str, refresh: &str, access: &str) -> String {
-    format!(
-        "[[account]]\nprovider = \"github\"\nid = \"{id}\"\nrefresh_token = \"{refresh}\"\n\
-         access_token = \"{access}\"\nexpires_at = {}\n\n",
-        now_secs() + 3600
-    )
-}
-
-async fn start_sidecar(config: &str, realm: &Realm) -> Proxy {
-    let token = realm.backend_token.clone().unwrap();
-    Proxy::start(config, &[], &[(BACKEND_ENV, token.as_str())]).await
-}
-
-/// `GET /github/…` through `proxy` as `account`.
-async fn get_as(client: &HttpClient, proxy: &Proxy, account: &str, path: &str) -> Answer {
-    request(
-        client,
-        "GET",
-        &proxy.url(&format!("/github/{path}")),
-        &[("x-oauth-account", account)],
-        empty(),
-    )
-    .await
-}
-
-/// `GET /readyz` of `proxy`'s admin listener: its status, 0 on a transport error or no answer
-/// within 5 s.
-async fn readyz(client: &HttpClient, proxy: &Proxy) -> u16 {
-    let req = Request::get(proxy.admin_url("/readyz"))
-        .body(empty())
-        .unwrap();
-    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
-        Ok(Ok(r)) => r.status().as_u16(),
-        _ => 0,
-    }
-}
-
-async fn wait_readyz(client: &HttpClient, proxy: &Proxy, status: u16) {
-    wait_until(&format!("/readyz {status}"), || async {
-        readyz(client, proxy).await == status
-    })
-    .await;
-}
-
-/// `serve --config` on `config` must fail: exit code 1 (bounded by `WAIT`), exactly one stderr
-/// line holding every one of `needles`; returns it and how long the refusal took.
-fn refused(config: &str, needles: &[&str]) -> (String, Duration) {
-    let dir = TempDir::new("refused");
-    let path = dir.write("proxy.toml", config);
-    let started = Instant::now();
-    let out = support::process::run_cli(
-        &["serve", "--config", path.to_str().unwrap()],
-        &[(BACKEND_ENV, "refused-backend-bearer")],
-    );
-    let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
-    assert!(!out.stdout.contains("listening on"), "{}", out.stdout);
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one stderr line: {}", out.stderr);
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "{n:?} not in the error line: {}",
-            lines[0]
-        );
-    }
-    assert!(!out.stderr.contains("hunter2") && !out.stderr.contains("refused-backend-bearer"));
-    (lines[0].to_string(), took)
+/// [`refused`] with neither the URLs' password nor the backend bearer in stderr.
+fn refused_in_one_line(config: &str, needles: &[&str]) -> (String, Duration) {
+    refused(config, needles, &["hunter2", "refused-backend-bearer"])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,17 +128,15 @@ async fn two_sidecars_on_a_cluster_a_thousand_revoked_token_requests_make_one_ba
     ) else {
         return;
     };
-    let realm = Realm::new("clstorm", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
-    let (_, refresh, access) = seed(&realm);
-    let config = sidecar_config(
+    let (realm, backend, api) = fakes("clstorm", true, Provider::GitHub).await;
+    let (_, refresh, access) = seed(&realm, 3600);
+    let config = cluster_sidecar_config(
         &cluster.urls(),
         &backend,
         api,
         "10s",
         "15s",
-        &account_toml("alice", &refresh, &access),
+        &github_account("alice", &refresh, &access),
     );
     let s1 = start_sidecar(&config, &realm).await;
     let s2 = start_sidecar(&config, &realm).await;
@@ -410,18 +148,13 @@ async fn two_sidecars_on_a_cluster_a_thousand_revoked_token_requests_make_one_ba
     assert_eq!(cluster.owner(&lock_key("alice")), owner, "one slot");
     let gen0 = assert_stored_on(&cluster, owner, "alice", &refresh);
 
-    realm.revoke_access(&access);
-    realm.script([Reply::Gated]);
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let url = if i % 2 == 0 { &s1 } else { &s2 }.url(&format!("/github/storm/{i}"));
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            request(&client, "GET", &url, &[], empty()).await.status
-        }));
-    }
-    realm.backend_calls.wait_for(1).await;
-    realm.api_calls.wait_for(1000).await;
+    let tasks = start_gated_storm(&realm, &access, |i| {
+        spawn_request(
+            &client,
+            if i % 2 == 0 { &s1 } else { &s2 }.url(&format!("/github/storm/{i}")),
+        )
+    })
+    .await;
     // The holder's lock: hash-tagged, on the account's master.
     let pttl = cluster.cli(owner, &["PTTL", &lock_key("alice")]);
     let pttl: i64 = pttl.parse().unwrap_or_else(|_| panic!("PTTL: {pttl}"));
@@ -431,22 +164,7 @@ async fn two_sidecars_on_a_cluster_a_thousand_revoked_token_requests_make_one_ba
     );
     assert_eq!(realm.backend_calls.get(), 1);
     realm.release_backend(1);
-    for (i, t) in tasks.into_iter().enumerate() {
-        assert_eq!(
-            tokio::time::timeout(WAIT, t).await.unwrap().unwrap(),
-            StatusCode::OK,
-            "request {i}"
-        );
-    }
-    assert_eq!(
-        realm.backend_calls.get(),
-        1,
-        "one backend call for the fleet"
-    );
-    assert_eq!(
-        realm.seen().iter().filter(|s| s.status == 200).count(),
-        1000
-    );
+    assert_storm_made_one_call(&realm, tasks).await;
     assert_eq!(spent(&realm), std::slice::from_ref(&refresh));
     let newest = rotated(&realm).last().cloned().expect("a rotation");
     let gen1 = assert_stored_on(&cluster, owner, "alice", &newest);
@@ -483,56 +201,13 @@ async fn library_replicas_on_a_cluster_a_thousand_revoked_token_requests_make_on
     ) else {
         return;
     };
-    let realm = Realm::new("cllib", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
+    let (realm, backend, api) = fakes("cllib", true, Provider::GitHub).await;
     let ttl = Duration::from_secs(15);
-    let a = replica(&cluster, ttl, &realm, &backend).await;
-    let b = replica(&cluster, ttl, &realm, &backend).await;
-    let (seed, refresh, access) = seed(&realm);
-    a.restore("alice", &seed).await;
-    b.restore("alice", &seed).await;
-    wait_until("both replicas ready", || async {
-        a.tokens.ready().await && b.tokens.ready().await
-    })
-    .await;
+    let a = github_replica(&cluster, ttl, &realm, &backend).await;
+    let b = github_replica(&cluster, ttl, &realm, &backend).await;
+    let (_, refresh, access) = seed_alice(&realm, &[&a, &b]).await;
 
-    realm.revoke_access(&access);
-    realm.script([Reply::Gated]);
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let svc = if i % 2 == 0 { &a } else { &b }.svc.clone();
-        let url = format!("http://{api}/burst/{i}");
-        tasks.push(tokio::spawn(async move {
-            let resp = svc
-                .oneshot(Request::get(url).body(empty()).unwrap())
-                .await
-                .unwrap();
-            let status = resp.status();
-            let _ = resp.into_body().collect().await;
-            status
-        }));
-    }
-    realm.backend_calls.wait_for(1).await;
-    realm.api_calls.wait_for(1000).await;
-    realm.release_backend(1);
-    for (i, t) in tasks.into_iter().enumerate() {
-        assert_eq!(
-            tokio::time::timeout(WAIT, t).await.unwrap().unwrap(),
-            StatusCode::OK,
-            "request {i}"
-        );
-    }
-    assert_eq!(realm.backend_calls.get(), 1, "one backend call for both");
-    assert_eq!(
-        realm.seen().iter().filter(|s| s.status == 200).count(),
-        1000
-    );
-    let (sa, sb) = (
-        a.tokens.stats(Provider::GitHub),
-        b.tokens.stats(Provider::GitHub),
-    );
-    assert_eq!(sa.refresh_success + sb.refresh_success, 1, "{sa:?} {sb:?}");
+    library_storm(&realm, api, &access, (&a, &b), true).await;
     assert_eq!(spent(&realm), [refresh]);
     let owner = cluster.owner(&acct_key("alice"));
     let gen = assert_stored_on(&cluster, owner, "alice", &rotated(&realm)[0]);
@@ -554,24 +229,19 @@ async fn rotations_of_accounts_on_every_master_reach_the_other_replica_through_p
     ) else {
         return;
     };
-    let realm = Realm::new("clpubsub", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
+    let (realm, backend, api) = fakes("clpubsub", true, Provider::GitHub).await;
     let ttl = Duration::from_secs(15);
-    let a = replica(&cluster, ttl, &realm, &backend).await;
-    let b = replica(&cluster, ttl, &realm, &backend).await;
+    let a = github_replica(&cluster, ttl, &realm, &backend).await;
+    let b = github_replica(&cluster, ttl, &realm, &backend).await;
     let accounts = accounts_on_every_master(&cluster, "user", 2);
     let mut access = Vec::new();
     for (id, _) in &accounts {
-        let (seed, _, acc) = seed(&realm);
+        let (seed, _, acc) = seed(&realm, 3600);
         a.restore(id, &seed).await;
         b.restore(id, &seed).await;
         access.push(acc);
     }
-    wait_until("both replicas ready", || async {
-        a.tokens.ready().await && b.tokens.ready().await
-    })
-    .await;
+    wait_ready("both replicas ready", &[&a, &b]).await;
 
     for (n, (id, owner)) in accounts.iter().enumerate() {
         // Alternate which replica rotates.
@@ -636,9 +306,7 @@ async fn a_master_down_fails_its_refreshes_fast_and_after_restart_no_rotation_is
     ) else {
         return;
     };
-    let realm = Realm::new("cldown", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
+    let (realm, backend, api) = fakes("cldown", true, Provider::GitHub).await;
     // Two accounts on each master. The master killed is the last configured node, not the
     // first: a subscriber on the killed node must not be what makes `/readyz` fail.
     let accounts = accounts_on_every_master(&cluster, "acct", 2);
@@ -652,11 +320,11 @@ async fn a_master_down_fails_its_refreshes_fast_and_after_restart_no_rotation_is
     let mut toml = String::new();
     let mut creds = std::collections::HashMap::new();
     for (id, _) in &accounts {
-        let (_, r, a) = seed(&realm);
-        toml += &account_toml(id, &r, &a);
+        let (_, r, a) = seed(&realm, 3600);
+        toml += &github_account(id, &r, &a);
         creds.insert(id.clone(), (r, a));
     }
-    let config = sidecar_config(&cluster.urls(), &backend, api, "2s", "4s", &toml);
+    let config = cluster_sidecar_config(&cluster.urls(), &backend, api, "2s", "4s", &toml);
     let s1 = start_sidecar(&config, &realm).await;
     let s2 = start_sidecar(&config, &realm).await;
     let client = http1_client();
@@ -667,7 +335,10 @@ async fn a_master_down_fails_its_refreshes_fast_and_after_restart_no_rotation_is
     // A first rotation of the victim through s1.
     let (r0, a0) = creds[&victim].clone();
     realm.revoke_access(&a0);
-    assert_eq!(get_as(&client, &s1, &victim, "one").await.status, 200);
+    assert_eq!(
+        get_as(&client, &s1, &victim, "/github/one").await.status,
+        200
+    );
     assert_eq!(realm.backend_calls.get(), 1);
     let a1 = last_ok_access(&realm);
     let r1 = rotated(&realm)[0].clone();
@@ -676,7 +347,7 @@ async fn a_master_down_fails_its_refreshes_fast_and_after_restart_no_rotation_is
     // The master goes down.
     cluster.stop(victim_master);
     // A valid cached token of an account on that master needs no Redis.
-    let ok = get_as(&client, &s1, &steady, "steady").await;
+    let ok = get_as(&client, &s1, &steady, "/github/steady").await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(
         realm.seen().last().unwrap().authorization,
@@ -686,7 +357,7 @@ async fn a_master_down_fails_its_refreshes_fast_and_after_restart_no_rotation_is
     realm.revoke_access(&a1);
     for s in [&s2, &s1] {
         let started = Instant::now();
-        let down = get_as(&client, s, &victim, "down").await;
+        let down = get_as(&client, s, &victim, "/github/down").await;
         assert_eq!(down.status, 503, "{}", down.text());
         assert_eq!(down.code(), "refresh_unavailable", "{}", down.text());
         assert!(
@@ -716,7 +387,7 @@ async fn a_master_down_fails_its_refreshes_fast_and_after_restart_no_rotation_is
         wait_readyz(&client, s, 200).await;
     }
     assert_stored_on(&cluster, victim_master, &victim, &r1);
-    let back = get_as(&client, &s2, &victim, "back").await;
+    let back = get_as(&client, &s2, &victim, "/github/back").await;
     assert_eq!(back.status, 200, "{}", back.text());
     assert_eq!(
         realm.backend_calls.get(),
@@ -730,7 +401,7 @@ async fn a_master_down_fails_its_refreshes_fast_and_after_restart_no_rotation_is
     assert_stored_on(&cluster, victim_master, &victim, &r2);
     let a2 = last_ok_access(&realm);
     // s1 follows without a call of its own.
-    let follow = get_as(&client, &s1, &victim, "follow").await;
+    let follow = get_as(&client, &s1, &victim, "/github/follow").await;
     assert_eq!(follow.status, 200, "{}", follow.text());
     assert_eq!(realm.seen().last().unwrap().authorization, bearer(&a2));
     assert_eq!(realm.backend_calls.get(), 2);
@@ -754,18 +425,16 @@ async fn accounts_on_the_live_masters_keep_refreshing_while_one_master_is_down()
     ) else {
         return;
     };
-    let realm = Realm::new("clpartial", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
-    let a = replica(&cluster, Duration::from_secs(4), &realm, &backend).await;
+    let (realm, backend, api) = fakes("clpartial", true, Provider::GitHub).await;
+    let a = github_replica(&cluster, Duration::from_secs(4), &realm, &backend).await;
     let accounts = accounts_on_every_master(&cluster, "p", 1);
     let mut access = Vec::new();
     for (id, _) in &accounts {
-        let (seed, _, acc) = seed(&realm);
+        let (seed, _, acc) = seed(&realm, 3600);
         a.restore(id, &seed).await;
         access.push(acc);
     }
-    wait_until("ready", || async { a.tokens.ready().await }).await;
+    wait_ready("ready", &[&a]).await;
 
     let down = 1;
     cluster.stop(down);
@@ -797,7 +466,7 @@ async fn accounts_on_the_live_masters_keep_refreshing_while_one_master_is_down()
     .await;
 
     cluster.restart(down);
-    wait_until("ready again", || async { a.tokens.ready().await }).await;
+    wait_ready("ready again", &[&a]).await;
     let (id, _) = accounts.iter().find(|(_, o)| *o == down).unwrap();
     assert_eq!(
         a.get_status(format!("http://{api}/back/{id}"), id).await,
@@ -820,21 +489,21 @@ async fn the_sidecar_refuses_bad_cluster_configs_and_a_redis_that_is_not_a_clust
     ) else {
         return;
     };
-    refused(
+    refused_in_one_line(
         &store_only(
             "url = \"redis://127.0.0.1:7000\"\ncluster_urls = [\"redis://127.0.0.1:7001\"]",
         ),
         &["store.url", "store.cluster_urls"],
     );
-    refused(
+    refused_in_one_line(
         &store_only(
             "cluster_urls = [\"redis://127.0.0.1:7001\"]\nca_file = \"/nonexistent/ca.pem\"",
         ),
         &["store.ca_file", "rediss://"],
     );
-    refused(&store_only("cluster_urls = []"), &["store.cluster_urls"]);
+    refused_in_one_line(&store_only("cluster_urls = []"), &["store.cluster_urls"]);
     // A Redis without cluster support.
-    let (line, took) = refused(
+    let (line, took) = refused_in_one_line(
         &store_only(&format!("cluster_urls = [\"{}\"]", plain.url())),
         &["store.cluster_urls", &format!("127.0.0.1:{}", plain.port)],
     );
@@ -846,7 +515,7 @@ async fn the_sidecar_refuses_bad_cluster_configs_and_a_redis_that_is_not_a_clust
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_refuses_to_start_when_no_cluster_node_answers_in_one_line() {
     let (p1, p2) = (free_port(), free_port());
-    let (line, took) = refused(
+    let (line, took) = refused_in_one_line(
         &store_only(&format!(
             "cluster_urls = [\"redis://:hunter2-cluster@127.0.0.1:{p1}\", \
              \"redis://:hunter2-cluster@127.0.0.1:{p2}\"]"
@@ -854,12 +523,4 @@ async fn the_sidecar_refuses_to_start_when_no_cluster_node_answers_in_one_line()
         &["store.cluster_urls", "cannot reach"],
     );
     assert!(took < Duration::from_secs(10), "bounded: {took:?} ({line})");
-}
-
-/// A config with `[refresh]` and the `[store]` keys `store` (kind redis).
-fn store_only(store: &str) -> String {
-    format!(
-        "[refresh]\nbackend_url = \"http://127.0.0.1:9\"\nbackend_token = \
-         \"env:{BACKEND_ENV}\"\n\n[store]\nkind = \"redis\"\n{store}\n"
-    )
 }

@@ -13,247 +13,50 @@
 mod support;
 
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use oauth_refresh_proxy::store::redis::{RedisNodes, RedisOptions, RedisStore};
-use oauth_refresh_proxy::{
-    Account, BackendRefresher, Error, Provider, RefreshLayer, ReplayBody, RetryPolicy, Secret,
-    TokenSeed, Tokens,
-};
+use oauth_refresh_proxy::Provider;
 use support::http_client::{http1_client, request};
-use support::process::{Proxy, TempDir, BIN};
+use support::process::{TempDir, BIN};
 use support::redis_server::*;
+use support::shared_store::*;
 use support::world::BACKEND_ENV;
 use support::*;
-use tower::util::BoxCloneService;
-use tower::{Layer, ServiceExt};
 
-// ---------------------------------------------------------------------------------------------
-// In-process replicas
-// ---------------------------------------------------------------------------------------------
-
-type Svc = BoxCloneService<Request<TestBody>, Response<Incoming>, Error>;
-
-struct Replica {
-    tokens: Tokens,
-    svc: Svc,
-}
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 2,
-        timeout: Duration::from_secs(10),
-        late_answer_window: Duration::from_secs(5),
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
-}
-
-/// `RedisOptions` trusting `ca` (PEM).
-fn trusting(ca: &str) -> RedisOptions {
-    RedisOptions {
-        ca_certificates: Some(ca.as_bytes().to_vec()),
-        ..RedisOptions::default()
-    }
-}
-
-/// A layer stack with its own cache and its own TLS connection to `redis`.
-async fn replica(
-    redis: &RedisTlsServer,
-    lock_ttl: Duration,
-    realm: &Realm,
+/// A sidecar config: `[store]` is `kind = "redis"`, `lock_ttl = "15s"` plus `store`; one
+/// GitHub route to `api` (default account `alice`); `accounts` appended.
+fn tls_sidecar_config(
+    store: &str,
     backend: &str,
-) -> Replica {
-    let store = RedisStore::open(
-        RedisNodes::Single(redis.url()),
-        lock_ttl,
-        trusting(redis.ca_pem()),
-    )
-    .await
-    .unwrap();
-    let refresher = BackendRefresher::new(backend)
-        .unwrap()
-        .bearer(Secret::new(realm.backend_token.clone().unwrap()))
-        .timeout(Duration::from_secs(10));
-    let tokens = Tokens::builder(refresher)
-        .retry(policy())
-        .store(Arc::new(store))
-        .build();
-    let client: Client<HttpConnector, ReplayBody<TestBody>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build(HttpConnector::new());
-    let svc = RefreshLayer::new(tokens.clone())
-        .default_account("alice")
-        .layer(client);
-    let svc = tower::ServiceBuilder::new()
-        .map_request(move |mut req: Request<TestBody>| {
-            req.extensions_mut().insert(Provider::GitHub);
-            req
-        })
-        .service(svc);
-    Replica {
-        tokens,
-        svc: BoxCloneService::new(svc),
-    }
-}
-
-impl Replica {
-    async fn get_status(&self, url: String, account: &str) -> StatusCode {
-        let mut req = Request::get(url).body(empty()).unwrap();
-        req.extensions_mut().insert(Account::new(account));
-        let resp = tokio::time::timeout(WAIT, self.svc.clone().oneshot(req))
-            .await
-            .expect("an answer within WAIT")
-            .unwrap();
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        status
-    }
-
-    fn generation(&self, account: &str) -> Option<u64> {
-        self.tokens
-            .get(Provider::GitHub, account)
-            .map(|a| a.generation)
-    }
-}
-
-/// Polls `cond` every 5 ms until it holds; panics after `WAIT`.
-async fn wait_until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "waited {WAIT:?} for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// A seed the realm accepts, valid for an hour: (seed, refresh, access).
-fn seed(realm: &Realm) -> (TokenSeed, String, String) {
-    let refresh = realm.new_refresh_token();
-    let access = realm.new_access_token(&refresh);
-    let seed = TokenSeed::new(refresh.as_str())
-        .access_token(access.as_str())
-        .expires_at(SystemTime::now() + Duration::from_secs(3600));
-    (seed, refresh, access)
-}
-
-/// The rotated refresh tokens the backend issued, oldest first.
-fn rotated(realm: &Realm) -> Vec<String> {
-    realm
-        .secrets()
-        .into_iter()
-        .filter(|s| s.starts_with("refresh-") && s.ends_with('r'))
-        .collect()
-}
-
-/// The refresh token each backend call spent, in order.
-fn spent(realm: &Realm) -> Vec<String> {
-    realm
-        .backend_requests()
-        .iter()
-        .map(|(_, _, body)| {
-            let v: serde_json::Value = serde_json::from_str(body).unwrap();
-            v["refresh_token"].as_str().unwrap().to_string()
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sidecar processes
-// ---------------------------------------------------------------------------------------------
-
-/// A sidecar config: `[store]` is `kind = "redis"` plus `store`; one GitHub route to `api`
-/// (default account `alice`); `accounts` appended.
-fn sidecar_config(store: &str, backend: &str, api: std::net::SocketAddr, accounts: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[refresh]
-backend_url = "{backend}"
-backend_token = "env:{BACKEND_ENV}"
-timeout = "10s"
-
-[store]
-kind = "redis"
-lock_ttl = "15s"
-{store}
-
-[[route]]
-prefix = "/github"
-upstream = "http://{api}"
-provider = "github"
-default_account = "alice"
-
-{accounts}"#
-    )
-}
-
-fn account_toml(id: &str, refresh: &str, access: &str) -> String {
-    format!(
-        "[[account]]\nprovider = \"github\"\nid = \"{id}\"\nrefresh_token = \"{refresh}\"\n\
-         access_token = \"{access}\"\nexpires_at = {}\n\n",
-        now_secs() + 3600
+    api: std::net::SocketAddr,
+    accounts: &str,
+) -> String {
+    let store = format!("lock_ttl = \"15s\"\n{store}");
+    sidecar_config(
+        "github",
+        backend,
+        api,
+        "timeout = \"10s\"",
+        &store,
+        accounts,
     )
 }
 
 /// `store.url` and `store.ca_file` of `redis`.
 fn tls_store(redis: &RedisTlsServer) -> String {
-    format!(
-        "url = \"{}\"\nca_file = \"{}\"",
-        redis.url(),
-        redis.ca_path().display()
-    )
+    store_url(&redis.url(), Some(&redis.ca_path()))
 }
 
-async fn start_sidecar(config: &str, realm: &Realm) -> Proxy {
-    let token = realm.backend_token.clone().unwrap();
-    Proxy::start(config, &[], &[(BACKEND_ENV, token.as_str())]).await
-}
-
-/// `serve --config` on `config` must fail: bounded by `WAIT`, exit code 1, exactly one stderr
-/// line, which holds every one of `needles` (case-insensitively) and none of `never`. Returns
-/// the line and how long the refusal took.
-fn refused(config: &str, needles: &[&str], never: &[&str]) -> (String, Duration) {
-    let dir = TempDir::new("refused");
-    let path = dir.write("proxy.toml", config);
-    let started = Instant::now();
-    let out = support::process::run_cli(
-        &["serve", "--config", path.to_str().unwrap()],
-        &[(BACKEND_ENV, "refused-backend-bearer")],
-    );
-    let took = started.elapsed();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "the sidecar must refuse to start; stderr: {}",
-        out.stderr
-    );
-    assert!(
-        !out.stdout.contains("listening on"),
-        "it never listened: {}",
-        out.stdout
-    );
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one stderr line: {}", out.stderr);
-    let line = lines[0].to_string();
+/// [`refused`], its `needles` matched case-insensitively.
+fn refused_any_case(config: &str, needles: &[&str], never: &[&str]) -> (String, Duration) {
+    let (line, took) = refused(config, &[], never);
     for n in needles {
         assert!(
             line.to_lowercase().contains(&n.to_lowercase()),
             "{n:?} not in the error line: {line}"
         );
-    }
-    for n in never {
-        assert!(!out.stderr.contains(n), "{n:?} shows: {line}");
     }
     (line, took)
 }
@@ -273,15 +76,13 @@ async fn two_sidecars_on_a_tls_redis_a_thousand_revoked_token_requests_make_one_
     ) else {
         return;
     };
-    let realm = Realm::new("tlsstorm", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
-    let (_, refresh, access) = seed(&realm);
-    let config = sidecar_config(
+    let (realm, backend, api) = fakes("tlsstorm", true, Provider::GitHub).await;
+    let (_, refresh, access) = seed(&realm, 3600);
+    let config = tls_sidecar_config(
         &tls_store(&redis),
         &backend,
         api,
-        &account_toml("alice", &refresh, &access),
+        &github_account("alice", &refresh, &access),
     );
     let s1 = start_sidecar(&config, &realm).await;
     let s2 = start_sidecar(&config, &realm).await;
@@ -293,19 +94,14 @@ async fn two_sidecars_on_a_tls_redis_a_thousand_revoked_token_requests_make_one_
     // The account is in the TLS Redis under its single-node key.
     assert_ne!(redis.cli(&["HGET", "orp:acct:github:alice", "gen"]), "");
 
-    realm.revoke_access(&access);
-    realm.script([Reply::Gated]);
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let url = if i % 2 == 0 { &s1 } else { &s2 }.url(&format!("/github/storm/{i}"));
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            request(&client, "GET", &url, &[], empty()).await.status
-        }));
-    }
     // Every request meets the revoked token while the one refresh is held.
-    realm.backend_calls.wait_for(1).await;
-    realm.api_calls.wait_for(1000).await;
+    let tasks = start_gated_storm(&realm, &access, |i| {
+        spawn_request(
+            &client,
+            if i % 2 == 0 { &s1 } else { &s2 }.url(&format!("/github/storm/{i}")),
+        )
+    })
+    .await;
     let pttl = redis.cli(&["PTTL", "orp:lock:github:alice"]);
     let pttl: i64 = pttl.parse().unwrap_or_else(|_| panic!("PTTL: {pttl}"));
     assert!(
@@ -314,20 +110,7 @@ async fn two_sidecars_on_a_tls_redis_a_thousand_revoked_token_requests_make_one_
     );
     assert_eq!(realm.backend_calls.get(), 1);
     realm.release_backend(1);
-    for (i, t) in tasks.into_iter().enumerate() {
-        assert_eq!(
-            tokio::time::timeout(WAIT, t).await.unwrap().unwrap(),
-            StatusCode::OK,
-            "request {i}"
-        );
-    }
-    assert_eq!(
-        realm.backend_calls.get(),
-        1,
-        "one backend call for the fleet"
-    );
-    let ok = realm.seen().iter().filter(|s| s.status == 200).count();
-    assert_eq!(ok, 1000);
+    assert_storm_made_one_call(&realm, tasks).await;
     assert_eq!(spent(&realm), std::slice::from_ref(&refresh));
     // The rotated refresh token is what the TLS Redis holds.
     let newest = rotated(&realm).last().cloned().expect("a rotation");
@@ -365,60 +148,13 @@ async fn library_replicas_on_a_tls_redis_refresh_once_and_share_rotations() {
     else {
         return;
     };
-    let realm = Realm::new("tlslib", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
+    let (realm, backend, api) = fakes("tlslib", true, Provider::GitHub).await;
     let ttl = Duration::from_secs(15);
-    let a = replica(&redis, ttl, &realm, &backend).await;
-    let b = replica(&redis, ttl, &realm, &backend).await;
-    let (seed, refresh, access) = seed(&realm);
-    for r in [&a, &b] {
-        r.tokens
-            .restore(vec![(Provider::GitHub, "alice".to_string(), seed.clone())])
-            .await
-            .unwrap();
-    }
-    wait_until("both replicas ready", || async {
-        a.tokens.ready().await && b.tokens.ready().await
-    })
-    .await;
+    let a = github_replica(&redis, ttl, &realm, &backend).await;
+    let b = github_replica(&redis, ttl, &realm, &backend).await;
+    let (_, refresh, access) = seed_alice(&realm, &[&a, &b]).await;
 
-    realm.revoke_access(&access);
-    realm.script([Reply::Gated]);
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let svc = if i % 2 == 0 { &a } else { &b }.svc.clone();
-        let url = format!("http://{api}/burst/{i}");
-        tasks.push(tokio::spawn(async move {
-            let resp = svc
-                .oneshot(Request::get(url).body(empty()).unwrap())
-                .await
-                .unwrap();
-            let status = resp.status();
-            let _ = resp.into_body().collect().await;
-            status
-        }));
-    }
-    realm.backend_calls.wait_for(1).await;
-    realm.api_calls.wait_for(1000).await;
-    realm.release_backend(1);
-    for (i, t) in tasks.into_iter().enumerate() {
-        assert_eq!(
-            tokio::time::timeout(WAIT, t).await.unwrap().unwrap(),
-            StatusCode::OK,
-            "request {i}"
-        );
-    }
-    assert_eq!(realm.backend_calls.get(), 1, "one backend call for both");
-    assert_eq!(
-        realm.seen().iter().filter(|s| s.status == 200).count(),
-        1000
-    );
-    let (sa, sb) = (
-        a.tokens.stats(Provider::GitHub),
-        b.tokens.stats(Provider::GitHub),
-    );
-    assert_eq!(sa.refresh_success + sb.refresh_success, 1, "{sa:?} {sb:?}");
+    library_storm(&realm, api, &access, (&a, &b), true).await;
     wait_until("both replicas on one generation", || async {
         a.generation("alice") == b.generation("alice")
     })
@@ -559,7 +295,7 @@ async fn the_sidecar_refuses_to_start_against_a_tls_redis_it_cannot_trust_or_spe
     let other_ca = dir.write("other-ca.pem", &TestPki::new("another CA").ca_pem);
     let secret_url = format!("rediss://:hunter2-sidecar-secret@127.0.0.1:{}", redis.port);
     let config = |store: String| {
-        sidecar_config(
+        tls_sidecar_config(
             &store,
             "http://127.0.0.1:9",
             "127.0.0.1:9".parse().unwrap(),
@@ -569,61 +305,42 @@ async fn the_sidecar_refuses_to_start_against_a_tls_redis_it_cannot_trust_or_spe
     let never = ["hunter2", "refused-backend-bearer"];
 
     // No ca_file: the system's roots do not know the test CA.
-    let (line, took) = refused(
-        &config(format!("url = \"{secret_url}\"")),
+    let (line, took) = refused_any_case(
+        &config(store_url(&secret_url, None)),
         &["store", &addr, "certificate"],
         &never,
     );
     assert!(took < Duration::from_secs(10), "bounded: {took:?} ({line})");
     // A ca_file that does not exist.
-    let (line, _) = refused(
-        &config(format!(
-            "url = \"{secret_url}\"\nca_file = \"{}\"",
-            missing.display()
-        )),
+    let (line, _) = refused_any_case(
+        &config(store_url(&secret_url, Some(&missing))),
         &["store.ca_file", &missing.display().to_string()],
         &never,
     );
     eprintln!("missing ca_file: {line}");
     // Another CA's certificate.
-    let (line, took) = refused(
-        &config(format!(
-            "url = \"{secret_url}\"\nca_file = \"{}\"",
-            other_ca.display()
-        )),
+    let (line, took) = refused_any_case(
+        &config(store_url(&secret_url, Some(&other_ca))),
         &["store", &addr, "certificate"],
         &never,
     );
     assert!(took < Duration::from_secs(10), "bounded: {took:?} ({line})");
     // Plain redis:// at the TLS port: a clear failure, not a hang.
-    let (line, took) = refused(
-        &config(format!(
-            "url = \"redis://:hunter2-plain@127.0.0.1:{}\"",
-            redis.port
-        )),
+    let plain_url = format!("redis://:hunter2-plain@127.0.0.1:{}", redis.port);
+    let (line, took) = refused_any_case(
+        &config(store_url(&plain_url, None)),
         &["store.url", &addr],
         &never,
     );
     assert!(took < Duration::from_secs(10), "bounded: {took:?} ({line})");
     // ca_file with a plain URL: a configuration error.
-    refused(
-        &config(format!(
-            "url = \"redis://127.0.0.1:{}\"\nca_file = \"{}\"",
-            redis.port,
-            redis.ca_path().display()
-        )),
-        &["store.ca_file", "rediss://"],
-        &never,
-    );
+    let plain_with_ca = config(store_url(
+        &format!("redis://127.0.0.1:{}", redis.port),
+        Some(&redis.ca_path()),
+    ));
+    refused_any_case(&plain_with_ca, &["store.ca_file", "rediss://"], &never);
     // check-config says the same about the last one.
-    let path = dir.write(
-        "plain-with-ca.toml",
-        &config(format!(
-            "url = \"redis://127.0.0.1:{}\"\nca_file = \"{}\"",
-            redis.port,
-            redis.ca_path().display()
-        )),
-    );
+    let path = dir.write("plain-with-ca.toml", &plain_with_ca);
     let out = Command::new(BIN)
         .args(["check-config", "--config", path.to_str().unwrap()])
         .env(BACKEND_ENV, "refused-backend-bearer")
@@ -633,16 +350,14 @@ async fn the_sidecar_refuses_to_start_against_a_tls_redis_it_cannot_trust_or_spe
     assert!(String::from_utf8_lossy(&out.stderr).contains("store.ca_file"));
 
     // And with the CA, it starts.
-    let realm = Realm::new("tlsok", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
-    let (_, refresh, access) = seed(&realm);
+    let (realm, backend, api) = fakes("tlsok", true, Provider::GitHub).await;
+    let (_, refresh, access) = seed(&realm, 3600);
     let s = start_sidecar(
-        &sidecar_config(
+        &tls_sidecar_config(
             &tls_store(&redis),
             &backend,
             api,
-            &account_toml("alice", &refresh, &access),
+            &github_account("alice", &refresh, &access),
         ),
         &realm,
     )
@@ -662,58 +377,29 @@ async fn a_tls_redis_outage_is_survived_and_the_sidecar_reconnects_over_tls() {
     else {
         return;
     };
-    let realm = Realm::new("tlsoutage", true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
-    let (_, r1, a1) = seed(&realm);
-    let (_, r2, a2) = seed(&realm);
+    let (realm, backend, api) = fakes("tlsoutage", true, Provider::GitHub).await;
+    let (_, r1, a1) = seed(&realm, 3600);
+    let (_, r2, a2) = seed(&realm, 3600);
     let s = start_sidecar(
-        &sidecar_config(
+        &tls_sidecar_config(
             &tls_store(&redis),
             &backend,
             api,
-            &(account_toml("alice", &r1, &a1) + &account_toml("bob", &r2, &a2)),
+            &(github_account("alice", &r1, &a1) + &github_account("bob", &r2, &a2)),
         ),
         &realm,
     )
     .await;
     let client = http1_client();
-    let readyz = s.admin_url("/readyz");
-    let status_of = |url: String| {
-        let client = client.clone();
-        async move {
-            let req = Request::get(url).body(empty()).unwrap();
-            match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
-                Ok(Ok(r)) => r.status().as_u16(),
-                _ => 0,
-            }
-        }
-    };
-    wait_until("readyz 200", || {
-        let u = readyz.clone();
-        let f = status_of(u);
-        async move { f.await == 200 }
-    })
-    .await;
+    wait_readyz(&client, &s, 200).await;
 
     redis.stop();
-    wait_until("readyz 503", || {
-        let f = status_of(readyz.clone());
-        async move { f.await == 503 }
-    })
-    .await;
+    wait_readyz(&client, &s, 503).await;
     let ok = request(&client, "GET", &s.url("/github/alice"), &[], empty()).await;
     assert_eq!(ok.status, 200, "a valid cached token keeps working");
     realm.revoke_access(&a2);
     let started = Instant::now();
-    let down = request(
-        &client,
-        "GET",
-        &s.url("/github/bob"),
-        &[("x-oauth-account", "bob")],
-        empty(),
-    )
-    .await;
+    let down = get_as(&client, &s, "bob", "/github/bob").await;
     assert_eq!(down.status, 503, "{}", down.text());
     assert_eq!(down.code(), "refresh_unavailable");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -724,19 +410,8 @@ async fn a_tls_redis_outage_is_survived_and_the_sidecar_reconnects_over_tls() {
     );
 
     redis.restart();
-    wait_until("readyz 200 again", || {
-        let f = status_of(readyz.clone());
-        async move { f.await == 200 }
-    })
-    .await;
-    let back = request(
-        &client,
-        "GET",
-        &s.url("/github/bob"),
-        &[("x-oauth-account", "bob")],
-        empty(),
-    )
-    .await;
+    wait_readyz(&client, &s, 200).await;
+    let back = get_as(&client, &s, "bob", "/github/bob").await;
     assert_eq!(back.status, 200, "{}", back.text());
     assert_eq!(realm.backend_calls.get(), 1);
     assert_eq!(spent(&realm), [r2]);
@@ -761,13 +436,9 @@ async fn a_ca_file_without_a_certificate_is_refused_naming_store_ca_file() {
     // A key, not a certificate.
     let key_only = dir.write("key.pem", &TestPki::new("key only").key_pem);
     for path in [not_pem, key_only] {
-        let (line, took) = refused(
-            &sidecar_config(
-                &format!(
-                    "url = \"{}\"\nca_file = \"{}\"",
-                    redis.url(),
-                    path.display()
-                ),
+        let (line, took) = refused_any_case(
+            &tls_sidecar_config(
+                &store_url(&redis.url(), Some(&path)),
                 "http://127.0.0.1:9",
                 "127.0.0.1:9".parse().unwrap(),
                 "",

@@ -1,7 +1,8 @@
 //! Test support: the crate's in-process fakes (`oauth_refresh_proxy::demo`), request bodies, and
 //! trace-level log capture to prove no secret is ever logged; [`process`]: the real binary as a
 //! child process; [`http_client`]: requests to it, bounded and read to their end;
-//! [`redis_server`]: a real `redis-server` for the shared-store tests.
+//! [`redis_server`]: a real `redis-server` (TLS, cluster) for the shared-store tests;
+//! [`shared_store`]: the replicas, configs and checks those tests share.
 #![allow(dead_code)]
 
 #[cfg(feature = "sidecar")]
@@ -13,6 +14,8 @@ pub mod process;
 pub mod redis_server;
 #[cfg(feature = "sidecar")]
 pub mod rotating;
+#[cfg(feature = "sidecar")]
+pub mod shared_store;
 #[cfg(feature = "sidecar")]
 pub mod world;
 

@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::WAIT;
+use super::process::{drain, spawn_piped, text, wait_or_kill};
+use super::{skip_unless_ci, WAIT};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -19,27 +20,25 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `name` on `PATH`, or `None` after [`skip_unless_ci`] printed why `test` is skipped (on the
+/// process's stderr, so a plain `cargo test` shows it); under `CI=true` a missing tool is a
+/// failure, not a skip (.ci/run installs Redis).
+fn tool_or_skip(test: &str, name: &str, package: &str) -> Option<PathBuf> {
+    let found = find_on_path(name);
+    let reason = found.is_none().then(|| format!("{name} not found on PATH"));
+    let install =
+        format!("install Redis, e.g. `apt-get install {package}`, to run the shared-store tests");
+    let test = format!("{}::{test}", env!("CARGO_CRATE_NAME"));
+    if skip_unless_ci(&test, reason, &install) {
+        return None;
+    }
+    found
+}
+
 /// The `redis-server` binary, or `None` after printing why the test is skipped. Under
 /// `CI=true` a missing `redis-server` is a failure, not a skip.
 pub fn redis_server_or_skip(test: &str) -> Option<PathBuf> {
-    if let Some(bin) = find_on_path("redis-server") {
-        return Some(bin);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{test}: redis-server is not on PATH and CI=true: the Redis store tests must run \
-             under CI (.ci/run installs redis-server)"
-        );
-    }
-    // Straight to the process's stderr (not the `eprintln!` libtest captures), so a plain
-    // `cargo test` shows it.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {}::{test}: redis-server not found on PATH (install Redis, e.g. \
-         `apt-get install redis-server`, to run the shared-store tests; with CI=true this fails)",
-        env!("CARGO_CRATE_NAME")
-    );
-    None
+    tool_or_skip(test, "redis-server", "redis-server")
 }
 
 pub struct RedisServer {
@@ -53,14 +52,7 @@ impl RedisServer {
     /// Starts a server on a free loopback port; `None` when skipped.
     pub fn start(test: &str) -> Option<RedisServer> {
         let bin = redis_server_or_skip(test)?;
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "orp-redis-test-{}-{}-{}",
-            env!("CARGO_CRATE_NAME"),
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = unique_dir("redis");
         for _ in 0..5 {
             let port = free_port();
             let mut server = RedisServer {
@@ -78,32 +70,15 @@ impl RedisServer {
 
     /// Starts the process on `self.port`; `false` if it exited (port taken).
     pub fn spawn(&mut self) -> bool {
-        let mut child = Command::new(&self.bin)
-            .args(["--port", &self.port.to_string()])
+        let port = self.port;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
-            .args(["--dir", &self.dir.display().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if ping(self.port) {
-                self.child = Some(child);
-                return true;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer within {WAIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            .args(["--dir", &self.dir.display().to_string()]);
+        self.child = spawn_answering(&mut cmd, "redis-server", || ping(port));
+        self.child.is_some()
     }
 
     pub fn url(&self) -> String {
@@ -112,10 +87,7 @@ impl RedisServer {
 
     /// Kills the server (its data is gone: no persistence).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts it again on the same port.
@@ -138,6 +110,45 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Spawns `cmd` (no stdin, output discarded) and polls every 10 ms until `answers()`: the
+/// child then, `None` if it exited first (a port taken). Past `WAIT` it is killed and this
+/// panics, naming `what`.
+fn spawn_answering(
+    cmd: &mut Command,
+    what: &str,
+    mut answers: impl FnMut() -> bool,
+) -> Option<Child> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        if answers() {
+            return Some(child);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not answer within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills (SIGKILL) and reaps `child`, if any.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -169,21 +180,8 @@ pub fn ping(port: u16) -> bool {
 /// [`redis_server_or_skip`]; a failure under `CI=true`).
 pub fn redis_tools_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
     let server = redis_server_or_skip(test)?;
-    if let Some(cli) = find_on_path("redis-cli") {
-        return Some((server, cli));
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{test}: redis-cli is not on PATH and CI=true: the Redis store tests must run under CI"
-        );
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {}::{test}: redis-cli not found on PATH (install Redis, e.g. \
-         `apt-get install redis-tools`, to run the shared-store tests; with CI=true this fails)",
-        env!("CARGO_CRATE_NAME")
-    );
-    None
+    let cli = tool_or_skip(test, "redis-cli", "redis-tools")?;
+    Some((server, cli))
 }
 
 /// Runs `redis-cli ARGS…` to its end, at most `bound` (killed past it): (exited 0, stdout +
@@ -192,40 +190,13 @@ pub fn try_redis_cli<S: AsRef<str> + std::fmt::Debug>(
     args: &[S],
     bound: Duration,
 ) -> Option<(bool, String)> {
-    let mut child = Command::new("redis-cli")
-        .args(args.iter().map(|a| a.as_ref()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("redis-cli {args:?}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_thread = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let deadline = Instant::now() + bound;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let mut text = out_thread.join().unwrap();
-    text.extend(err_thread.join().unwrap());
-    let text = String::from_utf8_lossy(&text).into_owned();
+    let mut child = spawn_piped(Command::new("redis-cli").args(args.iter().map(|a| a.as_ref())));
+    let (out, out_done) = drain(child.stdout.take().unwrap());
+    let (err, err_done) = drain(child.stderr.take().unwrap());
+    let status = wait_or_kill(&mut child, bound);
+    out_done.join().unwrap();
+    err_done.join().unwrap();
+    let text = text(&out) + &text(&err);
     status.map(|s| (s.success(), text))
 }
 
@@ -359,8 +330,8 @@ impl RedisTlsServer {
     /// Starts the process on `self.port`; `false` if it exited (port taken).
     fn spawn(&mut self) -> bool {
         let file = |n: &str| self.dir.join(n).display().to_string();
-        let mut child = Command::new(&self.bin)
-            .args(["--port", "0"])
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--port", "0"])
             .args(["--tls-port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--tls-cert-file", &file("server.pem")])
@@ -369,30 +340,14 @@ impl RedisTlsServer {
             .args(["--tls-auth-clients", "no"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
-            .args(["--dir", &self.dir.display().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if let Some((true, out)) = try_redis_cli(&self.cli_args(&["PING"]), WAIT) {
-                if out.trim() == "PONG" {
-                    self.child = Some(child);
-                    return true;
-                }
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the TLS redis-server did not answer within {WAIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .args(["--dir", &self.dir.display().to_string()]);
+        let ping = self.cli_args(&["PING"]);
+        self.child = spawn_answering(
+            &mut cmd,
+            "the TLS redis-server",
+            || matches!(try_redis_cli(&ping, WAIT), Some((true, out)) if out.trim() == "PONG"),
+        );
+        self.child.is_some()
     }
 
     fn cli_args(&self, args: &[&str]) -> Vec<String> {
@@ -431,10 +386,7 @@ impl RedisTlsServer {
 
     /// Kills the server (its data is gone: no persistence).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts it again on the same port, with the same certificate.
@@ -548,8 +500,8 @@ impl RedisCluster {
     fn spawn(&mut self, i: usize) -> bool {
         let n = &self.nodes[i];
         let port = n.port.to_string();
-        let mut child = Command::new(&self.bin)
-            .args(["--port", &port])
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--port", &port])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-port", &n.bus_port.to_string()])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
@@ -559,28 +511,11 @@ impl RedisCluster {
             .args(["--save", ""])
             .args(["--dir", &n.dir.display().to_string()])
             .args(["--bind", "127.0.0.1"])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if ping(n.port) {
-                self.nodes[i].child = Some(child);
-                return true;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("cluster node {i} did not answer within {WAIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            .args(&self.extra);
+        let client_port = n.port;
+        let child = spawn_answering(&mut cmd, &format!("cluster node {i}"), || ping(client_port));
+        self.nodes[i].child = child;
+        self.nodes[i].child.is_some()
     }
 
     /// Waits until every running node reports `cluster_state:ok`, all 16384 slots ok (none
@@ -627,10 +562,7 @@ impl RedisCluster {
 
     /// Kills node `i` (SIGKILL). Its AOF and nodes.conf stay.
     pub fn stop(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.nodes[i].child);
     }
 
     /// Starts node `i` again (same ports, same directory: its slots and data come back) and

@@ -38,12 +38,6 @@ impl RotatingWorld {
 
     /// The `Authorization` of the last request the API answered with 200.
     pub fn last_ok_authorization(&self) -> String {
-        self.realm
-            .seen()
-            .iter()
-            .rev()
-            .find(|s| s.status == 200)
-            .and_then(|s| s.authorization.clone())
-            .expect("a request succeeded")
+        super::shared_store::last_ok_authorization(&self.realm)
     }
 }
