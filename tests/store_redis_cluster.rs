@@ -142,7 +142,8 @@ async fn two_sidecars_on_a_cluster_a_thousand_revoked_token_requests_make_one_ba
     let s2 = start_sidecar(&config, &realm).await;
     let client = http1_client();
     for s in [&s1, &s2] {
-        assert_eq!(readyz(&client, s).await, 200);
+        // Ready once its subscriber is subscribed (it connects after the listeners open).
+        wait_readyz(&client, s, 200).await;
     }
     let owner = cluster.owner(&acct_key("alice"));
     assert_eq!(cluster.owner(&lock_key("alice")), owner, "one slot");

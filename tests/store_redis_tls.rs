@@ -87,9 +87,9 @@ async fn two_sidecars_on_a_tls_redis_a_thousand_revoked_token_requests_make_one_
     let s1 = start_sidecar(&config, &realm).await;
     let s2 = start_sidecar(&config, &realm).await;
     let client = http1_client();
+    // Ready once each subscriber is subscribed over TLS (it connects after the listeners open).
     for s in [&s1, &s2] {
-        let a = request(&client, "GET", &s.admin_url("/readyz"), &[], empty()).await;
-        assert_eq!(a.status, 200, "ready over TLS: {}", a.text());
+        wait_readyz(&client, s, 200).await;
     }
     // The account is in the TLS Redis under its single-node key.
     assert_ne!(redis.cli(&["HGET", "orp:acct:github:alice", "gen"]), "");
