@@ -387,6 +387,38 @@ impl fmt::Display for Account {
 }
 
 #[cfg(test)]
+mod split_tests {
+    use super::split_authority;
+
+    #[test]
+    fn authorities() {
+        for (authority, host, port) in [
+            ("www.googleapis.com", "www.googleapis.com", None),
+            ("www.googleapis.com.", "www.googleapis.com", None),
+            ("api.github.com:443", "api.github.com", Some(443)),
+            ("api.github.com.:8443", "api.github.com", Some(8443)),
+            ("api.github.com:", "api.github.com", None),
+            (
+                "user:pw@ghe.example.com:8443",
+                "ghe.example.com",
+                Some(8443),
+            ),
+            ("user@ghe.example.com", "ghe.example.com", None),
+            ("[::1]:8443", "[::1]", Some(8443)),
+            ("[::1]", "[::1]", None),
+            ("host:99999", "host", None),
+            ("host:12a", "host:12a", None),
+            ("", "", None),
+            (":", "", None),
+            ("@", "", None),
+            ("ünïcode.example:80", "ünïcode.example", Some(80)),
+        ] {
+            assert_eq!(split_authority(authority), (host, port), "{authority:?}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
