@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::BodyExt;
-use support::http_client::{h2c_client, http1_client, request};
+use support::http_client::{h2c_client, http1_client, request, Answer, HttpClient};
 use support::process::{run_cli, CliOutput, TempDir};
 use support::world::*;
 use support::*;
@@ -602,6 +602,38 @@ async fn a_revoked_token_is_refreshed_and_the_request_replayed_byte_identical() 
     sc.finish(&w.realm);
 }
 
+/// Sends `n` concurrent `GET /github/<path>/<i>` as `octo` (each on the client `client()`
+/// returns) while the backend is gated; once each met the revoked token and all but the
+/// first coalesced on its refresh, releases the one backend call. The requests' answers.
+async fn gated_burst(
+    w: &World,
+    sc: &Sidecar,
+    n: u64,
+    path: &str,
+    client: impl Fn() -> HttpClient,
+) -> tokio::task::JoinSet<Answer> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = client();
+        let uri = sc.url(&format!("/github/{path}/{i}"));
+        set.spawn(async move {
+            request(
+                &client,
+                "GET",
+                &uri,
+                &[("x-oauth-account", "octo")],
+                empty(),
+            )
+            .await
+        });
+    }
+    w.realm.backend_calls.wait_for(1).await;
+    w.realm.api_calls.wait_for(n).await;
+    wait_coalesced(sc, n - 1).await;
+    w.realm.release_backend(1);
+    set
+}
+
 /// Waits (at most `WAIT`) until `orp_refresh_coalesced_total{provider="github"}` is `n`.
 async fn wait_coalesced(sc: &Sidecar, n: u64) {
     let deadline = Instant::now() + WAIT;
@@ -624,26 +656,8 @@ async fn two_hundred_concurrent_requests_on_a_revoked_token_share_one_refresh() 
     w.realm.revoke_access(&old);
     w.realm.script([Reply::Gated]);
 
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..N {
-        let client = sc.client.clone();
-        let uri = sc.url(&format!("/github/burst/{i}"));
-        set.spawn(async move {
-            request(
-                &client,
-                "GET",
-                &uri,
-                &[("x-oauth-account", "octo")],
-                empty(),
-            )
-            .await
-        });
-    }
-    // Every request got its 401 and all but the first wait on the first one's refresh.
-    w.realm.backend_calls.wait_for(1).await;
-    w.realm.api_calls.wait_for(N).await;
-    wait_coalesced(&sc, N - 1).await;
-    w.realm.release_backend(1);
+    // Every request gets its 401 and all but the first wait on the first one's refresh.
+    let mut set = gated_burst(&w, &sc, N, "burst", || sc.client.clone()).await;
     let mut ok = 0;
     while let Some(a) = set.join_next().await {
         let a = a.unwrap();
@@ -705,27 +719,9 @@ async fn connections_are_spread_over_the_workers_and_still_share_one_refresh() {
     assert_eq!(names, ["orp-worker-0", "orp-worker-1", "orp-worker-2"]);
     w.realm.revoke_access(&old);
     w.realm.script([Reply::Gated]);
-    // One connection per request: the connections go to the three workers in turn.
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..N {
-        let uri = sc.url(&format!("/github/workers/{i}"));
-        set.spawn(async move {
-            let client = http1_client();
-            request(
-                &client,
-                "GET",
-                &uri,
-                &[("x-oauth-account", "octo")],
-                empty(),
-            )
-            .await
-        });
-    }
-    w.realm.backend_calls.wait_for(1).await;
-    w.realm.api_calls.wait_for(N).await;
-    // All but the first request, whichever worker it is on, wait on the first one's refresh.
-    wait_coalesced(&sc, N - 1).await;
-    w.realm.release_backend(1);
+    // One connection per request: the connections go to the three workers in turn. All but
+    // the first request, whichever worker it is on, wait on the first one's refresh.
+    let mut set = gated_burst(&w, &sc, N, "workers", http1_client).await;
     while let Some(a) = set.join_next().await {
         let a = a.unwrap();
         assert_eq!(a.status, 200, "{}", a.text());
