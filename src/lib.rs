@@ -79,6 +79,7 @@ pub mod proxy;
 pub mod refresh;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
+mod single_flight;
 pub mod token;
 mod tokens;
 

@@ -51,16 +51,15 @@
 //! without rotation are never reused (a repeated refresh of a non-rotating token is harmless
 //! and may be wanted because the last access token was revoked).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+
+use crate::single_flight::{Flights, Joined, Publisher, Ticket};
 
 use crate::refresh::{DirectRefresher, RefreshError, Refreshed, RetryPolicy};
 use crate::token::unix_secs;
@@ -75,12 +74,10 @@ pub const ROTATED_REPLAY_WINDOW: Duration = Duration::from_secs(60);
 /// Seconds a caller is asked to wait after `PROVIDER_UNAVAILABLE`.
 const RETRY_AFTER_SECS: u64 = 5;
 
-type Outcome = Option<Result<Refreshed, RefreshError>>;
+type Outcome = Result<Refreshed, RefreshError>;
 
-struct Flight {
-    id: u64,
-    rx: watch::Receiver<Outcome>,
-}
+/// Flights by provider and refresh-token fingerprint.
+type RefreshFlights = Flights<(Provider, [u8; 32]), Outcome>;
 
 /// The served refresh API: the handler of `POST /auth/{google,github}/refresh`.
 ///
@@ -108,8 +105,7 @@ pub struct RefreshApi {
     token: Secret,
     refresher: Arc<DirectRefresher>,
     policy: RetryPolicy,
-    flights: Arc<DashMap<(Provider, [u8; 32]), Flight>>,
-    next_id: AtomicU64,
+    flights: RefreshFlights,
     replay_window: Duration,
 }
 
@@ -164,8 +160,7 @@ impl RefreshApi {
             token,
             refresher: Arc::new(refresher),
             policy,
-            flights: Arc::new(DashMap::new()),
-            next_id: AtomicU64::new(0),
+            flights: Flights::default(),
             replay_window: ROTATED_REPLAY_WINDOW,
         }
     }
@@ -296,47 +291,39 @@ impl RefreshApi {
         fp: [u8; 32],
         refresh_token: Secret,
     ) -> (Result<Refreshed, RefreshError>, bool) {
-        let key = (provider, fp);
-        let (mut rx, coalesced) = match self.flights.entry(key) {
-            dashmap::Entry::Occupied(e) => (e.get().rx.clone(), true),
-            dashmap::Entry::Vacant(v) => {
-                let (tx, rx) = watch::channel(None);
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                v.insert(Flight { id, rx: rx.clone() });
-                let task = FlightTask {
-                    refresher: self.refresher.clone(),
-                    policy: self.policy.clone(),
-                    flights: self.flights.clone(),
-                    key,
-                    id,
-                    refresh_token,
-                    replay_window: self.replay_window,
-                };
-                tokio::spawn(task.run(tx));
-                (rx, false)
-            }
+        let task = FlightTask {
+            refresher: self.refresher.clone(),
+            policy: self.policy.clone(),
+            provider,
+            fp,
+            refresh_token,
+            replay_window: self.replay_window,
         };
-        let result = match rx.wait_for(Option::is_some).await {
-            Ok(r) => r.clone().expect("waited for Some"),
-            Err(_) => Err(RefreshError::transient("refresh task ended")),
-        };
-        (result, coalesced)
+        let (flight, joined) = self
+            .flights
+            .join_or_start((provider, fp), |publisher, ticket| {
+                task.run(publisher, ticket)
+            });
+        let result = flight
+            .wait()
+            .await
+            .unwrap_or_else(|| Err(RefreshError::transient("refresh task ended")));
+        (result, joined == Joined::Existing)
     }
 }
 
 struct FlightTask {
     refresher: Arc<DirectRefresher>,
     policy: RetryPolicy,
-    flights: Arc<DashMap<(Provider, [u8; 32]), Flight>>,
-    key: (Provider, [u8; 32]),
-    id: u64,
+    provider: Provider,
+    fp: [u8; 32],
     refresh_token: Secret,
     replay_window: Duration,
 }
 
 impl FlightTask {
-    async fn run(self, tx: watch::Sender<Outcome>) {
-        let (provider, fp) = self.key;
+    async fn run(self, tx: Publisher<Outcome>, ticket: Ticket<(Provider, [u8; 32]), Outcome>) {
+        let (provider, fp) = (self.provider, self.fp);
         tracing::debug!(%provider, fingerprint = %short_hex(&fp), "refresh API: refreshing");
         // An attempt that timed out after sending releases the callers (502) but keeps the
         // flight: a repeat of the request joins it instead of spending the token again, and a
@@ -344,24 +331,17 @@ impl FlightTask {
         let result = self
             .policy
             .run_notify(&*self.refresher, provider, &self.refresh_token, |e| {
-                let _ = tx.send(Some(Err(e)));
+                tx.publish(Err(e));
             })
             .await;
         let rotated = matches!(&result, Ok(r) if r.refresh_token.as_ref().is_some_and(|t| *t != self.refresh_token));
-        let id = self.id;
         if rotated {
             // Answer repeats of this request (with the now dead refresh token) for a while.
-            let flights = self.flights.clone();
-            let key = self.key;
-            let window = self.replay_window;
-            tokio::spawn(async move {
-                tokio::time::sleep(window).await;
-                flights.remove_if(&key, |_, f| f.id == id);
-            });
+            ticket.release_after(self.replay_window);
         } else {
-            self.flights.remove_if(&self.key, |_, f| f.id == id);
+            ticket.release();
         }
-        let _ = tx.send(Some(result));
+        tx.publish(result);
     }
 }
 

@@ -79,7 +79,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 use http::HeaderValue;
-use tokio::sync::watch;
 
 pub use events::{Events, HealthChange, RefreshEvent, RefreshOutcome};
 pub use index::AccountPage;
@@ -87,8 +86,9 @@ pub use index::AccountPage;
 use crate::error::Error;
 use crate::provider::{Account, Provider};
 use crate::refresh::{RefreshError, Refresher, RetryPolicy};
+use crate::single_flight::{self, Publisher};
 use crate::token::{fingerprint, timestamp_to_system_time, unix_secs, Secret, TokenSeed};
-use store::{RefreshFn, Store, StoreUpdate, StoredAccount};
+use store::{RefreshFn, RefresherCall, Store, StoreRefresh, StoreUpdate, StoredAccount};
 
 /// The outcome of a flight, shared with everyone waiting on it.
 #[derive(Clone)]
@@ -97,7 +97,7 @@ enum FlightResult {
     Err(RefreshError),
 }
 
-type Flight = watch::Receiver<Option<FlightResult>>;
+type Flight = single_flight::Flight<FlightResult>;
 
 /// A token handed to one request: its header value and its generation.
 #[derive(Clone)]
@@ -882,14 +882,14 @@ impl Tokens {
         step: Step,
         fallback: bool,
     ) -> Result<Lease, Error> {
-        let mut flight = match step {
+        let flight = match step {
             Step::Use(lease) => return Ok(lease),
             Step::Wait(flight) => flight,
         };
-        let result = match flight.wait_for(Option::is_some).await {
-            Ok(r) => r.clone().expect("waited for Some"),
-            Err(_) => FlightResult::Err(RefreshError::transient("refresh task ended")),
-        };
+        let result = flight
+            .wait()
+            .await
+            .unwrap_or_else(|| FlightResult::Err(RefreshError::transient("refresh task ended")));
         match result {
             FlightResult::Ok(lease) => Ok(lease),
             FlightResult::Err(err) => {
@@ -1022,8 +1022,8 @@ impl Tokens {
 
     /// Registers a flight in the entry and spawns the task that runs it.
     fn launch(&self, provider: Provider, account: &str, e: &mut Entry, ahead: bool) -> Flight {
-        let (tx, rx) = watch::channel(None);
-        e.flight = Some(rx.clone());
+        let (publisher, flight) = single_flight::channel();
+        e.flight = Some(flight.clone());
         e.late = false;
         let task = FlightTask {
             tokens: self.clone(),
@@ -1033,8 +1033,8 @@ impl Tokens {
             snapshot: snapshot(provider, account, e),
             ahead,
         };
-        tokio::spawn(task.run(Arc::new(tx)));
-        rx
+        tokio::spawn(task.run(publisher));
+        flight
     }
 
     fn ahead_at(&self, expires_at: SystemTime) -> SystemTime {
@@ -1052,7 +1052,7 @@ impl Tokens {
         task: &FlightTask,
         result: Result<StoredAccount, RefreshError>,
         duration: Duration,
-        adopted: bool,
+        call: RefresherCall,
     ) -> FlightResult {
         let provider = task.provider;
         let counters = &self.inner.counters[idx(provider)];
@@ -1113,7 +1113,7 @@ impl Tokens {
                     if std::mem::take(&mut e.episode) {
                         health = Some(HealthChange::Recovered);
                     }
-                    if adopted {
+                    if call == RefresherCall::NotMade {
                         // Another replica refreshed: this process only took the result
                         // (announced only when it ends an episode).
                         bump(&counters.coalesced);
@@ -1149,7 +1149,7 @@ impl Tokens {
                         event = RefreshOutcome::Rejected {
                             reason: err.to_string(),
                         };
-                    } else if adopted {
+                    } else if call == RefresherCall::NotMade {
                         // The backend was never called (the shared store could not be read or
                         // locked): nothing to cool down from, the store's own bounds apply.
                         if task.ahead {
@@ -1336,10 +1336,8 @@ struct FlightTask {
     ahead: bool,
 }
 
-type FlightSender = Arc<watch::Sender<Option<FlightResult>>>;
-
 impl FlightTask {
-    async fn run(self, tx: FlightSender) {
+    async fn run(self, tx: Publisher<FlightResult>) {
         let started = Instant::now();
         let inner = &self.tokens.inner;
         tracing::debug!(provider = %self.provider, account = &*self.account, generation = self.generation, "refreshing");
@@ -1356,15 +1354,13 @@ impl FlightTask {
                         e.late = true;
                     }
                 }
-                let _ = tx.send(Some(FlightResult::Err(err)));
+                tx.publish(FlightResult::Err(err));
             }
         };
-        // Whether this process called the refresher (with a shared store, another replica's
-        // refresh may be adopted instead).
-        let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let result = match &inner.store {
+        // With a shared store, another replica's refresh may be adopted instead of calling the
+        // refresher here: the store says which happened.
+        let StoreRefresh { result, call } = match &inner.store {
             None => {
-                called.store(true, std::sync::atomic::Ordering::Relaxed);
                 let r = inner
                     .policy
                     .run_notify(
@@ -1375,14 +1371,12 @@ impl FlightTask {
                     )
                     .await;
                 let next = self.snapshot.after_refresh(&r, store::now_secs());
-                r.map(|_| next)
+                StoreRefresh::made(r.map(|_| next))
             }
             Some(store) => {
                 let tokens = self.tokens.clone();
                 let provider = self.provider;
-                let flag = called.clone();
                 let refresh: RefreshFn = Box::new(move |refresh_token| {
-                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
                     Box::pin(async move {
                         let inner = &tokens.inner;
                         inner
@@ -1394,7 +1388,6 @@ impl FlightTask {
                 store.refresh(self.snapshot.clone(), refresh).await
             }
         };
-        let adopted = !called.load(std::sync::atomic::Ordering::Relaxed);
         let duration = started.elapsed();
         match &result {
             Ok(_) => {
@@ -1404,8 +1397,8 @@ impl FlightTask {
                 tracing::warn!(provider = %self.provider, account = &*self.account, error = %e, "refresh failed")
             }
         }
-        let outcome = self.tokens.apply(&self, result, duration, adopted);
-        let _ = tx.send(Some(outcome));
+        let outcome = self.tokens.apply(&self, result, duration, call);
+        tx.publish(outcome);
     }
 }
 

@@ -145,6 +145,59 @@ pub enum StoreUpdate {
 #[error("token store: {0}")]
 pub struct StoreError(pub String);
 
+/// Whether [`Store::refresh`] called the refresher in this process.
+///
+/// ```
+/// use oauth_refresh_proxy::store::RefresherCall;
+/// assert_ne!(RefresherCall::Made, RefresherCall::NotMade);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefresherCall {
+    /// The refresher was called here: the result is this process's own refresh (counted and
+    /// announced as one, and a failure puts the account in cooldown).
+    Made,
+    /// The refresher was not called: the result was adopted from the store (another replica
+    /// refreshed first, or the account is marked as needing re-authorisation there), or the
+    /// store failed before any call (nothing was spent, so there is nothing to cool down from).
+    NotMade,
+}
+
+/// What [`Store::refresh`] returns: the account's new state (or why there is none) and whether
+/// the refresher was called to get it.
+///
+/// ```
+/// use oauth_refresh_proxy::{Provider, RefreshError, Secret};
+/// use oauth_refresh_proxy::store::{RefresherCall, StoreRefresh};
+///
+/// let done = StoreRefresh::not_made(Err(RefreshError::transient("store down")));
+/// assert_eq!(done.call, RefresherCall::NotMade);
+/// ```
+#[derive(Clone, Debug)]
+pub struct StoreRefresh {
+    /// The account's state after the refresh, or the refresh's error.
+    pub result: Result<StoredAccount, RefreshError>,
+    /// Whether the refresher was called in this process.
+    pub call: RefresherCall,
+}
+
+impl StoreRefresh {
+    /// A result this process's refresher call produced.
+    pub fn made(result: Result<StoredAccount, RefreshError>) -> Self {
+        StoreRefresh {
+            result,
+            call: RefresherCall::Made,
+        }
+    }
+
+    /// A result obtained without calling the refresher.
+    pub fn not_made(result: Result<StoredAccount, RefreshError>) -> Self {
+        StoreRefresh {
+            result,
+            call: RefresherCall::NotMade,
+        }
+    }
+}
+
 /// The refresh a store runs for an account: called with the refresh token to spend.
 pub type RefreshFn =
     Box<dyn FnOnce(Secret) -> BoxFuture<'static, Result<Refreshed, RefreshError>> + Send>;
@@ -170,21 +223,18 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store is reachable now (`/readyz`).
     fn ready(&self) -> BoxFuture<'_, bool>;
 
-    /// Refreshes `current` and returns the account's new state once it is durable.
+    /// Refreshes `current` and returns the account's new state once it is durable, and
+    /// whether the refresher was called for it ([`RefresherCall`]).
     ///
     /// The default runs `refresh` with `current`'s refresh token and saves the result (success
     /// or rejection) before returning, retrying the write a few times; if the write still
     /// fails after a success, the new state is returned anyway (dropping a rotated refresh
     /// token would lose the account) and the failure is logged.
-    fn refresh(
-        &self,
-        current: StoredAccount,
-        refresh: RefreshFn,
-    ) -> BoxFuture<'_, Result<StoredAccount, RefreshError>> {
+    fn refresh(&self, current: StoredAccount, refresh: RefreshFn) -> BoxFuture<'_, StoreRefresh> {
         Box::pin(async move {
             let result = refresh(current.refresh_token.clone()).await;
             match result {
-                Err(e) if !e.is_rejected() => return Err(e),
+                Err(e) if !e.is_rejected() => return StoreRefresh::made(Err(e)),
                 _ => {}
             }
             let next = current.after_refresh(&result, now_secs());
@@ -200,7 +250,7 @@ pub trait Store: Send + Sync + 'static {
                 tracing::error!(provider = %current.provider, account = %current.account, error = %e,
                     "refreshed tokens could not be persisted; they are kept in memory");
             }
-            result.map(|_| next)
+            StoreRefresh::made(result.map(|_| next))
         })
     }
 

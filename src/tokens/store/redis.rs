@@ -124,7 +124,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::record::{Codec, Encryption, Generation, RecordError, Sealing};
-use super::{now_secs, RefreshFn, Store, StoreError, StoreUpdate, StoredAccount};
+use super::{now_secs, RefreshFn, Store, StoreError, StoreRefresh, StoreUpdate, StoredAccount};
 use crate::provider::Provider;
 use crate::refresh::{BoxFuture, RefreshError, Refreshed};
 
@@ -445,6 +445,16 @@ fn rejection(a: &StoredAccount) -> RefreshError {
             .trim_start_matches("refresh token rejected: ")
             .to_string(),
     )
+}
+
+/// A refresh lock held, and the state to refresh from.
+struct Locked {
+    lock: String,
+    owner: String,
+    /// The state to refresh from.
+    base: StoredAccount,
+    /// The fence: the stored generation read under the lock (`None`: no key).
+    expected: Option<u64>,
 }
 
 /// What to do with the stored state before (or instead of) refreshing.
@@ -1225,11 +1235,19 @@ impl Shared {
     }
 
     /// See the module documentation, "Refresh".
-    async fn refresh(
-        self: &Arc<Self>,
-        current: StoredAccount,
-        refresh: RefreshFn,
-    ) -> Result<StoredAccount, RefreshError> {
+    async fn refresh(self: &Arc<Self>, current: StoredAccount, refresh: RefreshFn) -> StoreRefresh {
+        match self.lock_or_adopt(&current).await {
+            Err(without_call) => StoreRefresh::not_made(without_call),
+            Ok(locked) => StoreRefresh::made(self.refresh_locked(locked, refresh).await),
+        }
+    }
+
+    /// Steps 1 to 3 of a refresh: adopts another replica's result, or takes the lock and reads
+    /// the fence. `Err` holds the refresh's outcome when no refresher call is to be made.
+    async fn lock_or_adopt(
+        &self,
+        current: &StoredAccount,
+    ) -> Result<Locked, Result<StoredAccount, RefreshError>> {
         let (provider, account) = (current.provider, current.account.clone());
         let lock = self.key("lock", provider, &account);
         let owner = random_id();
@@ -1238,13 +1256,16 @@ impl Shared {
         let mut waited = false;
         loop {
             // 1. Did someone else refresh already?
-            let stored = self.read(provider, &account).await.map_err(unavailable)?;
-            match decide(&current, stored) {
+            let stored = self
+                .read(provider, &account)
+                .await
+                .map_err(|e| Err(unavailable(e)))?;
+            match decide(current, stored) {
                 Decision::Adopt(s) => {
                     tracing::debug!(%provider, account = %account, generation = s.generation, "another replica refreshed; adopting its tokens");
-                    return Ok(s);
+                    return Err(Ok(s));
                 }
-                Decision::Rejected(e) => return Err(e),
+                Decision::Rejected(e) => return Err(Err(e)),
                 Decision::Refresh { .. } => {}
             }
             // 2. The lock.
@@ -1254,7 +1275,7 @@ impl Shared {
                 Err(e) => {
                     // The SET may have landed without its answer: do not leave the lock behind.
                     self.release(&lock, &owner).await;
-                    return Err(unavailable(e));
+                    return Err(Err(unavailable(e)));
                 }
             }
             if !waited {
@@ -1263,10 +1284,10 @@ impl Shared {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(RefreshError::transient(format!(
+                return Err(Err(RefreshError::transient(format!(
                     "another replica's refresh did not finish within {:?}",
                     self.wait_bound()
-                )));
+                ))));
             }
             let pause = LOCK_POLL.min(deadline - now);
             tokio::select! {
@@ -1279,20 +1300,42 @@ impl Shared {
             Ok(s) => s,
             Err(e) => {
                 self.release(&lock, &owner).await;
-                return Err(unavailable(e));
+                return Err(Err(unavailable(e)));
             }
         };
-        let (base, expected) = match decide(&current, stored) {
+        let (base, expected) = match decide(current, stored) {
             Decision::Adopt(s) => {
                 self.release(&lock, &owner).await;
-                return Ok(s);
+                return Err(Ok(s));
             }
             Decision::Rejected(e) => {
                 self.release(&lock, &owner).await;
-                return Err(e);
+                return Err(Err(e));
             }
             Decision::Refresh { base, expected } => (base, expected),
         };
+        Ok(Locked {
+            lock,
+            owner,
+            base,
+            expected,
+        })
+    }
+
+    /// Step 4 of a refresh, the lock held: calls the refresher and writes its result fenced by
+    /// the generation read under the lock.
+    async fn refresh_locked(
+        self: &Arc<Self>,
+        locked: Locked,
+        refresh: RefreshFn,
+    ) -> Result<StoredAccount, RefreshError> {
+        let Locked {
+            lock,
+            owner,
+            base,
+            expected,
+        } = locked;
+        let (provider, account) = (base.provider, base.account.clone());
         tracing::debug!(%provider, account = %account, generation = base.generation, "holding the refresh lock; refreshing");
         let result = self
             .run_renewing(&lock, &owner, refresh(base.refresh_token.clone()))
@@ -1582,11 +1625,7 @@ impl Store for RedisStore {
         })
     }
 
-    fn refresh(
-        &self,
-        current: StoredAccount,
-        refresh: RefreshFn,
-    ) -> BoxFuture<'_, Result<StoredAccount, RefreshError>> {
+    fn refresh(&self, current: StoredAccount, refresh: RefreshFn) -> BoxFuture<'_, StoreRefresh> {
         Box::pin(async move { self.shared.refresh(current, refresh).await })
     }
 
