@@ -78,7 +78,7 @@ use toml::{Table, Value};
 
 use crate::store::redis::RedisNodes;
 use crate::token::timestamp_to_system_time;
-use crate::{Provider, Secret, TokenSeed};
+use crate::{Provider, RetryPolicy, Secret, TokenSeed, TokensBuilder};
 
 /// Google's token endpoint, the default `refresh.google.token_url`.
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
@@ -389,17 +389,19 @@ impl RefreshSettings {
 
 impl Default for RefreshSettings {
     fn default() -> Self {
+        // The library's defaults, written once: the cache's and the retry policy's.
+        let retry = RetryPolicy::default();
         RefreshSettings {
             mode: RefreshMode::Backend,
             backend_url: None,
             backend_token: None,
-            timeout: Duration::from_secs(10),
-            max_attempts: 3,
-            skew: Duration::from_secs(60),
-            refresh_ahead: Duration::from_secs(5 * 60),
-            default_lifetime: Duration::from_secs(55 * 60),
-            min_interval: Duration::from_secs(30),
-            late_answer_window: Duration::from_secs(120),
+            timeout: retry.timeout,
+            max_attempts: retry.max_attempts,
+            skew: TokensBuilder::DEFAULT_SKEW,
+            refresh_ahead: TokensBuilder::DEFAULT_REFRESH_AHEAD,
+            default_lifetime: TokensBuilder::DEFAULT_LIFETIME,
+            min_interval: TokensBuilder::DEFAULT_MIN_INTERVAL,
+            late_answer_window: retry.late_answer_window,
             google: None,
             github: None,
         }

@@ -295,6 +295,15 @@ pub struct TokensBuilder {
 }
 
 impl TokensBuilder {
+    /// The default `skew`: 60 s.
+    pub const DEFAULT_SKEW: Duration = Duration::from_secs(60);
+    /// The default `refresh_ahead` window: 5 min.
+    pub const DEFAULT_REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
+    /// The default lifetime of an access token whose expiry is unknown: 55 min.
+    pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(55 * 60);
+    /// The default `min_interval` between proactive refreshes of one account: 30 s.
+    pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(30);
+
     /// Refresh before sending when the token expires within `skew` (default 60 s).
     pub fn skew(mut self, skew: Duration) -> Self {
         self.skew = skew;
@@ -412,10 +421,10 @@ impl Tokens {
             store: None,
             refresher,
             policy: RetryPolicy::default(),
-            skew: Duration::from_secs(60),
-            refresh_ahead: Duration::from_secs(300),
-            default_lifetime: Duration::from_secs(55 * 60),
-            min_interval: Duration::from_secs(30),
+            skew: TokensBuilder::DEFAULT_SKEW,
+            refresh_ahead: TokensBuilder::DEFAULT_REFRESH_AHEAD,
+            default_lifetime: TokensBuilder::DEFAULT_LIFETIME,
+            min_interval: TokensBuilder::DEFAULT_MIN_INTERVAL,
         }
     }
 
