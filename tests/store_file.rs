@@ -21,8 +21,8 @@ use hyper_util::rt::TokioExecutor;
 use oauth_refresh_proxy::refresh::BoxFuture;
 use oauth_refresh_proxy::store::{file::FileStore, Store, StoreError, StoredAccount};
 use oauth_refresh_proxy::{
-    Account, BackendRefresher, Error, ErrorKind, Provider, RefreshLayer, ReplayBody, RetryPolicy,
-    Secret, TokenSeed, Tokens,
+    Account, BackendRefresher, Error, ErrorKind, Provider, RefreshError, RefreshLayer, ReplayBody,
+    RetryPolicy, Secret, TokenSeed, Tokens,
 };
 use support::http_client::{http1_client, request};
 use support::process::{assert_no_secret_in_logs, run_cli, CliOutput, Proxy, TempDir};
@@ -327,7 +327,7 @@ async fn the_store_round_trips_every_field_and_a_second_open_is_refused() {
         generation: 7,
         needs_reauth: true,
         last_refresh_at: Some(1_800_000_000),
-        last_error: Some("refresh token rejected: gone".into()),
+        last_error: Some(RefreshError::rejected("gone")),
         seed_fingerprint: Some("ab".repeat(32)),
     };
     {

@@ -131,7 +131,7 @@ struct Entry {
     /// Consecutive failed cycles (the cooldown doubles with each).
     failed_cycles: u32,
     last_refresh_at: Option<SystemTime>,
-    last_error: Option<String>,
+    last_error: Option<RefreshError>,
     /// In an episode of trouble: `NeedsReauth` or `Failing` was announced (or the account was
     /// loaded needing re-authorisation) and `Recovered` not yet.
     episode: bool,
@@ -1096,7 +1096,7 @@ impl Tokens {
                     else {
                         let err =
                             RefreshError::transient("refreshed token is not a valid header value");
-                        e.last_error = Some(err.to_string());
+                        e.last_error = Some(err.clone());
                         bump(&counters.refresh_transient_error);
                         return FlightResult::Err(err);
                     };
@@ -1149,7 +1149,7 @@ impl Tokens {
                     }
                 }
                 Err(err) => {
-                    e.last_error = Some(err.to_string());
+                    e.last_error = Some(err.clone());
                     if err.is_rejected() {
                         e.needs_reauth = true;
                         e.episode = true;
@@ -1430,19 +1430,7 @@ fn unavailable(provider: Provider, account: &str, why: &str, after: Duration) ->
 }
 
 fn rejected_error(provider: Provider, account: &str, e: &Entry) -> Error {
-    let reason = e
-        .last_error
-        .clone()
-        .unwrap_or_else(|| "refresh token rejected".into());
-    Error::from_refresh(
-        provider,
-        account,
-        &RefreshError::Rejected(
-            reason
-                .trim_start_matches("refresh token rejected: ")
-                .to_string(),
-        ),
-    )
+    Error::from_refresh(provider, account, &store::rejection(e.last_error.as_ref()))
 }
 
 fn snapshot(provider: Provider, account: &str, e: &Entry) -> StoredAccount {
@@ -1474,7 +1462,7 @@ fn info(provider: Provider, account: &str, e: &Entry) -> AccountInfo {
         generation: e.generation,
         needs_reauth: e.needs_reauth,
         last_refresh_at: e.last_refresh_at.map(unix_secs),
-        last_error: e.last_error.clone(),
+        last_error: e.last_error.as_ref().map(ToString::to_string),
         valid: e.header.is_some() && SystemTime::now() < e.expires_at,
     }
 }

@@ -53,7 +53,7 @@ pub struct StoredAccount {
     /// When the last successful refresh happened (unix seconds).
     pub last_refresh_at: Option<u64>,
     /// The last refresh error (never a token).
-    pub last_error: Option<String>,
+    pub last_error: Option<RefreshError>,
     /// Fingerprint of the configured refresh token this account started from (see
     /// [`fingerprint`](crate::token::fingerprint)); `None` for accounts created at run time.
     pub seed_fingerprint: Option<String>,
@@ -96,7 +96,7 @@ impl StoredAccount {
                 next.last_error = None;
             }
             Err(e) => {
-                next.last_error = Some(e.to_string());
+                next.last_error = Some(e.clone());
                 next.needs_reauth = e.is_rejected();
             }
         }
@@ -123,6 +123,33 @@ impl StoredAccount {
             last_error: None,
             seed_fingerprint: None,
         }
+    }
+}
+
+impl StoredAccount {
+    /// Why the account needs re-authorisation, as the error its refreshes fail with: the
+    /// recorded rejection, or a generic one when the record holds another (or no) error.
+    ///
+    /// ```
+    /// use oauth_refresh_proxy::{Provider, RefreshError, Secret};
+    /// use oauth_refresh_proxy::store::StoredAccount;
+    ///
+    /// let mut a = StoredAccount::new(Provider::GitHub, "octo", Secret::new("ghr_1"));
+    /// a.needs_reauth = true;
+    /// a.last_error = Some(RefreshError::rejected("bad_refresh_token"));
+    /// assert_eq!(a.rejection(), RefreshError::rejected("bad_refresh_token"));
+    /// ```
+    pub fn rejection(&self) -> RefreshError {
+        rejection(self.last_error.as_ref())
+    }
+}
+
+/// The rejection an account whose last error is `last_error` fails with.
+pub(crate) fn rejection(last_error: Option<&RefreshError>) -> RefreshError {
+    match last_error {
+        Some(e @ RefreshError::Rejected(_)) => e.clone(),
+        Some(other) => RefreshError::rejected(other.to_string()),
+        None => RefreshError::rejected("refresh token rejected"),
     }
 }
 

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 use super::StoredAccount;
 use crate::provider::Provider;
+use crate::refresh::RefreshError;
 use crate::token::Secret;
 
 /// The record version this build writes (and the only one it reads).
@@ -252,11 +253,67 @@ struct Record {
     generation: Option<u64>,
     needs_reauth: bool,
     last_refresh_at: Option<u64>,
-    last_error: Option<String>,
+    last_error: Option<RecordedError>,
     seed_fingerprint: Option<String>,
     /// The id of the key that sealed the tokens; absent when they are in the clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kid: Option<String>,
+}
+
+/// A refresh error as recorded: its kind and reason (`{"kind": "rejected", "reason": "…"}`).
+/// Records written before errors were typed hold the error's display text instead; it is read
+/// back by its display prefix, the one place a text becomes an error again.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RecordedError {
+    Typed { kind: ErrorKind, reason: String },
+    Text(String),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ErrorKind {
+    Rejected,
+    Transient,
+    Unconfirmed,
+}
+
+impl From<&RefreshError> for RecordedError {
+    fn from(e: &RefreshError) -> Self {
+        let (kind, reason) = match e {
+            RefreshError::Rejected(r) => (ErrorKind::Rejected, r),
+            RefreshError::Transient { message, .. } => (ErrorKind::Transient, message),
+            RefreshError::Unconfirmed(m) => (ErrorKind::Unconfirmed, m),
+        };
+        RecordedError::Typed {
+            kind,
+            reason: reason.clone(),
+        }
+    }
+}
+
+impl From<RecordedError> for RefreshError {
+    fn from(e: RecordedError) -> Self {
+        match e {
+            RecordedError::Typed { kind, reason } => match kind {
+                ErrorKind::Rejected => RefreshError::Rejected(reason),
+                ErrorKind::Transient => RefreshError::transient(reason),
+                ErrorKind::Unconfirmed => RefreshError::Unconfirmed(reason),
+            },
+            RecordedError::Text(text) => {
+                let rejected = RefreshError::rejected("").to_string();
+                let unavailable = RefreshError::transient("").to_string();
+                match (
+                    text.strip_prefix(&rejected),
+                    text.strip_prefix(&unavailable),
+                ) {
+                    (Some(reason), _) => RefreshError::rejected(reason),
+                    (_, Some(reason)) => RefreshError::transient(reason),
+                    _ => RefreshError::transient(text),
+                }
+            }
+        }
+    }
 }
 
 fn record_version() -> u32 {
@@ -331,7 +388,7 @@ impl Codec {
             generation: with_generation.then_some(a.generation),
             needs_reauth: a.needs_reauth,
             last_refresh_at: a.last_refresh_at,
-            last_error: a.last_error.clone(),
+            last_error: a.last_error.as_ref().map(RecordedError::from),
             seed_fingerprint: a.seed_fingerprint.clone(),
             kid,
         };
@@ -443,7 +500,7 @@ impl Codec {
                 generation,
                 needs_reauth: r.needs_reauth,
                 last_refresh_at: r.last_refresh_at,
-                last_error: r.last_error,
+                last_error: r.last_error.map(RefreshError::from),
                 seed_fingerprint: r.seed_fingerprint,
             },
             sealing,
@@ -471,6 +528,43 @@ mod tests {
 
     fn contains(hay: &[u8], needle: &str) -> bool {
         hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn errors_are_recorded_by_kind_and_old_texts_are_read_back() {
+        let c = Codec::new(None);
+        for err in [
+            RefreshError::rejected("bad_refresh_token"),
+            RefreshError::transient("backend answered 503"),
+            RefreshError::unconfirmed("attempt timed out after 10s"),
+        ] {
+            let mut a = account();
+            a.last_error = Some(err.clone());
+            let bytes = c.encode(&a, true);
+            let (back, _) = c
+                .decode((Provider::GitHub, "octo"), &bytes, Generation::InRecord)
+                .unwrap();
+            assert_eq!(back.last_error, Some(err));
+        }
+        let old = |text: &str| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&c.encode(&account(), true)).unwrap();
+            v["last_error"] = text.into();
+            let bytes = serde_json::to_vec(&v).unwrap();
+            c.decode((Provider::GitHub, "octo"), &bytes, Generation::InRecord)
+                .unwrap()
+                .0
+                .last_error
+        };
+        assert_eq!(
+            old("refresh token rejected: gone"),
+            Some(RefreshError::rejected("gone"))
+        );
+        assert_eq!(
+            old("refresh temporarily unavailable: 503"),
+            Some(RefreshError::transient("503"))
+        );
+        assert_eq!(old("odd"), Some(RefreshError::transient("odd")));
     }
 
     #[test]

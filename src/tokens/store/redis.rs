@@ -435,18 +435,6 @@ fn usable(a: &StoredAccount) -> bool {
     a.access_token.is_some() && !a.needs_reauth && a.expires_at.is_none_or(|t| t > now_secs())
 }
 
-fn rejection(a: &StoredAccount) -> RefreshError {
-    let reason = a
-        .last_error
-        .clone()
-        .unwrap_or_else(|| "refresh token rejected".into());
-    RefreshError::Rejected(
-        reason
-            .trim_start_matches("refresh token rejected: ")
-            .to_string(),
-    )
-}
-
 /// A refresh lock held, and the state to refresh from.
 struct Locked {
     lock: String,
@@ -474,7 +462,7 @@ fn decide(current: &StoredAccount, stored: Option<StoredAccount>) -> Decision {
     match stored {
         Some(s) if s.generation >= current.generation => {
             if s.needs_reauth {
-                return Decision::Rejected(rejection(&s));
+                return Decision::Rejected(s.rejection());
             }
             let other_tokens =
                 s.access_token != current.access_token || s.refresh_token != current.refresh_token;
@@ -1411,7 +1399,7 @@ impl Shared {
             Some(s) if s.generation == next.generation && s.refresh_token == next.refresh_token => {
                 result.map(|_| next.clone())
             }
-            Some(s) if s.needs_reauth => Err(rejection(&s)),
+            Some(s) if s.needs_reauth => Err(s.rejection()),
             Some(s) if usable(&s) => {
                 tracing::warn!(provider = %next.provider, account = %next.account, generation = s.generation,
                     "the account changed in the shared store during the refresh; the stored tokens win");
@@ -1664,7 +1652,7 @@ mod tests {
         let mut a = account(7, "ghu_1", "ghr_1");
         a.expires_at = Some(1_800_000_000);
         a.seed_fingerprint = Some("ab".into());
-        a.last_error = Some("x".into());
+        a.last_error = Some(RefreshError::transient("x"));
         let codec = Codec::new(None);
         let key = key_of(false, "acct", a.provider, &a.account);
         let under = parse_account_key(&key).unwrap();
@@ -1729,7 +1717,7 @@ mod tests {
         // Marked as needing re-authorisation: rejected without a call.
         let mut dead = account(3, "ghu_a", "ghr_a");
         dead.needs_reauth = true;
-        dead.last_error = Some("refresh token rejected: bad_refresh_token".into());
+        dead.last_error = Some(RefreshError::rejected("bad_refresh_token"));
         match decide(&cur, Some(dead)) {
             Decision::Rejected(RefreshError::Rejected(r)) => assert_eq!(r, "bad_refresh_token"),
             _ => panic!("expected a rejection"),
