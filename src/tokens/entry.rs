@@ -1,0 +1,273 @@
+//! One account's cache entry: what it holds, how a new state (from a seed, the application,
+//! the operator or the store) is applied to it, and how it is listed and snapshotted for the
+//! store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderValue;
+
+use super::flight::Flight;
+use super::{idx, HealthChange, RefreshEvent, RefreshOutcome, Tokens};
+use crate::provider::{Account, Provider};
+use crate::refresh::RefreshError;
+use crate::token::{timestamp_to_system_time, unix_secs, Secret, TokenSeed};
+use crate::tokens::store::{StoreUpdate, StoredAccount};
+
+/// One account in the cache. The access token is kept once, inside its header value.
+pub(super) struct Entry {
+    pub(super) refresh_token: Secret,
+    /// Fingerprint of the configured refresh token the account started from.
+    pub(super) seed_fingerprint: Option<String>,
+    /// The injected header, `None` when there is no usable access token.
+    pub(super) header: Option<HeaderValue>,
+    /// Effective expiry of `header` (the default lifetime applied when unknown).
+    pub(super) expires_at: SystemTime,
+    /// Whether `expires_at` came from the provider or from the default lifetime.
+    pub(super) expiry_known: bool,
+    /// When a background refresh should start.
+    pub(super) ahead_at: SystemTime,
+    pub(super) generation: u64,
+    pub(super) needs_reauth: bool,
+    pub(super) flight: Option<Flight>,
+    /// The flight's attempt timed out after sending; its answer is still awaited.
+    pub(super) late: bool,
+    /// When the current tokens were obtained by a refresh (here or by another replica), for
+    /// `min_interval`; `None` for tokens put by the operator or the config.
+    pub(super) refreshed_at: Option<Instant>,
+    /// No refresh before this (a failed cycle's cooldown).
+    pub(super) cooldown_until: Option<Instant>,
+    /// Consecutive failed cycles (the cooldown doubles with each).
+    pub(super) failed_cycles: u32,
+    pub(super) last_refresh_at: Option<SystemTime>,
+    pub(super) last_error: Option<RefreshError>,
+    /// In an episode of trouble: `NeedsReauth` or `Failing` was announced (or the account was
+    /// loaded needing re-authorisation) and `Recovered` not yet.
+    pub(super) episode: bool,
+}
+
+/// One account as listed by [`Tokens::list`]: never a token value.
+///
+/// ```
+/// # use oauth_refresh_proxy::AccountInfo;
+/// fn show(a: &AccountInfo) -> String { format!("{}/{} gen {}", a.provider, a.account, a.generation) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// The provider.
+    pub provider: Provider,
+    /// The account id.
+    pub account: String,
+    /// When the access token expires (unix seconds); `None` when there is no access token or
+    /// its expiry is unknown.
+    pub expires_at: Option<u64>,
+    /// The token generation: grows by one whenever the access token changes.
+    pub generation: u64,
+    /// Whether the refresh token was rejected and the account needs new tokens.
+    pub needs_reauth: bool,
+    /// When the last successful refresh happened (unix seconds).
+    pub last_refresh_at: Option<u64>,
+    /// The last refresh error (never a token), cleared by a success.
+    pub last_error: Option<String>,
+    /// Whether the account holds an access token that has not expired (for the `orp_tokens`
+    /// gauge: `valid`, `expired` or `needs_reauth`).
+    pub valid: bool,
+}
+
+/// Where a change to an account's entry comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// This process's own change (put by the application, the operator or the configuration):
+    /// applied whatever its generation, and any refresh under way is detached.
+    Local,
+    /// Read from, or announced by, the store: applied only when newer than the entry.
+    Store,
+}
+
+pub(super) fn snapshot(provider: Provider, account: &str, e: &Entry) -> StoredAccount {
+    StoredAccount {
+        provider,
+        account: account.to_string(),
+        refresh_token: e.refresh_token.clone(),
+        // The access token is kept once, inside its header value (`Bearer <token>`).
+        access_token: e
+            .header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(Secret::new),
+        expires_at: (e.header.is_some() && e.expiry_known).then(|| unix_secs(e.expires_at)),
+        generation: e.generation,
+        needs_reauth: e.needs_reauth,
+        last_refresh_at: e.last_refresh_at.map(unix_secs),
+        last_error: e.last_error.clone(),
+        seed_fingerprint: e.seed_fingerprint.clone(),
+    }
+}
+
+pub(super) fn info(provider: Provider, account: &str, e: &Entry) -> AccountInfo {
+    AccountInfo {
+        provider,
+        account: account.to_string(),
+        expires_at: (e.header.is_some() && e.expiry_known).then(|| unix_secs(e.expires_at)),
+        generation: e.generation,
+        needs_reauth: e.needs_reauth,
+        last_refresh_at: e.last_refresh_at.map(unix_secs),
+        last_error: e.last_error.as_ref().map(ToString::to_string),
+        valid: e.header.is_some() && SystemTime::now() < e.expires_at,
+    }
+}
+
+impl Tokens {
+    /// The state a seed gives an account, one generation past its current one.
+    pub(super) fn state_from_seed(
+        &self,
+        provider: Provider,
+        account: &str,
+        seed: TokenSeed,
+        seed_fingerprint: Option<String>,
+    ) -> StoredAccount {
+        let generation = self.inner.maps[idx(provider)]
+            .get(account)
+            .map_or(0, |e| e.generation)
+            + 1;
+        let access_token = seed.access_token.filter(|a| a.bearer_header().is_some());
+        StoredAccount {
+            provider,
+            account: account.to_string(),
+            expires_at: access_token.as_ref().and(seed.expires_at).map(unix_secs),
+            access_token,
+            refresh_token: seed.refresh_token,
+            generation,
+            needs_reauth: false,
+            last_refresh_at: None,
+            last_error: None,
+            seed_fingerprint,
+        }
+    }
+
+    /// Sets an account's entry from `state` (see [`Origin`]). Returns whether an entry existed.
+    pub(super) fn set_state(
+        &self,
+        account: Arc<str>,
+        state: StoredAccount,
+        origin: Origin,
+    ) -> bool {
+        let local = origin == Origin::Local;
+        let now = SystemTime::now();
+        let header = state.access_token.as_ref().and_then(Secret::bearer_header);
+        let known = header.is_some() && state.expires_at.is_some();
+        let expires_at = match (&header, state.expires_at) {
+            (Some(_), Some(at)) => timestamp_to_system_time(at as i64).unwrap_or(now),
+            (Some(_), None) => now + self.inner.default_lifetime,
+            (None, _) => now,
+        };
+        let map = &self.inner.maps[idx(state.provider)];
+        let mut existed = true;
+        let mut e = map.entry(account).or_insert_with(|| {
+            existed = false;
+            Box::new(Entry {
+                refresh_token: state.refresh_token.clone(),
+                seed_fingerprint: None,
+                header: None,
+                expires_at: now,
+                expiry_known: false,
+                ahead_at: now,
+                generation: 0,
+                needs_reauth: false,
+                flight: None,
+                late: false,
+                refreshed_at: None,
+                cooldown_until: None,
+                failed_cycles: 0,
+                last_refresh_at: None,
+                last_error: None,
+                episode: false,
+            })
+        });
+        if !existed {
+            // Under the new entry's guard: lock order map entry, then index.
+            self.inner.index.insert(state.provider, e.key().clone());
+        }
+        if !local && existed && e.generation >= state.generation {
+            return existed;
+        }
+        // New tokens that need no re-authorisation end an episode (SPEC 4.11).
+        let recovered = e.episode && !state.needs_reauth;
+        e.episode = state.needs_reauth;
+        e.refresh_token = state.refresh_token;
+        e.seed_fingerprint = state.seed_fingerprint;
+        e.header = header;
+        e.expires_at = expires_at;
+        e.expiry_known = known;
+        e.ahead_at = self.ahead_at(expires_at);
+        e.generation = if local {
+            state.generation.max(e.generation + 1)
+        } else {
+            state.generation
+        };
+        e.needs_reauth = state.needs_reauth;
+        e.flight = None;
+        e.late = false;
+        // New tokens (put here or adopted from another replica) end any cooldown.
+        e.cooldown_until = None;
+        e.failed_cycles = 0;
+        e.refreshed_at = None;
+        e.last_refresh_at = state
+            .last_refresh_at
+            .and_then(|t| timestamp_to_system_time(t as i64));
+        e.last_error = state.last_error;
+        let generation = e.generation;
+        drop(e);
+        if recovered {
+            self.inner.subscribers.publish(RefreshEvent {
+                provider: state.provider,
+                account: Account::new(state.account),
+                generation,
+                duration: Duration::ZERO,
+                outcome: RefreshOutcome::Replaced,
+                health: Some(HealthChange::Recovered),
+            });
+        }
+        existed
+    }
+
+    /// Applies a change another process made (announced by a shared store).
+    pub(super) fn apply_update(&self, update: StoreUpdate) {
+        match update {
+            StoreUpdate::Changed(state) => {
+                tracing::debug!(provider = %state.provider, account = %state.account, generation = state.generation, "account changed elsewhere");
+                let (provider, generation) = (state.provider, state.generation);
+                let refreshed = state.last_refresh_at.is_some();
+                let account: Arc<str> = Arc::from(state.account.as_str());
+                self.set_state(account.clone(), state, Origin::Store);
+                // Another replica's refresh counts for `min_interval` here too.
+                if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(&*account) {
+                    if refreshed && e.generation == generation {
+                        e.refreshed_at = Some(Instant::now());
+                    }
+                }
+            }
+            StoreUpdate::Removed { provider, account } => {
+                self.remove(provider, &account);
+            }
+        }
+    }
+
+    /// Whether the entry's tokens came from a refresh less than `min_interval` ago (and no
+    /// refresh runs now): they are used as returned, however soon they expire.
+    pub(super) fn within_min_interval(&self, e: &Entry) -> bool {
+        e.flight.is_none()
+            && e.refreshed_at
+                .is_some_and(|t| t.elapsed() < self.inner.min_interval)
+    }
+
+    pub(super) fn ahead_at(&self, expires_at: SystemTime) -> SystemTime {
+        let window = self.inner.refresh_ahead;
+        if window <= self.inner.skew {
+            return expires_at; // no background refresh
+        }
+        let jitter = (window / 10).mul_f64(fastrand::f64());
+        (expires_at - window) + jitter
+    }
+}
