@@ -25,7 +25,7 @@ pub mod redis;
 #[cfg(any(feature = "file-store", feature = "redis-store"))]
 pub use record::{Encryption, InvalidKey};
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
@@ -317,8 +317,5 @@ pub trait Store: Send + Sync + 'static {
 
 /// Now, in unix seconds.
 pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::token::unix_secs(SystemTime::now())
 }

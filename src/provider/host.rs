@@ -1,92 +1,10 @@
-//! The two providers and how a request's provider is found.
+//! Host patterns: the hosts an application maps to a provider beyond the default ones
+//! ([`HostPattern`]), and the layer's host → provider table that consults them first.
 
 use std::fmt;
 use std::str::FromStr;
 
-/// An OAuth provider whose APIs the proxy keeps authenticated.
-///
-/// Put one in a request's extensions to choose the provider explicitly; otherwise the layer
-/// detects it from the request's host (see [`Provider::from_host`]).
-///
-/// ```
-/// use oauth_refresh_proxy::Provider;
-///
-/// let p: Provider = "github".parse().unwrap();
-/// assert_eq!(p, Provider::GitHub);
-/// assert_eq!(p.as_str(), "github");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Provider {
-    /// Google APIs (`*.googleapis.com`).
-    Google,
-    /// GitHub APIs (`api.github.com`, `uploads.github.com`).
-    GitHub,
-}
-
-impl Provider {
-    /// Both providers, in a fixed order.
-    pub const ALL: [Provider; 2] = [Provider::Google, Provider::GitHub];
-
-    /// The lowercase name used in URLs, config files and metrics: `google` or `github`.
-    ///
-    /// ```
-    /// # use oauth_refresh_proxy::Provider;
-    /// assert_eq!(Provider::Google.as_str(), "google");
-    /// ```
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Google => "google",
-            Provider::GitHub => "github",
-        }
-    }
-
-    /// Detects the provider of an API host (case-insensitive, port ignored):
-    /// `*.googleapis.com` is Google, `api.github.com` and `uploads.github.com` are GitHub.
-    /// Any other host has no provider, and the layer then passes the request through untouched.
-    ///
-    /// ```
-    /// # use oauth_refresh_proxy::Provider;
-    /// assert_eq!(Provider::from_host("www.googleapis.com"), Some(Provider::Google));
-    /// assert_eq!(Provider::from_host("API.GitHub.com:443"), Some(Provider::GitHub));
-    /// assert_eq!(Provider::from_host("github.com"), None);
-    /// assert_eq!(Provider::from_host("evilgoogleapis.com"), None);
-    /// assert_eq!(Provider::from_host("user@www.googleapis.com:443"), Some(Provider::Google));
-    /// assert_eq!(Provider::from_host("[::1]:443"), None);
-    /// ```
-    pub fn from_host(host: &str) -> Option<Provider> {
-        Provider::of_default_host(split_authority(host).0)
-    }
-
-    /// The provider of a bare host (no userinfo, no port, no trailing dot) among the defaults.
-    fn of_default_host(host: &str) -> Option<Provider> {
-        let host = host.as_bytes();
-        // Case-insensitive without allocating: this runs on every request of the layer.
-        const GOOGLE: &[u8] = b".googleapis.com";
-        let ends_with_google = host.len() > GOOGLE.len()
-            && host[host.len() - GOOGLE.len()..].eq_ignore_ascii_case(GOOGLE);
-        if ends_with_google {
-            Some(Provider::Google)
-        } else if host.eq_ignore_ascii_case(b"api.github.com")
-            || host.eq_ignore_ascii_case(b"uploads.github.com")
-        {
-            Some(Provider::GitHub)
-        } else {
-            None
-        }
-    }
-}
-
-/// Splits an authority (`user@host:port`) into its host, without a trailing dot, and its
-/// explicit port (`None` when absent or not a number). Allocates nothing.
-fn split_authority(authority: &str) -> (&str, Option<u16>) {
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match authority.rsplit_once(':') {
-        // An empty port (`host:`) is valid URI syntax and means the scheme's default.
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (h, port.parse().ok()),
-        _ => (authority, None),
-    };
-    (host.trim_end_matches('.'), port)
-}
+use super::{split_authority, Provider};
 
 /// A host that [`RefreshLayer::host`](crate::RefreshLayer::host) maps to a provider, beyond the
 /// default hosts of [`Provider::from_host`]: GitHub Enterprise Server, a Google private endpoint.
@@ -323,104 +241,10 @@ impl HostMap {
     }
 }
 
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The error of parsing a provider name.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown provider {0:?} (expected \"google\" or \"github\")")]
-pub struct UnknownProvider(String);
-
-impl FromStr for Provider {
-    type Err = UnknownProvider;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "google" => Ok(Provider::Google),
-            "github" => Ok(Provider::GitHub),
-            other => Err(UnknownProvider(other.to_string())),
-        }
-    }
-}
-
-/// The account whose token a request should carry; put it in the request's extensions.
-///
-/// ```
-/// use oauth_refresh_proxy::Account;
-///
-/// let mut req = http::Request::new(());
-/// req.extensions_mut().insert(Account::new("alice"));
-/// assert_eq!(req.extensions().get::<Account>().unwrap().as_str(), "alice");
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Account(std::sync::Arc<str>);
-
-impl Account {
-    /// Names an account.
-    ///
-    /// ```
-    /// # use oauth_refresh_proxy::Account;
-    /// assert_eq!(Account::new("bob").as_str(), "bob");
-    /// ```
-    pub fn new(id: impl Into<std::sync::Arc<str>>) -> Self {
-        Account(id.into())
-    }
-
-    /// The account's id.
-    ///
-    /// ```
-    /// # use oauth_refresh_proxy::Account;
-    /// assert_eq!(Account::new("bob").as_str(), "bob");
-    /// ```
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Account {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-#[cfg(test)]
-mod split_tests {
-    use super::split_authority;
-
-    #[test]
-    fn authorities() {
-        for (authority, host, port) in [
-            ("www.googleapis.com", "www.googleapis.com", None),
-            ("www.googleapis.com.", "www.googleapis.com", None),
-            ("api.github.com:443", "api.github.com", Some(443)),
-            ("api.github.com.:8443", "api.github.com", Some(8443)),
-            ("api.github.com:", "api.github.com", None),
-            (
-                "user:pw@ghe.example.com:8443",
-                "ghe.example.com",
-                Some(8443),
-            ),
-            ("user@ghe.example.com", "ghe.example.com", None),
-            ("[::1]:8443", "[::1]", Some(8443)),
-            ("[::1]", "[::1]", None),
-            ("host:99999", "host", None),
-            ("host:12a", "host:12a", None),
-            ("", "", None),
-            (":", "", None),
-            ("@", "", None),
-            ("ünïcode.example:80", "ünïcode.example", Some(80)),
-        ] {
-            assert_eq!(split_authority(authority), (host, port), "{authority:?}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::Provider;
 
     fn map(rules: &[(&str, Provider)]) -> HostMap {
         let mut m = HostMap::default();
