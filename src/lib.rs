@@ -11,6 +11,24 @@
 //!   backend; [`DirectRefresher`] to Google's and GitHub's own token endpoints through
 //!   [`GoogleRefresher`] and [`GitHubRefresher`]).
 //!
+//! # How the crate is laid out
+//!
+//! Requests flow one way, top to bottom; no module calls back up:
+//!
+//! ```text
+//! proxy        the sidecar: listener → server → router → layer → upstream; admin, metrics,
+//!   │          webhooks, the served refresh API (refresh_api), config, the demo walkthrough
+//! layer        RefreshLayer / Refresh<S>: picks provider and account, injects the token,
+//!   │          replays once after a 401 (ReplayBody keeps the body for it)
+//! tokens       Tokens: the cache, one refresh per account and generation (flight),
+//!   │   └──┐   refresh-ahead, cooldowns, events
+//!   │    store memory, file (redb) or Redis; the record codec and encryption at rest
+//! refresh      Refresher: the backend protocol, or Google's and GitHub's token endpoints
+//!              (transport: one HTTP client, URL rules and error wording for all of them)
+//! beside them  provider (hosts → provider), token (Secret), error, single_flight;
+//!              reqwest / google_apis / octocrab adapt tokens and layer to those clients
+//! ```
+//!
 //! # Cargo features
 //!
 //! With `default-features = false` the crate is the layer, the cache, the refreshers (over

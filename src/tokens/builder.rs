@@ -82,7 +82,7 @@ impl TokensBuilder {
         self
     }
 
-    /// Keeps accounts in `store` as well (durable or shared; see [`store`]). Without one,
+    /// Keeps accounts in `store` as well (durable or shared; see [`store`](crate::store)). Without one,
     /// accounts live in memory only. With a store, add accounts with [`Tokens::put`] or
     /// [`Tokens::restore`] so they are persisted.
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
