@@ -40,7 +40,8 @@ pub(super) struct Entry {
     /// Consecutive failed cycles (the cooldown doubles with each).
     pub(super) failed_cycles: u32,
     pub(super) last_refresh_at: Option<SystemTime>,
-    pub(super) last_error: Option<RefreshError>,
+    /// Boxed: rarely set, and the entry is kept small for the million-account case.
+    pub(super) last_error: Option<Box<RefreshError>>,
     /// In an episode of trouble: `NeedsReauth` or `Failing` was announced (or the account was
     /// loaded needing re-authorisation) and `Recovered` not yet.
     pub(super) episode: bool,
@@ -100,7 +101,7 @@ pub(super) fn snapshot(provider: Provider, account: &str, e: &Entry) -> StoredAc
         generation: e.generation,
         needs_reauth: e.needs_reauth,
         last_refresh_at: e.last_refresh_at.map(unix_secs),
-        last_error: e.last_error.clone(),
+        last_error: e.last_error.as_deref().cloned(),
         seed_fingerprint: e.seed_fingerprint.clone(),
     }
 }
@@ -216,7 +217,7 @@ impl Tokens {
         e.last_refresh_at = state
             .last_refresh_at
             .and_then(|t| timestamp_to_system_time(t as i64));
-        e.last_error = state.last_error;
+        e.last_error = state.last_error.map(Box::new);
         let generation = e.generation;
         drop(e);
         if recovered {

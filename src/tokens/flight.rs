@@ -162,7 +162,11 @@ pub(super) fn unavailable(provider: Provider, account: &str, why: &str, after: D
 }
 
 pub(super) fn rejected_error(provider: Provider, account: &str, e: &Entry) -> Error {
-    Error::from_refresh(provider, account, &store::rejection(e.last_error.as_ref()))
+    Error::from_refresh(
+        provider,
+        account,
+        &store::rejection(e.last_error.as_deref()),
+    )
 }
 
 impl Tokens {
@@ -371,7 +375,7 @@ impl Tokens {
                     else {
                         let err =
                             RefreshError::transient("refreshed token is not a valid header value");
-                        e.last_error = Some(err.clone());
+                        e.last_error = Some(Box::new(err.clone()));
                         bump(&counters.refresh_transient_error);
                         return FlightResult::Err(err);
                     };
@@ -424,7 +428,7 @@ impl Tokens {
                     }
                 }
                 Err(err) => {
-                    e.last_error = Some(err.clone());
+                    e.last_error = Some(Box::new(err.clone()));
                     if err.is_rejected() {
                         e.needs_reauth = true;
                         e.episode = true;
