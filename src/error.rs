@@ -8,7 +8,7 @@ use crate::provider::{Account, Provider};
 /// A boxed error, as tower and hyper use.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What went wrong, for mapping errors to responses (the sidecar maps each kind to SPEC 4.4).
+/// What went wrong, for mapping errors to responses (the sidecar maps each kind to one status and error code, SPEC 4.4).
 ///
 /// ```
 /// use oauth_refresh_proxy::ErrorKind;

@@ -114,7 +114,7 @@ pub use tokens::{
     Tokens, TokensBuilder,
 };
 
-// Host mapping (SPEC 6) and octocrab's client stack through the layer (feature `octocrab`).
+// Host mapping (hosts beyond the default ones mapped to a provider) and octocrab's client stack through the layer (feature `octocrab`).
 pub use provider::{HostPattern, InvalidHost};
 #[cfg(feature = "octocrab")]
 pub mod octocrab;

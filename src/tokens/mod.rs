@@ -14,7 +14,8 @@
 //!
 //! * a flight is under way ⇒ wait for it (coalesced);
 //! * the entry's generation is newer than the one the request sent and the token is usable ⇒
-//!   use it (someone else refreshed already: the GitHub rotation case of SPEC 3);
+//!   use it (someone else refreshed already — with GitHub, whose refresh tokens rotate, a
+//!   second refresh with the spent token would fail);
 //! * otherwise start the flight, register it in the entry, and wait for it.
 //!
 //! The flight runs in its own task, so a caller that gives up never cancels it for the others.
