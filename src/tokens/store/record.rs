@@ -340,6 +340,19 @@ pub(crate) enum Generation {
     Beside(u64),
 }
 
+/// Whether a record carries its generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    not(all(feature = "file-store", feature = "redis-store")),
+    allow(dead_code)
+)]
+pub(crate) enum RecordGeneration {
+    /// Written into the record (the file store).
+    Included,
+    /// Left out: it lives beside the record (Redis' `gen` hash field).
+    Omitted,
+}
+
 impl Codec {
     /// A codec that seals with `encryption` when given.
     pub(crate) fn new(encryption: Option<Encryption>) -> Codec {
@@ -351,8 +364,8 @@ impl Codec {
         self.encryption.is_some()
     }
 
-    /// The record of `a` (its generation in the record when `with_generation`).
-    pub(crate) fn encode(&self, a: &StoredAccount, with_generation: bool) -> Vec<u8> {
+    /// The record of `a`, its generation included or not.
+    pub(crate) fn encode(&self, a: &StoredAccount, generation: RecordGeneration) -> Vec<u8> {
         let (refresh_token, access_token, kid) = match &self.encryption {
             None => (
                 a.refresh_token.expose().to_string(),
@@ -385,7 +398,7 @@ impl Codec {
             refresh_token,
             access_token,
             expires_at: a.expires_at,
-            generation: with_generation.then_some(a.generation),
+            generation: (generation == RecordGeneration::Included).then_some(a.generation),
             needs_reauth: a.needs_reauth,
             last_refresh_at: a.last_refresh_at,
             last_error: a.last_error.as_ref().map(RecordedError::from),
@@ -540,7 +553,7 @@ mod tests {
         ] {
             let mut a = account();
             a.last_error = Some(err.clone());
-            let bytes = c.encode(&a, true);
+            let bytes = c.encode(&a, RecordGeneration::Included);
             let (back, _) = c
                 .decode((Provider::GitHub, "octo"), &bytes, Generation::InRecord)
                 .unwrap();
@@ -548,7 +561,7 @@ mod tests {
         }
         let old = |text: &str| {
             let mut v: serde_json::Value =
-                serde_json::from_slice(&c.encode(&account(), true)).unwrap();
+                serde_json::from_slice(&c.encode(&account(), RecordGeneration::Included)).unwrap();
             v["last_error"] = text.into();
             let bytes = serde_json::to_vec(&v).unwrap();
             c.decode((Provider::GitHub, "octo"), &bytes, Generation::InRecord)
@@ -570,7 +583,7 @@ mod tests {
     #[test]
     fn clear_records_round_trip() {
         let c = Codec::new(None);
-        let bytes = c.encode(&account(), true);
+        let bytes = c.encode(&account(), RecordGeneration::Included);
         let (back, s) = c
             .decode((Provider::GitHub, "octo"), &bytes, Generation::InRecord)
             .unwrap();
@@ -579,7 +592,7 @@ mod tests {
         let (beside, _) = c
             .decode(
                 (Provider::GitHub, "octo"),
-                &c.encode(&account(), false),
+                &c.encode(&account(), RecordGeneration::Omitted),
                 Generation::Beside(9),
             )
             .unwrap();
@@ -589,7 +602,7 @@ mod tests {
     #[test]
     fn sealed_records_hold_no_token_bytes_and_round_trip() {
         let c = Codec::new(Some(enc(K1)));
-        let bytes = c.encode(&account(), true);
+        let bytes = c.encode(&account(), RecordGeneration::Included);
         assert!(!contains(&bytes, "SECRET"));
         assert!(!contains(&bytes, "ghr_"));
         assert!(contains(&bytes, enc(K1).key_id()));
@@ -599,13 +612,13 @@ mod tests {
         assert_eq!(back, account());
         assert_eq!(s, Sealing::Current);
         // A fresh nonce per write.
-        assert_ne!(bytes, c.encode(&account(), true));
+        assert_ne!(bytes, c.encode(&account(), RecordGeneration::Included));
     }
 
     #[test]
     fn wrong_missing_and_previous_keys() {
-        let sealed = Codec::new(Some(enc(K1))).encode(&account(), true);
-        let clear = Codec::new(None).encode(&account(), true);
+        let sealed = Codec::new(Some(enc(K1))).encode(&account(), RecordGeneration::Included);
+        let clear = Codec::new(None).encode(&account(), RecordGeneration::Included);
         let at = (Provider::GitHub, "octo");
         let g = Generation::InRecord;
         let err = |c: &Codec, b: &[u8]| c.decode(at, b, g).unwrap_err();
@@ -627,7 +640,7 @@ mod tests {
     #[test]
     fn tampered_or_moved_records_fail() {
         let c = Codec::new(Some(enc(K1)));
-        let bytes = c.encode(&account(), true);
+        let bytes = c.encode(&account(), RecordGeneration::Included);
         let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         // Moved: the record claims the other account too, so only the seal can tell.
         v["account"] = "mallory".into();
@@ -649,7 +662,7 @@ mod tests {
             "{e}"
         );
         // In the clear, the same mismatch stays a malformed record.
-        let clear = Codec::new(None).encode(&account(), true);
+        let clear = Codec::new(None).encode(&account(), RecordGeneration::Included);
         let e = Codec::new(None)
             .decode((Provider::GitHub, "mallory"), &clear, Generation::InRecord)
             .unwrap_err();
