@@ -44,6 +44,16 @@ return 1
 /// A record written with no key, to be sealed: `(key, data as read, sealed data)`.
 type ClearRecord = (String, String, Vec<u8>);
 
+/// An account as a write sends it ([`Shared::write_of`]).
+pub(super) struct AccountWrite {
+    /// `orp:acct:…`.
+    pub(super) key: String,
+    /// The record, the hash's `data` field.
+    pub(super) record: Vec<u8>,
+    /// The message on `orp:updates`.
+    pub(super) announcement: String,
+}
+
 /// `HMGET key gen data`: an account's generation and record.
 fn read_cmd(key: &str) -> redis::Cmd {
     let mut c = redis::cmd("HMGET");
@@ -148,19 +158,29 @@ impl Shared {
         Ok(())
     }
 
+    /// What a write of `a` sends: its key, its record (the generation left out: it is the
+    /// hash's `gen` field) and its announcement.
+    pub(super) fn write_of(&self, a: &StoredAccount) -> AccountWrite {
+        AccountWrite {
+            key: self.account_key(a.provider, &a.account),
+            record: self.codec.encode(a, RecordGeneration::Omitted),
+            announcement: self.announcement(a.provider, &a.account),
+        }
+    }
+
     /// Writes `account` (never lowering its generation) and announces it; returns the
     /// generation written.
     pub(super) async fn save(&self, account: &StoredAccount) -> Result<u64, StoreError> {
-        let (provider, name) = (account.provider, &account.account);
+        let write = self.write_of(account);
         let g: String = self
             .invoke(
                 "save account",
                 self.save
-                    .key(self.account_key(provider, name))
+                    .key(write.key)
                     .arg(account.generation)
-                    .arg(self.codec.encode(account, RecordGeneration::Omitted))
+                    .arg(write.record)
                     .arg(CHANNEL)
-                    .arg(self.announcement(provider, name)),
+                    .arg(write.announcement),
             )
             .await?;
         Ok(g.parse().unwrap_or(account.generation))

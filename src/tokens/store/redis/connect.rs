@@ -101,8 +101,9 @@ impl RedisStore {
     }
 
     /// Like [`connect`](RedisStore::connect), with the tokens sealed by `encryption` when given
-    /// (encryption at rest; see [`Encryption`] for the rules). [`Store::load`] (start-up) fails,
-    /// naming the store, on a record the keys cannot open, and writes nothing then; with
+    /// (encryption at rest; see [`Encryption`] for the rules).
+    /// [`Store::load`](crate::store::Store::load) (start-up) fails, naming the store, on a
+    /// record the keys cannot open, and writes nothing then; with
     /// [`Encryption::encrypt_existing`] it seals the records written with no key, all in one
     /// atomic script.
     pub async fn connect_with(

@@ -57,7 +57,8 @@
 //! refresh, the new state is returned anyway (dropping a rotated refresh token would lose the
 //! account) and a background task keeps retrying the fenced write for up to 15 minutes.
 //!
-//! The command connection is redis-rs's [`ConnectionManager`], which reconnects by itself. The
+//! The command connection is redis-rs's
+//! [`ConnectionManager`](redis::aio::ConnectionManager), which reconnects by itself. The
 //! subscriber is a dedicated RESP3 connection (Redis ≥ 6) driven by a loop that pings it every
 //! 2 s, reconnects with backoff (100 ms … 1 s) after any failure, and after every (re)subscription
 //! reloads all accounts and emits `Changed` for each, so updates missed while disconnected are
@@ -105,6 +106,9 @@
 //! Limits: a refresh racing an administrative removal on another replica can re-create the
 //! removed account.
 
+// Where the code is: opening (connect), key names and messages (keys), reading and writing
+// accounts (accounts), the cross-replica refresh (refresh), commands over every node (cluster),
+// the subscriber (subscriber) and notes (notes). This file holds the types and the `Store` impl.
 mod accounts;
 mod cluster;
 mod connect;
@@ -171,6 +175,7 @@ struct Shared {
     codec: Codec,
     /// Where other replicas' notes go ([`RedisStore::notes`]).
     notes: std::sync::Mutex<Option<mpsc::UnboundedSender<String>>>,
+    /// The Lua scripts, loaded once (their sources: `accounts.rs` and `refresh.rs`).
     save: Script,
     commit: Script,
     renew: Script,

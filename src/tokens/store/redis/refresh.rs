@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use super::keys::CHANNEL;
 use super::{random_id, Shared};
 use crate::refresh::{BoxFuture, RefreshError, Refreshed};
-use crate::tokens::store::record::RecordGeneration;
 use crate::tokens::store::{now_secs, RefreshFn, StoreError, StoreRefresh, StoredAccount};
 
 /// How often a waiting replica looks at a held lock again (announcements wake it earlier).
@@ -148,19 +147,19 @@ impl Shared {
         expected: Option<u64>,
         next: &StoredAccount,
     ) -> Result<bool, StoreError> {
-        let (provider, account) = (next.provider, &next.account);
+        let write = self.write_of(next);
         let n: i64 = self
             .invoke(
                 "write refreshed account",
                 self.commit
-                    .key(self.account_key(provider, account))
+                    .key(write.key)
                     .key(lock)
                     .arg(expected.map(|g| g.to_string()).unwrap_or_default())
                     .arg(next.generation)
-                    .arg(self.codec.encode(next, RecordGeneration::Omitted))
+                    .arg(write.record)
                     .arg(owner)
                     .arg(CHANNEL)
-                    .arg(self.announcement(provider, account)),
+                    .arg(write.announcement),
             )
             .await?;
         Ok(n == 1)
