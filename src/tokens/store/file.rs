@@ -38,7 +38,7 @@ use redb::{
     StorageError, TableDefinition, TableError,
 };
 
-use super::record::{Codec, Encryption, Generation, Sealing};
+use super::record::{Codec, Encryption, Generation, RecordError, RecordGeneration, Sealing};
 use super::{Store, StoreError, StoredAccount};
 use crate::provider::Provider;
 use crate::refresh::BoxFuture;
@@ -115,8 +115,8 @@ fn read_records(
         let opened = codec
             .decode(under, value.value(), Generation::InRecord)
             .map_err(|e| match e {
-                super::record::RecordError::Malformed(m) => err("corrupted", &m),
-                super::record::RecordError::Sealing(m) => err("cannot open", &m),
+                RecordError::Malformed(m) => err("corrupted", &m),
+                RecordError::Sealing(m) => err("cannot open", &m),
             })?;
         out.push(opened);
     }
@@ -246,7 +246,7 @@ impl FileStore {
             .collect();
         inner.write("cannot write", |t| {
             for a in &clear {
-                let value = inner.codec.encode(a, true);
+                let value = inner.codec.encode(a, RecordGeneration::Included);
                 t.insert(key(a.provider, &a.account).as_bytes(), value.as_slice())?;
             }
             Ok(())
@@ -466,7 +466,7 @@ impl Store for FileStore {
     fn save(&self, account: StoredAccount) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.blocking(move |inner| {
             let key = key(account.provider, &account.account);
-            let value = inner.codec.encode(&account, true);
+            let value = inner.codec.encode(&account, RecordGeneration::Included);
             inner.write("cannot save", |t| {
                 t.insert(key.as_bytes(), value.as_slice()).map(|_| ())
             })
