@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use super::http::{InvalidUrl, TokenEndpoint};
+use super::transport::{InvalidUrl, TokenEndpoint};
 use super::{BoxFuture, RefreshError, Refreshed, Refresher};
 use crate::provider::Provider;
 use crate::token::Secret;

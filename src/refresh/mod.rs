@@ -36,14 +36,14 @@ use crate::token::Secret;
 mod backend;
 mod github;
 mod google;
-mod http;
+mod transport;
 #[cfg(test)]
 pub(crate) mod scripted;
 
 pub use backend::BackendRefresher;
 pub use github::GitHubRefresher;
 pub use google::GoogleRefresher;
-pub use http::InvalidUrl;
+pub use transport::InvalidUrl;
 
 /// A boxed, sendable future, as returned by [`Refresher::refresh`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
