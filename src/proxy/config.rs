@@ -78,12 +78,16 @@ use toml::{Table, Value};
 
 use crate::store::redis::RedisNodes;
 use crate::token::timestamp_to_system_time;
-use crate::{Provider, RetryPolicy, Secret, TokenSeed, TokensBuilder};
+use crate::{
+    GitHubRefresher, GoogleRefresher, Provider, RetryPolicy, Secret, TokenSeed, TokensBuilder,
+};
 
-/// Google's token endpoint, the default `refresh.google.token_url`.
-pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
-/// GitHub's token endpoint, the default `refresh.github.token_url`.
-pub const GITHUB_TOKEN_URL: &str = "https://github.com/login/oauth/access_token";
+/// Google's token endpoint, the default `refresh.google.token_url`: the library's
+/// [`GoogleRefresher::TOKEN_URL`].
+pub const GOOGLE_TOKEN_URL: &str = GoogleRefresher::TOKEN_URL;
+/// GitHub's token endpoint, the default `refresh.github.token_url`: the library's
+/// [`GitHubRefresher::TOKEN_URL`].
+pub const GITHUB_TOKEN_URL: &str = GitHubRefresher::TOKEN_URL;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;

@@ -36,9 +36,9 @@ use crate::token::Secret;
 mod backend;
 mod github;
 mod google;
-mod transport;
 #[cfg(test)]
 pub(crate) mod scripted;
+mod transport;
 
 pub use backend::BackendRefresher;
 pub use github::GitHubRefresher;
