@@ -39,6 +39,7 @@ mod google;
 #[cfg(test)]
 pub(crate) mod scripted;
 mod transport;
+pub(crate) mod url;
 
 pub use backend::BackendRefresher;
 pub use github::GitHubRefresher;

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::url::check_http_uri;
 use super::{RefreshError, Refreshed};
 use crate::provider::Provider;
 use crate::token::Secret;
@@ -35,8 +36,8 @@ pub struct InvalidUrl {
     reason: String,
 }
 
-/// Checks that `url` is an absolute `http`/`https` URL with a host, no query and no
-/// credentials; `what` names it in the error (`backend`, `token`).
+/// Checks that `url` is an absolute `http`/`https` URL with a host, no credentials and no
+/// query ([`check_http_uri`]); `what` names it in the error (`backend`, `token`).
 pub(crate) fn check_url(url: &str, what: &'static str) -> Result<(), InvalidUrl> {
     let err = |reason: &str| InvalidUrl {
         what,
@@ -49,20 +50,7 @@ pub(crate) fn check_url(url: &str, what: &'static str) -> Result<(), InvalidUrl>
         reason: reason.to_string(),
     };
     let uri: http::Uri = url.parse().map_err(|_| err("not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return Err(err("scheme must be http or https")),
-    }
-    if uri.host().is_none() {
-        return Err(err("no host"));
-    }
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(err("credentials in the URL are not allowed"));
-    }
-    if uri.query().is_some() {
-        return Err(err("a query is not allowed"));
-    }
-    Ok(())
+    check_http_uri(&uri).map_err(|problem| err(problem.reason()))
 }
 
 /// How long one refresh exchange may last by default: the default

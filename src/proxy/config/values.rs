@@ -6,6 +6,8 @@ use std::time::Duration;
 use http::Uri;
 use toml::Value;
 
+use crate::refresh::url::{check_http_uri, has_credentials, host_authority, UrlProblem};
+
 pub(super) const KIB: usize = 1024;
 pub(super) const MIB: usize = 1024 * KIB;
 
@@ -30,37 +32,22 @@ pub(super) fn check_prefix(prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A route's upstream: [`check_http_uri`]'s rule, the URL named in the message (except for
+/// credentials).
 pub(super) fn check_upstream(uri: &Uri) -> Result<(), String> {
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => {
-            return Err(format!(
-                "{:?}: scheme must be http or https",
-                uri.to_string()
-            ))
-        }
-    }
-    match uri.authority() {
-        Some(a) if !a.host().is_empty() => {
-            if a.as_str().contains('@') {
-                return Err("credentials in the URL are not allowed".into());
-            }
-        }
-        _ => return Err(format!("{:?}: no host", uri.to_string())),
-    }
-    if uri.query().is_some() {
-        return Err(format!("{:?}: a query is not allowed", uri.to_string()));
-    }
-    Ok(())
+    check_http_uri(uri).map_err(|problem| match problem {
+        UrlProblem::Credentials => problem.reason().to_string(),
+        _ => format!("{:?}: {}", uri.to_string(), problem.reason()),
+    })
 }
 
+/// The backend's or a token endpoint's URL: [`check_http_uri`]'s rule; a URL with credentials
+/// is never echoed, whatever else is wrong with it.
 pub(super) fn check_http_url(url: &str) -> Result<(), String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| format!("invalid URL {:?}", redact_userinfo(url)))?;
+    let uri = parse_url(url)?;
     check_upstream(&uri).map_err(|e| {
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            "credentials in the URL are not allowed".to_string()
+        if uri.authority().is_some_and(has_credentials) {
+            UrlProblem::Credentials.reason().to_string()
         } else {
             e
         }
@@ -68,7 +55,7 @@ pub(super) fn check_http_url(url: &str) -> Result<(), String> {
 }
 
 /// A webhook receiver: `https`, or `http` on a loopback host (`127.0.0.0/8`, `[::1]`,
-/// `localhost`); a host, no credentials, no fragment.
+/// `localhost`); a host, no credentials, no fragment (a query is allowed).
 pub(super) fn check_webhook_url(url: &str) -> Result<(), String> {
     if url.contains('#') {
         return Err(format!(
@@ -76,14 +63,16 @@ pub(super) fn check_webhook_url(url: &str) -> Result<(), String> {
             redact_userinfo(url)
         ));
     }
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| format!("invalid URL {:?}", redact_userinfo(url)))?;
-    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
-        return Err(format!("{:?}: no host", redact_userinfo(url)));
+    let uri = parse_url(url)?;
+    let Some(authority) = host_authority(&uri) else {
+        return Err(format!(
+            "{:?}: {}",
+            redact_userinfo(url),
+            UrlProblem::NoHost.reason()
+        ));
     };
-    if authority.as_str().contains('@') {
-        return Err("credentials in the URL are not allowed".into());
+    if has_credentials(authority) {
+        return Err(UrlProblem::Credentials.reason().into());
     }
     match uri.scheme_str() {
         Some("https") => Ok(()),
@@ -176,6 +165,12 @@ pub(super) fn parse_size(s: &str) -> Option<usize> {
         _ => return None,
     };
     n.checked_mul(factor)
+}
+
+/// `url` parsed, or `invalid URL "…"` naming it without its credentials.
+fn parse_url(url: &str) -> Result<Uri, String> {
+    url.parse()
+        .map_err(|_| format!("invalid URL {:?}", redact_userinfo(url)))
 }
 
 /// `scheme://user:pass@host/…` → `scheme://***@host/…`; anything else unchanged.
