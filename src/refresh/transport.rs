@@ -262,6 +262,67 @@ impl TokenEndpoint {
     }
 }
 
+/// The part of [`GoogleRefresher`](super::GoogleRefresher) and
+/// [`GitHubRefresher`](super::GitHubRefresher) that is the same for both, written once:
+/// `timeout`, `url` and `client_id` (delegating to the `endpoint: TokenEndpoint` field) and the
+/// [`Refresher`](super::Refresher) impl. Each type keeps its own `TOKEN_URL`, `new` and
+/// `token_url`, whose docs differ.
+macro_rules! token_endpoint_refresher {
+    ($ty:ident) => {
+        impl $ty {
+            /// Bounds each exchange with the token endpoint (connect, send, read) by `timeout`
+            /// (connect: at most 10 s). Keep it at least the retry policy's
+            /// `timeout + late_answer_window`, or a late answer cannot be read.
+            ///
+            #[doc = concat!(
+                "```\n# use oauth_refresh_proxy::{", stringify!($ty), ", Secret};\n",
+                "let r = ", stringify!($ty),
+                "::new(\"id\", Secret::new(\"s\")).timeout(std::time::Duration::from_secs(3));\n",
+                "# let _ = r;\n```",
+            )]
+            pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+                self.endpoint.set_timeout(timeout);
+                self
+            }
+
+            /// The token endpoint in use.
+            ///
+            #[doc = concat!(
+                "```\n# use oauth_refresh_proxy::{", stringify!($ty), ", Secret};\n",
+                "assert_eq!(", stringify!($ty), "::new(\"id\", Secret::new(\"s\")).url(), ",
+                stringify!($ty), "::TOKEN_URL);\n```",
+            )]
+            pub fn url(&self) -> &str {
+                self.endpoint.url()
+            }
+
+            /// The OAuth client id.
+            ///
+            #[doc = concat!(
+                "```\n# use oauth_refresh_proxy::{", stringify!($ty), ", Secret};\n",
+                "assert_eq!(", stringify!($ty), "::new(\"id\", Secret::new(\"s\")).client_id(), \"id\");\n```",
+            )]
+            pub fn client_id(&self) -> &str {
+                self.endpoint.client_id()
+            }
+        }
+
+        impl $crate::refresh::Refresher for $ty {
+            fn refresh<'a>(
+                &'a self,
+                provider: $crate::Provider,
+                refresh_token: &'a $crate::Secret,
+            ) -> $crate::refresh::BoxFuture<
+                'a,
+                Result<$crate::refresh::Refreshed, $crate::refresh::RefreshError>,
+            > {
+                Box::pin(self.endpoint.refresh(provider, refresh_token))
+            }
+        }
+    };
+}
+pub(crate) use token_endpoint_refresher;
+
 /// Error codes that say "not now" rather than "this refresh token is dead".
 const TRANSIENT_CODES: &[&str] = &["temporarily_unavailable", "server_error", "slow_down"];
 
