@@ -276,23 +276,15 @@ impl Parser<'_> {
     /// `[store]`'s encryption keys (secrets like the others) and `encrypt_existing`.
     fn store_encryption(&self, t: &Tbl<'_>) -> Result<StoreEncryption, String> {
         let key = self.secret(t, "encryption_key")?;
-        let previous = match t.table.get("previous_keys") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let full = format!("{}[{i}]", t.key("previous_keys"));
-                    match v {
-                        Value::String(raw) => self.resolve_secret(&full, raw),
-                        v => Err(format!("{full}: expected a string, found {}", v.type_str())),
-                    }
-                })
-                .collect::<Result<_, _>>()?,
-            Some(v) => {
-                return Err(t.type_error("previous_keys", "an array of strings", v));
-            }
-        };
+        let previous = t
+            .array("previous_keys", "an array of strings", |i, v| {
+                let full = format!("{}[{i}]", t.key("previous_keys"));
+                match v {
+                    Value::String(raw) => self.resolve_secret(&full, raw),
+                    v => Err(format!("{full}: expected a string, found {}", v.type_str())),
+                }
+            })?
+            .unwrap_or_default();
         let encrypt_existing = t.bool("encrypt_existing")?.unwrap_or(false);
         Ok(StoreEncryption {
             key,

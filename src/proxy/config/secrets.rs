@@ -4,8 +4,6 @@
 //! the environment) or as `file:PATH` (read from a file, trailing newlines trimmed). An empty
 //! secret is an error; messages name the key and the variable or the file, never the value.
 
-use toml::Value;
-
 use super::read::Parser;
 use super::walk::Tbl;
 use crate::Secret;
@@ -14,13 +12,10 @@ impl Parser<'_> {
     /// Resolves a secret value: literal, `env:NAME` or `file:PATH`. Messages name the key and
     /// the variable or file, never the value.
     pub(super) fn secret(&self, t: &Tbl<'_>, key: &str) -> Result<Option<Secret>, String> {
-        let full = t.key(key);
-        let raw = match t.table.get(key) {
-            None => return Ok(None),
-            Some(Value::String(s)) => s.as_str(),
-            Some(v) => return Err(format!("{full}: expected a string, found {}", v.type_str())),
-        };
-        self.resolve_secret(&full, raw).map(Some)
+        match t.str(key)? {
+            None => Ok(None),
+            Some(raw) => self.resolve_secret(&t.key(key), raw).map(Some),
+        }
     }
 
     /// A secret's value from its configured form: literal, `env:NAME` or `file:PATH`.

@@ -101,21 +101,33 @@ impl<'t> Tbl<'t> {
 
     /// An array of strings.
     pub(super) fn strs(&self, key: &str) -> Result<Option<Vec<&'t str>>, String> {
+        self.array(key, "an array of strings", |_, item| match item {
+            Value::String(s) => Ok(s.as_str()),
+            v => Err(format!(
+                "{}: expected an array of strings, found an array holding {}",
+                self.key(key),
+                v.type_str()
+            )),
+        })
+    }
+
+    /// An array, each item read by `item(index, value)` (the first error wins); `expected`
+    /// names the array in the error when the value is not an array.
+    pub(super) fn array<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        mut item: impl FnMut(usize, &'t Value) -> Result<T, String>,
+    ) -> Result<Option<Vec<T>>, String> {
         match self.table.get(key) {
             None => Ok(None),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|item| match item {
-                    Value::String(s) => Ok(s.as_str()),
-                    v => Err(format!(
-                        "{}: expected an array of strings, found an array holding {}",
-                        self.key(key),
-                        v.type_str()
-                    )),
-                })
+                .enumerate()
+                .map(|(i, v)| item(i, v))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
-            Some(v) => Err(self.type_error(key, "an array of strings", v)),
+            Some(v) => Err(self.type_error(key, expected, v)),
         }
     }
 
@@ -151,23 +163,14 @@ impl<'t> Tbl<'t> {
     /// An array of tables (`[[key]]`); entries are named `key[0]`, `key[1]`, ….
     pub(super) fn tables(&self, key: &str) -> Result<Option<Vec<Tbl<'t>>>, String> {
         let expected = format!("an array of tables ([[{}]])", self.key(key));
-        match self.table.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| match item {
-                    Value::Table(t) => Ok(Tbl::named(t, format!("{}[{i}]", self.key(key)))),
-                    v => Err(format!(
-                        "{}[{i}]: expected a table, found {}",
-                        self.key(key),
-                        v.type_str()
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(v) => Err(self.type_error(key, &expected, v)),
-        }
+        self.array(key, &expected, |i, item| match item {
+            Value::Table(t) => Ok(Tbl::named(t, format!("{}[{i}]", self.key(key)))),
+            v => Err(format!(
+                "{}[{i}]: expected a table, found {}",
+                self.key(key),
+                v.type_str()
+            )),
+        })
     }
 
     pub(super) fn duration(&self, key: &str) -> Result<Option<Duration>, String> {
