@@ -396,8 +396,8 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 3,
-            timeout: Duration::from_secs(10),
-            late_answer_window: Duration::from_secs(120),
+            timeout: Self::DEFAULT_TIMEOUT,
+            late_answer_window: Self::DEFAULT_LATE_ANSWER_WINDOW,
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
         }
@@ -405,6 +405,12 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The default `timeout` (10 s); the refreshers' default exchange bound adds
+    /// [`Self::DEFAULT_LATE_ANSWER_WINDOW`] to it.
+    pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default `late_answer_window` (2 min).
+    pub(crate) const DEFAULT_LATE_ANSWER_WINDOW: Duration = Duration::from_secs(120);
+
     /// Runs `refresher` under this policy and returns the final result (for an attempt that
     /// timed out, its late answer, or an [`Unconfirmed`](RefreshError::Unconfirmed) error when
     /// none came within `late_answer_window`).

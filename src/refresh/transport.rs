@@ -11,7 +11,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::url::check_http_uri;
-use super::{RefreshError, Refreshed};
+use super::{RefreshError, Refreshed, RetryPolicy};
 use crate::provider::Provider;
 use crate::token::Secret;
 
@@ -54,10 +54,11 @@ pub(crate) fn check_url(url: &str, what: &'static str) -> Result<(), InvalidUrl>
 }
 
 /// How long one refresh exchange may last by default: the default
-/// [`RetryPolicy`](super::RetryPolicy) `timeout` (10 s) plus its `late_answer_window` (2 min).
+/// [`RetryPolicy`] `timeout` (10 s) plus its `late_answer_window` (2 min).
 /// Callers are answered at the policy's `timeout`; the exchange itself goes on so that a late
 /// answer (and its rotated refresh token) can still be read.
-pub(crate) const DEFAULT_EXCHANGE_BOUND: Duration = Duration::from_secs(130);
+pub(crate) const DEFAULT_EXCHANGE_BOUND: Duration =
+    RetryPolicy::DEFAULT_TIMEOUT.saturating_add(RetryPolicy::DEFAULT_LATE_ANSWER_WINDOW);
 
 /// The longest TCP/TLS connect of a refresh call: a connection never made never carried a
 /// refresh token, so failing it early is always safe (and retryable).
@@ -494,6 +495,13 @@ fn form_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_exchange_bound_is_the_default_policy_timeout_plus_late_answer_window() {
+        let p = RetryPolicy::default();
+        assert_eq!(DEFAULT_EXCHANGE_BOUND, p.timeout + p.late_answer_window);
+        assert_eq!(DEFAULT_EXCHANGE_BOUND, Duration::from_secs(130));
+    }
 
     #[test]
     fn urls() {
