@@ -12,7 +12,8 @@
 //! carrying `error` is a failure, never a success (`bad_refresh_token` ⇒ rejected;
 //! `incorrect_client_credentials` ⇒ transient, the configuration is at fault).
 
-use super::transport::{token_endpoint_refresher, InvalidUrl, TokenEndpoint};
+use super::token_endpoint::{token_endpoint_refresher, TokenEndpoint};
+use super::transport::InvalidUrl;
 use crate::provider::Provider;
 use crate::token::Secret;
 

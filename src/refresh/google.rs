@@ -7,7 +7,8 @@
 //! `temporarily_unavailable` and timeouts ⇒ transient. The reading rules shared with GitHub are
 //! those of the token endpoint in [`refresh`](super).
 
-use super::transport::{token_endpoint_refresher, InvalidUrl, TokenEndpoint};
+use super::token_endpoint::{token_endpoint_refresher, TokenEndpoint};
+use super::transport::InvalidUrl;
 use crate::provider::Provider;
 use crate::token::Secret;
 

@@ -1,5 +1,8 @@
 //! How a new access token is obtained.
 //!
+//! (Over 600 lines: the trait, its error, the retry policy every refresher runs under and
+//! `DirectRefresher` are one contract, tested together below.)
+//!
 //! A [`Refresher`] makes **one** attempt to trade a refresh token for a new access token and
 //! classifies failure as [`RefreshError::Rejected`] (the refresh token is dead: never retry it)
 //! or [`RefreshError::Transient`] (try again later). Retrying, backoff and the per-attempt time
@@ -38,6 +41,7 @@ mod github;
 mod google;
 #[cfg(test)]
 pub(crate) mod scripted;
+mod token_endpoint;
 mod transport;
 pub(crate) mod url;
 
