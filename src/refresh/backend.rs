@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::http::{
+use super::transport::{
     build_client, check_url, loggable_code, read_limited, transient_status, transient_status_error,
     transport_error, InvalidUrl, DEFAULT_EXCHANGE_BOUND,
 };

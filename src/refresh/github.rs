@@ -12,10 +12,8 @@
 //! carrying `error` is a failure, never a success (`bad_refresh_token` ⇒ rejected;
 //! `incorrect_client_credentials` ⇒ transient, the configuration is at fault).
 
-use std::time::Duration;
-
-use super::http::{InvalidUrl, TokenEndpoint};
-use super::{BoxFuture, RefreshError, Refreshed, Refresher};
+use super::token_endpoint::{token_endpoint_refresher, TokenEndpoint};
+use super::transport::InvalidUrl;
 use crate::provider::Provider;
 use crate::token::Secret;
 
@@ -76,48 +74,8 @@ impl GitHubRefresher {
         self.endpoint.set_url(url)?;
         Ok(self)
     }
-
-    /// Bounds each exchange with the token endpoint (connect, send, read) by `timeout`
-    /// (connect: at most 10 s). Keep it at least the retry policy's
-    /// `timeout + late_answer_window`, or a late answer cannot be read.
-    ///
-    /// ```
-    /// # use oauth_refresh_proxy::{GitHubRefresher, Secret};
-    /// let github = GitHubRefresher::new("id", Secret::new("s")).timeout(std::time::Duration::from_secs(3));
-    /// # let _ = github;
-    /// ```
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.endpoint.set_timeout(timeout);
-        self
-    }
-
-    /// The token endpoint in use.
-    ///
-    /// ```
-    /// # use oauth_refresh_proxy::{GitHubRefresher, Secret};
-    /// assert_eq!(GitHubRefresher::new("id", Secret::new("s")).url(), GitHubRefresher::TOKEN_URL);
-    /// ```
-    pub fn url(&self) -> &str {
-        self.endpoint.url()
-    }
-
-    /// The OAuth client id.
-    ///
-    /// ```
-    /// # use oauth_refresh_proxy::{GitHubRefresher, Secret};
-    /// assert_eq!(GitHubRefresher::new("id", Secret::new("s")).client_id(), "id");
-    /// ```
-    pub fn client_id(&self) -> &str {
-        self.endpoint.client_id()
-    }
 }
 
-impl Refresher for GitHubRefresher {
-    fn refresh<'a>(
-        &'a self,
-        provider: Provider,
-        refresh_token: &'a Secret,
-    ) -> BoxFuture<'a, Result<Refreshed, RefreshError>> {
-        Box::pin(self.endpoint.refresh(provider, refresh_token))
-    }
-}
+// `timeout`, `url`, `client_id` and the `Refresher` impl, shared with the other direct
+// refresher.
+token_endpoint_refresher!(GitHubRefresher);

@@ -1,5 +1,8 @@
 //! How a new access token is obtained.
 //!
+//! (Over 600 lines: the trait, its error, the retry policy every refresher runs under and
+//! `DirectRefresher` are one contract, tested together below.)
+//!
 //! A [`Refresher`] makes **one** attempt to trade a refresh token for a new access token and
 //! classifies failure as [`RefreshError::Rejected`] (the refresh token is dead: never retry it)
 //! or [`RefreshError::Transient`] (try again later). Retrying, backoff and the per-attempt time
@@ -36,14 +39,16 @@ use crate::token::Secret;
 mod backend;
 mod github;
 mod google;
-mod http;
 #[cfg(test)]
 pub(crate) mod scripted;
+mod token_endpoint;
+mod transport;
+pub(crate) mod url;
 
 pub use backend::BackendRefresher;
 pub use github::GitHubRefresher;
 pub use google::GoogleRefresher;
-pub use http::InvalidUrl;
+pub use transport::InvalidUrl;
 
 /// A boxed, sendable future, as returned by [`Refresher::refresh`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -395,8 +400,8 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 3,
-            timeout: Duration::from_secs(10),
-            late_answer_window: Duration::from_secs(120),
+            timeout: Self::DEFAULT_TIMEOUT,
+            late_answer_window: Self::DEFAULT_LATE_ANSWER_WINDOW,
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
         }
@@ -404,6 +409,12 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The default `timeout` (10 s); the refreshers' default exchange bound adds
+    /// [`Self::DEFAULT_LATE_ANSWER_WINDOW`] to it.
+    pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default `late_answer_window` (2 min).
+    pub(crate) const DEFAULT_LATE_ANSWER_WINDOW: Duration = Duration::from_secs(120);
+
     /// Runs `refresher` under this policy and returns the final result (for an attempt that
     /// timed out, its late answer, or an [`Unconfirmed`](RefreshError::Unconfirmed) error when
     /// none came within `late_answer_window`).
