@@ -8,6 +8,7 @@
 //! [`RefreshLayer`]: crate::RefreshLayer
 
 pub mod admin;
+mod auth;
 pub mod config;
 pub mod demo;
 pub mod errors;
@@ -16,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod rate_limit;
 pub mod refresh_api;
+mod request_body;
 pub mod router;
 pub mod server;
 pub mod sidecar;

@@ -31,6 +31,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tower::{Layer, ServiceExt};
 
+use super::auth::bearer_matches;
 use super::config::{Config, RateLimitMode};
 use super::errors::{error_response, from_error, Code};
 use super::json_rewrite::{self, JsonRewrite, RewriteBody};
@@ -197,12 +198,7 @@ impl Proxy {
             }
         }
         if let Some(expected) = &self.client_token {
-            let presented = req
-                .headers()
-                .get(header::PROXY_AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_credentials);
-            if !presented.is_some_and(|p| expected.constant_time_eq(p)) {
+            if !bearer_matches(expected, req.headers(), &header::PROXY_AUTHORIZATION) {
                 return (
                     Label::Unrouted,
                     own(
@@ -383,15 +379,6 @@ async fn rewrite_json_body(
         }
     }
     Response::from_parts(parts, body)
-}
-
-/// The credentials of an `Authorization`-style value with the `Bearer` scheme, matched
-/// case-insensitively (RFC 9110 §11.1), after one or more spaces.
-fn bearer_credentials(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim_start_matches(' '))
 }
 
 fn own_response(code: Code, msg: &str) -> Response<ProxyBody> {
