@@ -1,4 +1,4 @@
-//! The admin API's unit tests.
+//! The admin API's unit tests (over 600 lines: one fixture shared by every endpoint's tests).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
