@@ -141,8 +141,9 @@ fn failure(err: &Error) -> (Code, String) {
 /// Seconds a caller is asked to wait after `refresh_unavailable`.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
-/// Builds the JSON error response for `code`, with the headers SPEC 4.4 requires
-/// (`x-oauth-refresh: rejected`, `Retry-After`, `Proxy-Authenticate`).
+/// Builds the JSON error response for `code`, with the header some codes carry: a rejected
+/// refresh says `x-oauth-refresh: rejected`, an unavailable one `Retry-After`, a missing
+/// `client_token` `Proxy-Authenticate` (SPEC 4.4).
 ///
 /// ```
 /// use oauth_refresh_proxy::proxy::errors::{error_response, Code};

@@ -241,7 +241,7 @@ impl Proxy {
             );
             return (label, resp.map(Either::Right));
         };
-        // SPEC 4.10: nothing is sent while the upstream is known to refuse this account.
+        // Nothing is sent while the upstream is known to refuse this account (SPEC 4.10).
         let resource = Resource::of_path(rest);
         if state.enforce {
             if let Some(blocked) = state.limits.check(account.as_str(), resource) {
