@@ -10,7 +10,6 @@
 pub mod admin;
 mod auth;
 pub mod config;
-pub mod demo;
 pub mod errors;
 pub mod json_rewrite;
 pub mod listener;
@@ -23,5 +22,6 @@ pub mod server;
 pub mod sidecar;
 pub mod timeouts;
 pub mod upstream;
+pub mod walkthrough;
 pub mod webhook;
 pub mod workers;
