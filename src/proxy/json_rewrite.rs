@@ -238,14 +238,23 @@ pin_project! {
     }
 }
 
+/// What the bytes handed to [`RewriteBody::prepend`] are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prepended {
+    /// The start of the body: more may follow from the wrapped body.
+    Start,
+    /// The whole body: nothing follows.
+    WholeBody,
+}
+
 impl<B: Body<Data = Bytes>> RewriteBody<B> {
     /// Rewrites `data`, the first bytes already taken from the wrapped body, and queues the
-    /// result to be sent first; returns the result's length. With `at_end`, `data` was the
-    /// whole body and bytes still held back are flushed into the result, so its length is the
-    /// length of the whole rewritten body (the proxy then sends an exact `Content-Length`).
-    pub fn prepend(&mut self, data: Bytes, at_end: bool) -> usize {
+    /// result to be sent first; returns the result's length. With [`Prepended::WholeBody`],
+    /// bytes still held back are flushed into the result, so its length is the length of the
+    /// whole rewritten body (the proxy then sends an exact `Content-Length`).
+    pub fn prepend(&mut self, data: Bytes, what: Prepended) -> usize {
         let mut out = self.scanner.process(data);
-        if at_end {
+        if what == Prepended::WholeBody {
             if let Some(rest) = self.scanner.finish() {
                 let mut joined = BytesMut::from(&out[..]);
                 joined.extend_from_slice(&rest);

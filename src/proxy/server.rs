@@ -34,7 +34,7 @@ use tower::{Layer, ServiceExt};
 use super::auth::bearer_matches;
 use super::config::{Config, RateLimitMode};
 use super::errors::{error_response, from_error, Code};
-use super::json_rewrite::{self, JsonRewrite, RewriteBody};
+use super::json_rewrite::{self, JsonRewrite, Prepended, RewriteBody};
 use super::metrics::{Metrics, RouteMetrics};
 use super::rate_limit::{RateLimits, Resource, UpstreamLimits};
 use super::refresh_api::{self, RefreshApi};
@@ -368,7 +368,7 @@ async fn rewrite_json_body(
     match first {
         Some(Ok(frame)) if frame.data_ref().is_some_and(|d| d.len() as u64 == declared) => {
             let data = frame.into_data().unwrap_or_default();
-            let len = body.prepend(data, true);
+            let len = body.prepend(data, Prepended::WholeBody);
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));

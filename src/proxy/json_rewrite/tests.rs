@@ -249,7 +249,10 @@ async fn a_prepended_first_frame_and_an_unread_one_come_first() {
         Bytes::from_static(b"\"https://api.github.com\"]"),
     ))];
     let mut body = spec.clone().wrap(Frames(frames.into()));
-    let n = body.prepend(Bytes::from_static(b"[\"https://api.github.com/a\","), false);
+    let n = body.prepend(
+        Bytes::from_static(b"[\"https://api.github.com/a\","),
+        Prepended::Start,
+    );
     assert_eq!(n, b"[\"http://127.0.0.1:8080/github/a\",".len());
     let all = body.collect().await.unwrap().to_bytes();
     assert_eq!(
@@ -259,7 +262,7 @@ async fn a_prepended_first_frame_and_an_unread_one_come_first() {
     // The whole body at once, ending inside a held candidate: flushed into the count.
     let mut body = spec.clone().wrap(Frames(Default::default()));
     assert_eq!(
-        body.prepend(Bytes::from_static(b"[\"https://api"), true),
+        body.prepend(Bytes::from_static(b"[\"https://api"), Prepended::WholeBody),
         13
     );
     body.unread(None);
