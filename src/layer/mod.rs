@@ -309,8 +309,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut svc = std::mem::replace(&mut self.inner, clone);
+        let mut svc = self.take_ready_inner();
         let provider = req
             .extensions()
             .get::<Provider>()
@@ -327,6 +326,53 @@ where
         let Some(account) = account else {
             return ResponseFuture::failed(Error::account_required(Some(provider)));
         };
+        self.send(svc, req, provider, account)
+    }
+}
+
+impl<S: Clone> Refresh<S> {
+    /// [`Service::call`] for a request whose provider and account the caller has already
+    /// decided (the sidecar's router): the layer's own rules — the extensions, the host
+    /// mapping, the default account — are not consulted again.
+    pub(crate) fn call_for<B, ResB>(
+        &mut self,
+        req: Request<B>,
+        provider: Provider,
+        account: Account,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        ResB: Send + 'static,
+    {
+        let svc = self.take_ready_inner();
+        self.send(svc, req, provider, account)
+    }
+
+    /// The inner service that was polled ready, leaving a clone in its place (tower's rule:
+    /// the instance that said ready is the one called).
+    fn take_ready_inner(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
+
+    /// Sends `req` with `account`'s token of `provider`, ready to refresh and replay on a 401.
+    fn send<B, ResB>(
+        &self,
+        svc: S,
+        req: Request<B>,
+        provider: Provider,
+        account: Account,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        ResB: Send + 'static,
+    {
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(AUTHORIZATION);
         let (body, recording) = ReplayBody::recorded(body, self.config.max_replay_body);

@@ -4,9 +4,9 @@
 //! (no TRACE, absolute-form or CONNECT), hands `/auth/{provider}/refresh` to the served
 //! [`RefreshApi`] when `[refresh_api]` is enabled (before `client_token`, which does not apply
 //! there: the API has its own bearer, SPEC 4.9), checks `client_token` (`Proxy-Authorization`,
-//! scheme `Bearer` in any case), finds the route, names the account and the provider in the
-//! request's extensions, rewrites the URI to the route's upstream, drops hop-by-hop headers,
-//! and hands the request to the layer-wrapped [`Upstream`] (rustls, HTTP/1.1 and HTTP/2 by
+//! scheme `Bearer` in any case), finds the route, decides the account and the provider,
+//! rewrites the URI to the route's upstream, drops hop-by-hop headers, and hands the request,
+//! with the account and provider it decided, to the layer-wrapped [`Upstream`] (rustls, HTTP/1.1 and HTTP/2 by
 //! ALPN, pooled, every attempt bounded: see [`super::upstream`]). Bodies stream both ways;
 //! only the layer's `ReplayBody` keeps up to `max_replay_body` bytes for a replay. The caller's
 //! body is bounded by `body_read_timeout` ([`IdleTimeout`]); when it stalls or its framing is
@@ -283,12 +283,15 @@ impl Proxy {
         parts.headers.remove(header::HOST);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        parts.extensions.insert(route.provider);
-        parts.extensions.insert(account.clone());
         let out = Request::from_parts(parts, body);
 
         let sent = Instant::now();
-        let result = self.client.clone().oneshot(out).await;
+        // The route decided the provider and the account: the layer takes them as they are.
+        let mut client = self.client.clone();
+        let result = match client.ready().await {
+            Ok(client) => client.call_for(out, route.provider, account.clone()).await,
+            Err(e) => Err(e),
+        };
         state.metrics.observe_upstream(sent.elapsed().as_secs_f64());
         let mut resp = match result {
             Ok(resp) => resp,
