@@ -334,6 +334,7 @@ impl<S: Clone> Refresh<S> {
     /// [`Service::call`] for a request whose provider and account the caller has already
     /// decided (the sidecar's router): the layer's own rules — the extensions, the host
     /// mapping, the default account — are not consulted again.
+    #[cfg(feature = "sidecar")]
     pub(crate) fn call_for<B, ResB>(
         &mut self,
         req: Request<B>,
