@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use oauth_refresh_proxy::proxy::config::Config;
-use oauth_refresh_proxy::proxy::demo;
 use oauth_refresh_proxy::proxy::sidecar::{Sidecar, DRAIN_TIMEOUT};
+use oauth_refresh_proxy::proxy::walkthrough;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -130,7 +130,7 @@ fn main() -> ExitCode {
         Command::Demo { serve, log_format } => {
             init_logs(log_format, "error");
             runtime.block_on(async {
-                match demo::run(serve, shutdown_signal()).await {
+                match walkthrough::run(serve, shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e),
                 }

@@ -309,14 +309,13 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut svc = std::mem::replace(&mut self.inner, clone);
         let provider = req
             .extensions()
             .get::<Provider>()
             .copied()
             .or_else(|| self.config.provider_of(&req));
         let Some(provider) = provider else {
+            let mut svc = self.take_ready_inner();
             return ResponseFuture::passthrough(svc.call(req.map(ReplayBody::new)));
         };
         let account = req
@@ -325,8 +324,34 @@ where
             .cloned()
             .or_else(|| self.config.default_account.clone());
         let Some(account) = account else {
+            // Nothing is sent, but the instance that said ready is used up like any call's.
+            drop(self.take_ready_inner());
             return ResponseFuture::failed(Error::account_required(Some(provider)));
         };
+        self.call_for(req, provider, account)
+    }
+}
+
+impl<S: Clone> Refresh<S> {
+    /// [`Service::call`] for a request whose provider and account are decided: by the layer's
+    /// own rules (the extensions, the host mapping, the default account) when called as a
+    /// service, or by the sidecar's router, which calls this directly so they are not decided
+    /// twice. Sends `req` with `account`'s token of `provider`, ready to refresh and replay on
+    /// a 401.
+    pub(crate) fn call_for<B, ResB>(
+        &mut self,
+        req: Request<B>,
+        provider: Provider,
+        account: Account,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        ResB: Send + 'static,
+    {
+        let svc = self.take_ready_inner();
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(AUTHORIZATION);
         let (body, recording) = ReplayBody::recorded(body, self.config.max_replay_body);
@@ -349,6 +374,13 @@ where
                 ResponseFuture::authenticated(retry, req, lease)
             }
         }
+    }
+
+    /// The inner service that was polled ready, leaving a clone in its place (tower's rule:
+    /// the instance that said ready is the one called).
+    fn take_ready_inner(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 }
 

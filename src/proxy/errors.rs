@@ -141,8 +141,9 @@ fn failure(err: &Error) -> (Code, String) {
 /// Seconds a caller is asked to wait after `refresh_unavailable`.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
-/// Builds the JSON error response for `code`, with the headers SPEC 4.4 requires
-/// (`x-oauth-refresh: rejected`, `Retry-After`, `Proxy-Authenticate`).
+/// Builds the JSON error response for `code`, with the header some codes carry: a rejected
+/// refresh says `x-oauth-refresh: rejected`, an unavailable one `Retry-After`, a missing
+/// `client_token` `Proxy-Authenticate` (SPEC 4.4).
 ///
 /// ```
 /// use oauth_refresh_proxy::proxy::errors::{error_response, Code};
@@ -159,21 +160,15 @@ pub fn error_response(
     provider: Option<Provider>,
     account: Option<&str>,
 ) -> Response<Full<Bytes>> {
-    let mut error = serde_json::json!({ "code": code.as_str(), "message": message });
+    let mut error = error_object(code.as_str(), message);
     if let Some(p) = provider {
         error["provider"] = p.as_str().into();
     }
     if let Some(a) = account {
         error["account"] = a.into();
     }
-    let body = serde_json::json!({ "error": error }).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = code.status();
+    let mut resp = json(code.status(), &serde_json::json!({ "error": error }));
     let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     match code {
         Code::RefreshRejected => {
             h.insert("x-oauth-refresh", HeaderValue::from_static("rejected"));
@@ -221,6 +216,30 @@ pub fn from_error(err: &Error) -> Response<Full<Bytes>> {
             .insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     resp
+}
+
+/// A JSON response: `value` with `content-type: application/json`.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON error response of this module's shape, `{"error": {"code", "message"}}`, for codes
+/// outside [`Code`] (the admin API's).
+pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &serde_json::json!({ "error": error_object(code, message) }),
+    )
+}
+
+fn error_object(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "code": code, "message": message })
 }
 
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {

@@ -8,18 +8,20 @@
 //! [`RefreshLayer`]: crate::RefreshLayer
 
 pub mod admin;
+mod auth;
 pub mod config;
-pub mod demo;
 pub mod errors;
 pub mod json_rewrite;
 pub mod listener;
 pub mod metrics;
 pub mod rate_limit;
 pub mod refresh_api;
+mod request_body;
 pub mod router;
 pub mod server;
 pub mod sidecar;
 pub mod timeouts;
 pub mod upstream;
+pub mod walkthrough;
 pub mod webhook;
 pub mod workers;

@@ -56,8 +56,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use sha2::{Digest, Sha256};
+
+use super::auth::bearer_matches;
+use super::errors::{self, RETRY_AFTER_SECS};
+use super::request_body::{read_bounded, ReadError};
 
 use crate::single_flight::{Flights, Joined, Publisher, Ticket};
 
@@ -65,14 +69,10 @@ use crate::refresh::{DirectRefresher, RefreshError, Refreshed, RetryPolicy};
 use crate::token::unix_secs;
 use crate::{BoxError, Provider, Secret};
 
-/// The largest request body read; a longer one is answered 413.
-pub const MAX_BODY: usize = 64 * 1024;
+pub use super::request_body::MAX_BODY;
 
 /// How long a rotated result stays answerable to a repeat of the same request.
 pub const ROTATED_REPLAY_WINDOW: Duration = Duration::from_secs(60);
-
-/// Seconds a caller is asked to wait after `PROVIDER_UNAVAILABLE`.
-const RETRY_AFTER_SECS: u64 = 5;
 
 type Outcome = Result<Refreshed, RefreshError>;
 
@@ -195,7 +195,7 @@ impl RefreshApi {
                 "no such path",
             );
         };
-        if !self.authorized(req.headers()) {
+        if !bearer_matches(&self.token, req.headers(), &header::AUTHORIZATION) {
             tracing::info!(path = %path, "refresh API: missing or wrong bearer");
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
@@ -272,18 +272,6 @@ impl RefreshApi {
         }
     }
 
-    fn authorized(&self, headers: &http::HeaderMap) -> bool {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        // Compare even when nothing was presented, so timing does not tell the cases apart.
-        let ok = self.token.constant_time_eq(presented.unwrap_or(""));
-        ok && presented.is_some()
-    }
-
     /// Joins the flight for (`provider`, `fp`) or starts it; `true` when joined.
     async fn refresh(
         &self,
@@ -351,16 +339,16 @@ where
     B: http_body::Body,
     B::Error: Into<BoxError>,
 {
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let bytes = match read_bounded(body).await {
+        Ok(bytes) => bytes,
+        Err(ReadError::TooLarge) => {
             return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",
                 &format!("the body is over {MAX_BODY} bytes"),
             ))
         }
-        Err(_) => {
+        Err(ReadError::Unreadable) => {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 "INVALID_REQUEST",
@@ -395,14 +383,10 @@ fn short_hex(fp: &[u8; 32]) -> String {
     fp[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A JSON answer of this API: never cached, since it may carry tokens.
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
+    let mut resp = errors::json(status, &body);
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     // Token responses must not be cached (RFC 6749 §5.1).
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

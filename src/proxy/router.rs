@@ -288,20 +288,27 @@ pub fn rewrite_link(value: &str, route: &Route, proxy_host: &str) -> Option<Stri
     changed.then_some(out)
 }
 
+/// A route of `provider` from `prefix` to `upstream`, with the defaults otherwise: the unit
+/// tests' fixture.
+#[cfg(test)]
+pub(crate) fn test_route(prefix: &str, upstream: &'static str, provider: crate::Provider) -> Route {
+    Route {
+        prefix: prefix.into(),
+        upstream: Uri::from_static(upstream),
+        provider,
+        default_account: None,
+        rate_limit: Default::default(),
+        rewrite_body: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Provider;
 
     fn route(prefix: &str, upstream: &'static str) -> Route {
-        Route {
-            prefix: prefix.into(),
-            upstream: Uri::from_static(upstream),
-            provider: Provider::Google,
-            default_account: None,
-            rate_limit: Default::default(),
-            rewrite_body: true,
-        }
+        test_route(prefix, upstream, Provider::Google)
     }
 
     #[test]

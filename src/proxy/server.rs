@@ -4,9 +4,9 @@
 //! (no TRACE, absolute-form or CONNECT), hands `/auth/{provider}/refresh` to the served
 //! [`RefreshApi`] when `[refresh_api]` is enabled (before `client_token`, which does not apply
 //! there: the API has its own bearer, SPEC 4.9), checks `client_token` (`Proxy-Authorization`,
-//! scheme `Bearer` in any case), finds the route, names the account and the provider in the
-//! request's extensions, rewrites the URI to the route's upstream, drops hop-by-hop headers,
-//! and hands the request to the layer-wrapped [`Upstream`] (rustls, HTTP/1.1 and HTTP/2 by
+//! scheme `Bearer` in any case), finds the route, decides the account and the provider,
+//! rewrites the URI to the route's upstream, drops hop-by-hop headers, and hands the request,
+//! with the account and provider it decided, to the layer-wrapped [`Upstream`] (rustls, HTTP/1.1 and HTTP/2 by
 //! ALPN, pooled, every attempt bounded: see [`super::upstream`]). Bodies stream both ways;
 //! only the layer's `ReplayBody` keeps up to `max_replay_body` bytes for a replay. The caller's
 //! body is bounded by `body_read_timeout` ([`IdleTimeout`]); when it stalls or its framing is
@@ -31,9 +31,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tower::{Layer, ServiceExt};
 
+use super::auth::bearer_matches;
 use super::config::{Config, RateLimitMode};
 use super::errors::{error_response, from_error, Code};
-use super::json_rewrite::{self, JsonRewrite, RewriteBody};
+use super::json_rewrite::{self, JsonRewrite, Prepended, RewriteBody};
 use super::metrics::{Metrics, RouteMetrics};
 use super::rate_limit::{RateLimits, Resource, UpstreamLimits};
 use super::refresh_api::{self, RefreshApi};
@@ -197,12 +198,7 @@ impl Proxy {
             }
         }
         if let Some(expected) = &self.client_token {
-            let presented = req
-                .headers()
-                .get(header::PROXY_AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_credentials);
-            if !presented.is_some_and(|p| expected.constant_time_eq(p)) {
+            if !bearer_matches(expected, req.headers(), &header::PROXY_AUTHORIZATION) {
                 return (
                     Label::Unrouted,
                     own(
@@ -245,7 +241,7 @@ impl Proxy {
             );
             return (label, resp.map(Either::Right));
         };
-        // SPEC 4.10: nothing is sent while the upstream is known to refuse this account.
+        // Nothing is sent while the upstream is known to refuse this account (SPEC 4.10).
         let resource = Resource::of_path(rest);
         if state.enforce {
             if let Some(blocked) = state.limits.check(account.as_str(), resource) {
@@ -287,12 +283,15 @@ impl Proxy {
         parts.headers.remove(header::HOST);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        parts.extensions.insert(route.provider);
-        parts.extensions.insert(account.clone());
         let out = Request::from_parts(parts, body);
 
         let sent = Instant::now();
-        let result = self.client.clone().oneshot(out).await;
+        // The route decided the provider and the account: the layer takes them as they are.
+        let mut client = self.client.clone();
+        let result = match client.ready().await {
+            Ok(client) => client.call_for(out, route.provider, account.clone()).await,
+            Err(e) => Err(e),
+        };
         state.metrics.observe_upstream(sent.elapsed().as_secs_f64());
         let mut resp = match result {
             Ok(resp) => resp,
@@ -372,7 +371,7 @@ async fn rewrite_json_body(
     match first {
         Some(Ok(frame)) if frame.data_ref().is_some_and(|d| d.len() as u64 == declared) => {
             let data = frame.into_data().unwrap_or_default();
-            let len = body.prepend(data, true);
+            let len = body.prepend(data, Prepended::WholeBody);
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -383,15 +382,6 @@ async fn rewrite_json_body(
         }
     }
     Response::from_parts(parts, body)
-}
-
-/// The credentials of an `Authorization`-style value with the `Bearer` scheme, matched
-/// case-insensitively (RFC 9110 §11.1), after one or more spaces.
-fn bearer_credentials(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim_start_matches(' '))
 }
 
 fn own_response(code: Code, msg: &str) -> Response<ProxyBody> {

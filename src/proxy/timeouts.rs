@@ -65,7 +65,7 @@ impl ProxyTimeouts {
 }
 
 impl Default for ProxyTimeouts {
-    /// The defaults of SPEC 4.2: body read 30 s, connect 10 s, response 60 s, body idle 60 s.
+    /// The defaults (SPEC 4.2): body read 30 s, connect 10 s, response 60 s, body idle 60 s.
     fn default() -> Self {
         ProxyTimeouts::new(
             &UpstreamSettings::default(),

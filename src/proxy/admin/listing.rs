@@ -110,7 +110,7 @@ pub(super) fn parse_list_query(query: Option<&str>) -> Result<ListQuery, String>
                      account percent-encoded)"
                         .to_string()
                 };
-                let decoded = super::percent_decode(value).ok_or_else(invalid)?;
+                let decoded = super::routing::percent_decode(value).ok_or_else(invalid)?;
                 let (provider, account) = decoded.split_once('/').ok_or_else(invalid)?;
                 let provider: Provider = provider.parse().map_err(|_| invalid())?;
                 if account.is_empty() {

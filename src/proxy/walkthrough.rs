@@ -1,4 +1,5 @@
-//! `oauth-refresh-proxy demo` (SPEC 4.7): the embedded default, no credentials, no network.
+//! The walkthrough that `oauth-refresh-proxy demo` runs (SPEC 4.7): the embedded default, no
+//! credentials, no network. (The in-process fakes it drives are [`crate::demo`].)
 //!
 //! Starts, in-process on loopback, a fake Google API, a fake GitHub API and a fake refresh
 //! backend ([`crate::demo`]), then the real sidecar in front of them, and drives a scripted

@@ -1,0 +1,418 @@
+//! One accepted connection and its watchdog: what it has in flight, what it waits for, and
+//! when that wait expires (the request-head, idle and slow-reader bounds of the module docs).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::{Limits, Phase, CLOSE_GRACE};
+use crate::BoxError;
+
+/// What a connection is waiting for, when it has a deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Waiting {
+    /// Nothing in flight, a request head (the first, or one whose first byte arrived):
+    /// `header_read_timeout`.
+    Head,
+    /// Nothing in flight, the next request: `idle_timeout`.
+    Idle,
+    /// In flight, with a write to the socket blocked: the client to read (`idle_timeout`).
+    Reader,
+}
+
+#[derive(Debug)]
+pub(super) struct State {
+    in_flight: usize,
+    waiting: Waiting,
+    /// When `waiting` began.
+    since: Instant,
+    /// The connection speaks HTTP/2 (seen on its first request).
+    h2: bool,
+    /// Since when a write to the socket has been blocked (the client is not reading).
+    blocked_since: Option<Instant>,
+}
+
+/// What a connection's watchdog knows of it: requests in flight (counted by [`InFlight`]
+/// guards), while an HTTP/1.1 connection is idle whether a byte arrived, and whether a write is
+/// blocked ([`Watched`]).
+#[derive(Debug)]
+pub(super) struct Activity {
+    state: Mutex<State>,
+    /// Set while an HTTP/1.1 connection is idle: the next byte read starts a request head.
+    idle_h1: AtomicBool,
+    /// Set while a write to the socket is blocked.
+    write_blocked: AtomicBool,
+    /// Wakes the watchdog when a deadline starts.
+    wake: Notify,
+}
+
+impl Activity {
+    pub(super) fn new(now: Instant) -> Self {
+        Activity {
+            state: Mutex::new(State {
+                in_flight: 0,
+                waiting: Waiting::Head,
+                since: now,
+                h2: false,
+                blocked_since: None,
+            }),
+            idle_h1: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the counters half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request arrived: in flight until its response body ends.
+    pub(super) fn start(self: &Arc<Self>, version: Version) -> InFlight {
+        let mut s = self.state();
+        s.in_flight += 1;
+        s.h2 |= version == Version::HTTP_2;
+        self.idle_h1.store(false, Ordering::Release);
+        InFlight(self.clone())
+    }
+
+    pub(super) fn end(&self) {
+        let mut s = self.state();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if s.in_flight == 0 {
+            s.waiting = Waiting::Idle;
+            s.since = Instant::now();
+            if !s.h2 {
+                self.idle_h1.store(true, Ordering::Release);
+            }
+            drop(s);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Bytes were read.
+    pub(super) fn read(&self) {
+        if self.idle_h1.load(Ordering::Relaxed) && self.idle_h1.swap(false, Ordering::AcqRel) {
+            let mut s = self.state();
+            if s.in_flight == 0 && s.waiting == Waiting::Idle {
+                s.waiting = Waiting::Head;
+                s.since = Instant::now();
+            }
+            drop(s);
+            self.wake.notify_one();
+        }
+    }
+
+    /// A write to the socket returned: `pending` (the client is not reading) or not.
+    pub(super) fn wrote(&self, pending: bool) {
+        if pending {
+            if !self.write_blocked.swap(true, Ordering::AcqRel) {
+                self.state().blocked_since = Some(Instant::now());
+                self.wake.notify_one();
+            }
+        } else if self.write_blocked.load(Ordering::Relaxed)
+            && self.write_blocked.swap(false, Ordering::AcqRel)
+        {
+            self.state().blocked_since = None;
+        }
+    }
+
+    /// The connection's current wait and its deadline: `None` while a request is in flight
+    /// and its writes go through.
+    pub(super) fn wait(&self, limits: &Limits) -> Option<Wait> {
+        let s = self.state();
+        if s.in_flight > 0 {
+            return s.blocked_since.map(|since| Wait {
+                waiting: Waiting::Reader,
+                since,
+                at: since + limits.idle_timeout,
+            });
+        }
+        let timeout = match s.waiting {
+            Waiting::Head => limits.header_read_timeout,
+            Waiting::Idle | Waiting::Reader => limits.idle_timeout,
+        };
+        Some(Wait {
+            waiting: s.waiting,
+            since: s.since,
+            at: s.since + timeout,
+        })
+    }
+
+    /// When the watchdog acts next, and how; `None` while a request is in flight and its
+    /// writes go through. Once asked to close (at `closing`), a connection with nothing in
+    /// flight gets [`CLOSE_GRACE`] from then, or from the end of its last request if that came
+    /// later (so that hyper can finish writing the response), and never more than its own
+    /// deadline.
+    pub(super) fn due(
+        &self,
+        limits: &Limits,
+        closing: Option<Instant>,
+    ) -> Option<(Instant, Expiry)> {
+        let w = self.wait(limits)?;
+        let own = match w.waiting {
+            Waiting::Head => Expiry::Head,
+            Waiting::Idle => Expiry::Idle,
+            Waiting::Reader => return Some((w.at, Expiry::Stalled)),
+        };
+        Some(match closing {
+            None => (w.at, own),
+            Some(asked) => {
+                let grace = asked.max(w.since) + CLOSE_GRACE;
+                match own {
+                    Expiry::Head if w.at <= grace => (w.at, Expiry::Head),
+                    _ => (w.at.min(grace), Expiry::Close),
+                }
+            }
+        })
+    }
+}
+
+/// A connection's current wait (nothing in flight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Wait {
+    pub(super) waiting: Waiting,
+    /// When it began.
+    pub(super) since: Instant,
+    /// Its deadline.
+    pub(super) at: Instant,
+}
+
+/// What the watchdog does when a deadline passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expiry {
+    /// `header_read_timeout`: close at once.
+    Head,
+    /// `idle_timeout`: close gracefully (HTTP/2 `GOAWAY`), at the latest [`CLOSE_GRACE`] later.
+    Idle,
+    /// Asked to close and not closed within [`CLOSE_GRACE`]: close at once.
+    Close,
+    /// A write blocked for `idle_timeout` (the client stopped reading): close at once.
+    Stalled,
+}
+
+/// One request in flight on its connection, until dropped.
+#[derive(Debug)]
+pub(super) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its request's [`InFlight`] until it ends (or is dropped).
+    struct InFlightBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            this.guard.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The socket, reporting reads and blocked writes to its connection's [`Activity`].
+pub(super) struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.wrote(written.is_pending());
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.wrote(written.is_pending());
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One accepted connection and its watchdog.
+pub(super) struct Connection {
+    pub(super) limits: Arc<Limits>,
+    pub(super) activity: Arc<Activity>,
+    pub(super) peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves the connection until it ends, a deadline passes or the listener aborts.
+    pub(super) async fn run<H, Fut, B>(
+        self,
+        builder: &auto::Builder<TokioExecutor>,
+        stream: TcpStream,
+        handler: H,
+        mut phase: watch::Receiver<Phase>,
+    ) where
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let Connection {
+            limits,
+            activity,
+            peer,
+        } = self;
+        let name = limits.listener;
+        let io = TokioIo::new(Watched {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let svc = {
+            let activity = activity.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                // Counted when hyper hands the request over, in the same poll that read its
+                // head: the watchdog never sees a received request as nothing in flight.
+                let guard = activity.start(req.version());
+                let response = handler(req);
+                async move {
+                    let resp = response.await;
+                    Ok::<_, Infallible>(resp.map(|inner| InFlightBody {
+                        inner,
+                        guard: Some(guard),
+                    }))
+                }
+            })
+        };
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        // When the connection was asked to close gracefully (idle, or shutdown).
+        let mut closing: Option<Instant> = None;
+        if *phase.borrow_and_update() != Phase::Serving {
+            conn.as_mut().graceful_shutdown();
+            closing = Some(Instant::now());
+        }
+        loop {
+            let next = activity.due(&limits, closing);
+            if let Some((at, _)) = next {
+                timer.as_mut().reset(at);
+            }
+            let woken = activity.wake.notified();
+            tokio::select! {
+                biased;
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = woken => {}
+                changed = phase.changed() => match changed.map(|_| *phase.borrow_and_update()) {
+                    Ok(Phase::Serving) => {}
+                    Ok(Phase::Draining) => {
+                        if closing.is_none() {
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(Instant::now());
+                        }
+                    }
+                    Ok(Phase::Abort) | Err(_) => return,
+                },
+                _ = &mut timer, if next.is_some() => {
+                    // Recomputed: a request may have started or ended since.
+                    let now = Instant::now();
+                    match activity.due(&limits, closing) {
+                        Some((at, Expiry::Idle)) if at <= now => {
+                            tracing::debug!(listener = name, %peer, timeout = ?limits.idle_timeout, "idle connection: closing");
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(now);
+                        }
+                        Some((at, Expiry::Head)) if at <= now => {
+                            tracing::debug!(listener = name, %peer, timeout = ?limits.header_read_timeout, "request head not complete in time: closing");
+                            return;
+                        }
+                        Some((at, Expiry::Stalled)) if at <= now => {
+                            tracing::debug!(listener = name, %peer, timeout = ?limits.idle_timeout, "the client stopped reading: closing");
+                            return;
+                        }
+                        Some((at, Expiry::Close)) if at <= now => {
+                            tracing::debug!(listener = name, %peer, grace = ?CLOSE_GRACE, "connection did not close in time: closing");
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
