@@ -290,7 +290,10 @@ async fn accounts_put_at_run_time_survive_a_restart_and_forget_is_durable() {
         let seed = TokenSeed::new(r.as_str())
             .access_token(a.as_str())
             .expires_at(SystemTime::now() + Duration::from_secs(3600));
-        assert!(!tokens.put(Provider::GitHub, "runtime", seed).await.unwrap());
+        assert!(!tokens
+            .save(Provider::GitHub, "runtime", seed)
+            .await
+            .unwrap());
     })
     .await;
     run(&w, &path, vec![], async |tokens, svc| {
@@ -299,8 +302,8 @@ async fn accounts_put_at_run_time_survive_a_restart_and_forget_is_durable() {
         assert_eq!(listed[0].account, "runtime");
         assert_eq!(get(svc, &w, "/user", Some("runtime")).await.unwrap(), 200);
         assert_eq!(w.last_ok_authorization(), bearer(&a).unwrap());
-        assert!(tokens.forget(Provider::GitHub, "runtime").await.unwrap());
-        assert!(!tokens.forget(Provider::GitHub, "nobody").await.unwrap());
+        assert!(tokens.delete(Provider::GitHub, "runtime").await.unwrap());
+        assert!(!tokens.delete(Provider::GitHub, "nobody").await.unwrap());
     })
     .await;
     run(&w, &path, vec![], async |tokens, svc| {

@@ -134,7 +134,7 @@ async fn puts_removals_and_rejections_are_shared() {
 
     // An account created on A appears on B.
     let (seed, refresh, access) = seed(&realm, 3600);
-    a.tokens.put(Provider::Google, "bob", seed).await.unwrap();
+    a.tokens.save(Provider::Google, "bob", seed).await.unwrap();
     wait_until("bob on B", || async {
         b.tokens.get(Provider::Google, "bob").is_some()
     })
@@ -170,7 +170,7 @@ async fn puts_removals_and_rejections_are_shared() {
     assert!(b.tokens.get(Provider::Google, "bob").unwrap().needs_reauth);
 
     // Removal on A removes it on B.
-    assert!(a.tokens.forget(Provider::Google, "bob").await.unwrap());
+    assert!(a.tokens.delete(Provider::Google, "bob").await.unwrap());
     wait_until("bob gone on B", || async {
         b.tokens.get(Provider::Google, "bob").is_none()
     })

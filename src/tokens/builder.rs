@@ -83,7 +83,7 @@ impl TokensBuilder {
     }
 
     /// Keeps accounts in `store` as well (durable or shared; see [`store`](crate::store)). Without one,
-    /// accounts live in memory only. With a store, add accounts with [`Tokens::put`] or
+    /// accounts live in memory only. With a store, add accounts with [`Tokens::save`] or
     /// [`Tokens::restore`] so they are persisted.
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);

@@ -172,7 +172,8 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    /// Adds an account, or replaces its tokens. Returns `true` when it replaced an account.
+    /// Adds an account to this process's cache, or replaces its tokens there (not written to a
+    /// store: see [`Tokens::save`]). Returns `true` when it replaced an account.
     ///
     /// Replacing bumps the generation, clears `needs_reauth` and detaches any refresh under way
     /// (its result is discarded). An access token that is not a valid header value is ignored
@@ -196,18 +197,22 @@ impl Tokens {
         self.set_state(account, state, Origin::Local)
     }
 
-    /// Adds or replaces an account like [`Tokens::insert`], after writing it to the store (when
-    /// there is one). Returns `true` when it replaced an account. The account keeps the
-    /// fingerprint of the configured refresh token it started from, if any.
+    /// Saves an account: writes it to the store (when there is one), then adds or replaces it in
+    /// the cache like [`Tokens::insert`]. Returns `true` when it replaced an account. The account
+    /// keeps the fingerprint of the configured refresh token it started from, if any.
+    ///
+    /// The account API comes in two pairs: [`Tokens::save`] / [`Tokens::delete`] go through the
+    /// store (async, they can fail); [`Tokens::insert`] / [`Tokens::remove`] touch this
+    /// process's cache only.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// # use oauth_refresh_proxy::{BackendRefresher, Provider, TokenSeed, Tokens};
     /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
-    /// assert!(!tokens.put(Provider::GitHub, "octo", TokenSeed::new("ghr_1")).await.unwrap());
+    /// assert!(!tokens.save(Provider::GitHub, "octo", TokenSeed::new("ghr_1")).await.unwrap());
     /// # });
     /// ```
-    pub async fn put(
+    pub async fn save(
         &self,
         provider: Provider,
         account: &str,
@@ -226,16 +231,17 @@ impl Tokens {
         Ok(self.set_state(Arc::from(account), state, Origin::Local))
     }
 
-    /// Forgets an account, in the store first (when there is one). Returns whether it existed.
+    /// Deletes an account: from the store first (when there is one), then from the cache like
+    /// [`Tokens::remove`]. Returns whether it existed.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// # use oauth_refresh_proxy::{BackendRefresher, Provider, Tokens};
     /// # let tokens = Tokens::builder(BackendRefresher::new("http://127.0.0.1:9").unwrap()).build();
-    /// assert!(!tokens.forget(Provider::Google, "nobody").await.unwrap());
+    /// assert!(!tokens.delete(Provider::Google, "nobody").await.unwrap());
     /// # });
     /// ```
-    pub async fn forget(&self, provider: Provider, account: &str) -> Result<bool, Error> {
+    pub async fn delete(&self, provider: Provider, account: &str) -> Result<bool, Error> {
         if let Some(store) = &self.inner.store {
             store
                 .remove(provider, account)
@@ -331,7 +337,8 @@ impl Tokens {
         self.inner.store.as_ref().map_or("memory", |s| s.kind())
     }
 
-    /// Forgets an account. Returns whether it existed.
+    /// Removes an account from this process's cache (not from a store: see [`Tokens::delete`]).
+    /// Returns whether it existed.
     ///
     /// ```
     /// # use oauth_refresh_proxy::{BackendRefresher, Provider, Tokens};

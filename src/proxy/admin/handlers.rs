@@ -75,7 +75,7 @@ pub(super) async fn delete(
     provider: Provider,
     account: &str,
 ) -> Response<Full<Bytes>> {
-    match state.tokens.forget(provider, account).await {
+    match state.tokens.delete(provider, account).await {
         Ok(true) => {
             let mut resp = Response::new(Full::new(Bytes::new()));
             *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -163,7 +163,7 @@ where
     if let Some(at) = body.expires_at.and_then(timestamp_to_system_time) {
         seed = seed.expires_at(at);
     }
-    let replaced = match state.tokens.put(provider, account, seed).await {
+    let replaced = match state.tokens.save(provider, account, seed).await {
         Ok(replaced) => replaced,
         Err(e) => return errors::from_error(&e),
     };

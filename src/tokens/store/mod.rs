@@ -9,7 +9,7 @@
 //!   shared store (Redis) overrides it to take a cross-replica lock fenced by generation, and to
 //!   adopt a newer generation written by another replica instead of refreshing again;
 //! * **inserts and removals** by the application or the admin API are saved first
-//!   ([`Tokens::put`](crate::Tokens::put), [`Tokens::forget`](crate::Tokens::forget));
+//!   ([`Tokens::save`](crate::Tokens::save), [`Tokens::delete`](crate::Tokens::delete));
 //! * **start-up** merges the stored accounts with the configured seeds
 //!   ([`Tokens::restore`](crate::Tokens::restore)): the stored (possibly rotated) tokens win while
 //!   the configured refresh token is the one they started from (compared by fingerprint);
