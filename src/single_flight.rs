@@ -111,6 +111,10 @@ pub(crate) struct Ticket<K: Eq + Hash, T> {
 impl<K: Eq + Hash, T> Ticket<K, T> {
     /// Unregisters the flight now: the next caller for the key starts a new one.
     pub(crate) fn release(mut self) {
+        self.unregister();
+    }
+
+    fn unregister(&mut self) {
         if let Some(key) = self.key.take() {
             let id = self.id;
             self.map.remove_if(&key, |_, r| r.id == id);
@@ -140,10 +144,7 @@ where
 #[cfg_attr(not(feature = "sidecar"), allow(dead_code))]
 impl<K: Eq + Hash, T> Drop for Ticket<K, T> {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            let id = self.id;
-            self.map.remove_if(&key, |_, r| r.id == id);
-        }
+        self.unregister();
     }
 }
 

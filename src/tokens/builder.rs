@@ -23,11 +23,16 @@ use crate::tokens::store::Store;
 pub struct TokensBuilder {
     store: Option<Arc<dyn Store>>,
     refresher: Arc<dyn Refresher>,
-    policy: RetryPolicy,
-    skew: Duration,
-    refresh_ahead: Duration,
-    default_lifetime: Duration,
-    min_interval: Duration,
+    settings: Settings,
+}
+
+/// The cache's timing settings, as built.
+pub(super) struct Settings {
+    pub(super) policy: RetryPolicy,
+    pub(super) skew: Duration,
+    pub(super) refresh_ahead: Duration,
+    pub(super) default_lifetime: Duration,
+    pub(super) min_interval: Duration,
 }
 
 impl TokensBuilder {
@@ -42,20 +47,20 @@ impl TokensBuilder {
 
     /// Refresh before sending when the token expires within `skew` (default 60 s).
     pub fn skew(mut self, skew: Duration) -> Self {
-        self.skew = skew;
+        self.settings.skew = skew;
         self
     }
 
     /// Start a background refresh this long before expiry (default 5 min; at most `skew` means
     /// no background refresh).
     pub fn refresh_ahead(mut self, ahead: Duration) -> Self {
-        self.refresh_ahead = ahead;
+        self.settings.refresh_ahead = ahead;
         self
     }
 
     /// The lifetime assumed for an access token whose expiry is unknown (default 55 min).
     pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
-        self.default_lifetime = lifetime;
+        self.settings.default_lifetime = lifetime;
         self
     }
 
@@ -72,13 +77,13 @@ impl TokensBuilder {
     /// # let _ = tokens;
     /// ```
     pub fn min_interval(mut self, interval: Duration) -> Self {
-        self.min_interval = interval;
+        self.settings.min_interval = interval;
         self
     }
 
     /// Retries, backoff, the per-attempt timeout and the late-answer window of refreshes.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.policy = policy;
+        self.settings.policy = policy;
         self
     }
 
@@ -104,11 +109,7 @@ impl TokensBuilder {
                 index: Default::default(),
                 counters: Default::default(),
                 refresher: self.refresher,
-                policy: self.policy,
-                skew: self.skew,
-                refresh_ahead: self.refresh_ahead,
-                default_lifetime: self.default_lifetime,
-                min_interval: self.min_interval,
+                settings: self.settings,
                 subscribers: Default::default(),
             }),
         };
@@ -150,11 +151,13 @@ impl Tokens {
         TokensBuilder {
             store: None,
             refresher,
-            policy: RetryPolicy::default(),
-            skew: TokensBuilder::DEFAULT_SKEW,
-            refresh_ahead: TokensBuilder::DEFAULT_REFRESH_AHEAD,
-            default_lifetime: TokensBuilder::DEFAULT_LIFETIME,
-            min_interval: TokensBuilder::DEFAULT_MIN_INTERVAL,
+            settings: Settings {
+                policy: RetryPolicy::default(),
+                skew: TokensBuilder::DEFAULT_SKEW,
+                refresh_ahead: TokensBuilder::DEFAULT_REFRESH_AHEAD,
+                default_lifetime: TokensBuilder::DEFAULT_LIFETIME,
+                min_interval: TokensBuilder::DEFAULT_MIN_INTERVAL,
+            },
         }
     }
 }

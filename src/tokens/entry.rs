@@ -160,7 +160,7 @@ impl Tokens {
         let known = header.is_some() && state.expires_at.is_some();
         let expires_at = match (&header, state.expires_at) {
             (Some(_), Some(at)) => timestamp_to_system_time(at as i64).unwrap_or(now),
-            (Some(_), None) => now + self.inner.default_lifetime,
+            (Some(_), None) => now + self.inner.settings.default_lifetime,
             (None, _) => now,
         };
         let map = &self.inner.maps[idx(state.provider)];
@@ -260,12 +260,12 @@ impl Tokens {
     pub(super) fn within_min_interval(&self, e: &Entry) -> bool {
         e.flight.is_none()
             && e.refreshed_at
-                .is_some_and(|t| t.elapsed() < self.inner.min_interval)
+                .is_some_and(|t| t.elapsed() < self.inner.settings.min_interval)
     }
 
     pub(super) fn ahead_at(&self, expires_at: SystemTime) -> SystemTime {
-        let window = self.inner.refresh_ahead;
-        if window <= self.inner.skew {
+        let window = self.inner.settings.refresh_ahead;
+        if window <= self.inner.settings.skew {
             return expires_at; // no background refresh
         }
         let jitter = (window / 10).mul_f64(fastrand::f64());

@@ -103,6 +103,7 @@ impl FlightTask {
         let StoreRefresh { result, call } = match &inner.store {
             None => {
                 let r = inner
+                    .settings
                     .policy
                     .run_notify(
                         &*inner.refresher,
@@ -121,6 +122,7 @@ impl FlightTask {
                     Box::pin(async move {
                         let inner = &tokens.inner;
                         inner
+                            .settings
                             .policy
                             .run_notify(&*inner.refresher, provider, &refresh_token, on_timeout)
                             .await
@@ -250,7 +252,7 @@ impl Tokens {
             return Ok(Step::Wait(flight.clone()));
         }
         if !force {
-            let usable = e.header.is_some() && now + self.inner.skew < e.expires_at;
+            let usable = e.header.is_some() && now + self.inner.settings.skew < e.expires_at;
             if usable && !refused {
                 return Ok(Step::Use(current(&e).expect("usable")));
             }
@@ -298,7 +300,8 @@ impl Tokens {
                 .and_then(|t| t.checked_duration_since(Instant::now()))
                 .or_else(|| {
                     e.refreshed_at.and_then(|t| {
-                        (t + self.inner.min_interval).checked_duration_since(Instant::now())
+                        (t + self.inner.settings.min_interval)
+                            .checked_duration_since(Instant::now())
                     })
                 });
             if let Some(wait) = wait {
@@ -385,12 +388,12 @@ impl Tokens {
                         .expires_at
                         .and_then(|t| timestamp_to_system_time(t as i64));
                     e.expiry_known = expires.is_some();
-                    e.expires_at = expires.unwrap_or(now + self.inner.default_lifetime);
+                    e.expires_at = expires.unwrap_or(now + self.inner.settings.default_lifetime);
                     // A token that comes back already inside the refresh-ahead window is not
                     // refreshed again in the background before `min_interval` has passed.
                     e.ahead_at = self
                         .ahead_at(e.expires_at)
-                        .max(now + self.inner.min_interval);
+                        .max(now + self.inner.settings.min_interval);
                     e.cooldown_until = None;
                     e.failed_cycles = 0;
                     e.refreshed_at = Some(Instant::now());
@@ -441,8 +444,8 @@ impl Tokens {
                         // The backend was never called (the shared store could not be read or
                         // locked): nothing to cool down from, the store's own bounds apply.
                         if task.kind == Launch::Ahead {
-                            let retry_in =
-                                (self.inner.refresh_ahead / 10).max(Duration::from_secs(1));
+                            let retry_in = (self.inner.settings.refresh_ahead / 10)
+                                .max(Duration::from_secs(1));
                             e.ahead_at = e.ahead_at.max(now + retry_in);
                         }
                         bump(&counters.refresh_transient_error);
@@ -455,8 +458,10 @@ impl Tokens {
                         e.cooldown_until = Some(Instant::now() + cooldown);
                         let mut retry_in = cooldown;
                         if task.kind == Launch::Ahead {
-                            retry_in = retry_in
-                                .max((self.inner.refresh_ahead / 10).max(Duration::from_secs(1)));
+                            retry_in = retry_in.max(
+                                (self.inner.settings.refresh_ahead / 10)
+                                    .max(Duration::from_secs(1)),
+                            );
                         }
                         e.ahead_at = e.ahead_at.max(now + retry_in);
                         tracing::warn!(%provider, account = &*task.account, ?cooldown,

@@ -36,7 +36,7 @@ impl Tokens {
                 return Err(rejected_error(provider, account, &e));
             }
             match &e.header {
-                Some(h) if now + self.inner.skew < e.expires_at => {
+                Some(h) if now + self.inner.settings.skew < e.expires_at => {
                     let ahead = now >= e.ahead_at && e.flight.is_none();
                     (
                         Lease {

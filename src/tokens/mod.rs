@@ -89,7 +89,6 @@ mod stats;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dashmap::DashMap;
 
@@ -106,7 +105,7 @@ use stats::Counters;
 
 use crate::error::Error;
 use crate::provider::Provider;
-use crate::refresh::{Refresher, RetryPolicy};
+use crate::refresh::Refresher;
 use crate::token::{fingerprint, TokenSeed};
 use store::{Store, StoredAccount};
 
@@ -119,11 +118,7 @@ struct Inner {
     index: index::Index,
     counters: [Counters; 2],
     refresher: Arc<dyn Refresher>,
-    policy: RetryPolicy,
-    skew: Duration,
-    refresh_ahead: Duration,
-    default_lifetime: Duration,
-    min_interval: Duration,
+    settings: builder::Settings,
     subscribers: events::Subscribers,
     store: Option<Arc<dyn Store>>,
 }
