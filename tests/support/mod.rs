@@ -1,10 +1,11 @@
 //! Test support: the crate's in-process fakes (`oauth_refresh_proxy::demo`), request bodies, and
 //! trace-level log capture to prove no secret is ever logged; [`process`]: the real binary as a
-//! child process; [`http_client`]: requests to it, bounded and read to their end;
-//! [`redis_server`]: a real `redis-server` (TLS, cluster) for the shared-store tests;
-//! [`shared_store`]: the replicas, configs and checks those tests share.
+//! child process; [`http_client`]: requests to it, bounded and read to their end; [`config`]:
+//! config text the tests share; [`redis_server`]: a real `redis-server` (TLS, cluster) for the
+//! shared-store tests; [`shared_store`]: the replicas, configs and checks those tests share.
 #![allow(dead_code)]
 
+pub mod config;
 #[cfg(feature = "sidecar")]
 pub mod github_rest;
 pub mod http_client;
