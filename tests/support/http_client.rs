@@ -90,3 +90,46 @@ pub async fn request(
         .await
         .unwrap_or_else(|_| panic!("{method} {uri}: no answer within {WAIT:?}"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/1.1 responses.
+// ---------------------------------------------------------------------------------------------
+
+/// A response head read raw.
+pub struct RawHead {
+    pub text: String,
+    /// Where the body starts in the bytes read.
+    pub body_start: usize,
+    /// Its `content-length`, when it has one.
+    pub content_length: Option<usize>,
+}
+
+impl RawHead {
+    /// The head of the response in `buf` (the bytes read so far), once it is complete.
+    pub fn parse(buf: &[u8]) -> Option<RawHead> {
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let text = String::from_utf8_lossy(&buf[..end]).to_string();
+        let content_length = text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        });
+        Some(RawHead {
+            text,
+            body_start: end + 4,
+            content_length,
+        })
+    }
+
+    /// (status, head, body) of the response in `buf`; panics without a status line.
+    pub fn finish(self, buf: &[u8]) -> (u16, String, String) {
+        let body = String::from_utf8_lossy(&buf[self.body_start..]).to_string();
+        let head = self.text;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head}"));
+        (status, head, body)
+    }
+}

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use oauth_refresh_proxy::Provider;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::http_client::{http1_client, request, Answer, HttpClient};
+use super::http_client::{http1_client, request, Answer, HttpClient, RawHead};
 use super::process::{Proxy, TempDir};
 use super::*;
 
@@ -29,24 +29,10 @@ pub async fn raw_request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
         loop {
             let n = s.read(&mut chunk).await.unwrap_or(0);
             buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let len = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len || n == 0 {
-                    let body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
-                    let status = head
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or_else(|| panic!("no status line: {head}"));
-                    return (status, head, body);
+            if let Some(head) = RawHead::parse(&buf) {
+                let len = head.content_length.unwrap_or(0);
+                if buf.len() >= head.body_start + len || n == 0 {
+                    return head.finish(&buf);
                 }
             }
             assert!(n > 0, "connection closed before a full response: {buf:?}");
