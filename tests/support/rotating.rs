@@ -15,7 +15,7 @@ use super::config::{backend_refresh, octo_route};
 use super::http_client::{http1_client, request};
 use super::process::Proxy;
 use super::shared_store::{rotated, sent_refresh_token};
-use super::{capture_logs, empty, full, now_secs, start_api, start_backend, Realm, WAIT};
+use super::{empty, full, now_secs, start_fakes, Realm, WAIT};
 
 /// A rotating realm, its backend and a fake GitHub API.
 pub struct RotatingWorld {
@@ -26,10 +26,7 @@ pub struct RotatingWorld {
 
 impl RotatingWorld {
     pub async fn new(name: &str) -> RotatingWorld {
-        capture_logs();
-        let realm = Realm::new(name, true);
-        let backend = start_backend(realm.clone()).await;
-        let api = start_api(realm.clone(), Provider::GitHub).await;
+        let (realm, backend, api) = start_fakes(name, true, Provider::GitHub).await;
         RotatingWorld {
             realm,
             backend,
