@@ -9,6 +9,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -330,13 +331,7 @@ fn form_urlencoded(body: &[u8]) -> HashMap<String, String> {
 }
 
 fn policy(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts,
-        timeout: Duration::from_secs(5),
-        late_answer_window: Duration::from_secs(5),
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
+    retry_policy(max_attempts, Duration::from_secs(5))
 }
 
 fn secs_from_now(t: SystemTime) -> i64 {
@@ -771,6 +766,65 @@ fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// A realm's token endpoints at Google and at GitHub, and its fake Google and GitHub APIs.
+async fn both_providers(
+    name: &str,
+) -> (
+    Arc<TokenEndpoint>,
+    Arc<TokenEndpoint>,
+    SocketAddr,
+    SocketAddr,
+) {
+    let realm = Realm::new(name, false);
+    let google = TokenEndpoint::start(Provider::Google, name, realm.clone()).await;
+    let github = TokenEndpoint::start(Provider::GitHub, name, realm.clone()).await;
+    let google_api = start_api(realm.clone(), Provider::Google).await;
+    let github_api = start_api(realm.clone(), Provider::GitHub).await;
+    (google, github, google_api, github_api)
+}
+
+/// What both endpoints must never see logged.
+fn both_secrets(google: &TokenEndpoint, github: &TokenEndpoint) -> Vec<String> {
+    let mut secrets = google.secrets();
+    secrets.extend(github.secrets());
+    secrets
+}
+
+/// The head of a direct-mode config: loopback proxy, no admin listener, `creds`.
+fn direct_config(creds: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+admin_listen = ""
+[refresh]
+mode = "direct"
+{creds}"#
+    )
+}
+
+/// `[refresh_api]`, enabled, with `token`.
+fn refresh_api(token: &str) -> String {
+    format!("[refresh_api]\nenabled = true\ntoken = \"{token}\"\n")
+}
+
+/// `/google` (default account `alice`) and `/github` (default account `octocat`) routes to the
+/// fake APIs.
+fn routes(google_api: SocketAddr, github_api: SocketAddr) -> String {
+    format!(
+        r#"[[route]]
+prefix = "/google"
+upstream = "http://{google_api}"
+provider = "google"
+default_account = "alice"
+
+[[route]]
+prefix = "/github"
+upstream = "http://{github_api}"
+provider = "github"
+default_account = "octocat"
+"#
+    )
+}
+
 /// A JSON answer: status, selected headers, body.
 struct Answer {
     status: u16,
@@ -966,8 +1020,7 @@ token = "env:ORP_TEST_REFRESH_API_TOKEN"
     assert!(r.refresh_token.unwrap().expose().starts_with("ghr_"));
     assert_eq!(github.calls.get(), 2);
 
-    let mut secrets = google.secrets();
-    secrets.extend(github.secrets());
+    let mut secrets = both_secrets(&google, &github);
     secrets.extend([API_TOKEN.to_string(), "client-token-seed".to_string()]);
     a.assert_no_secret_in_stderr(&secrets);
 }
@@ -988,10 +1041,8 @@ mode = "backend"
 backend_url = "http://127.0.0.1:9"
 max_attempts = 2
 {creds}
-[refresh_api]
-enabled = true
-token = "{API_TOKEN}"
-"#
+{api}"#,
+        api = refresh_api(API_TOKEN)
     );
     let a = Proxy::start(&config, &[], &env_refs(&env)).await;
     let client = client();
@@ -1138,17 +1189,7 @@ async fn concurrent_served_requests_for_one_refresh_token_make_one_provider_call
     let realm = Realm::new("coalesce", false);
     let github = TokenEndpoint::start(Provider::GitHub, "coalesce", realm.clone()).await;
     let (creds, env) = credentials(&[&github]);
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = ""
-[refresh]
-mode = "direct"
-{creds}
-[refresh_api]
-enabled = true
-token = "{API_TOKEN}"
-"#
-    );
+    let config = format!("{}{}", direct_config(&creds), refresh_api(API_TOKEN));
     let a = Proxy::start(&config, &[], &env_refs(&env)).await;
     let client = client();
     let url = a.url("/auth/github/refresh");
@@ -1199,11 +1240,7 @@ token = "{API_TOKEN}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_mode_sidecar_refreshes_at_the_providers() {
-    let realm = Realm::new("direct", false);
-    let google = TokenEndpoint::start(Provider::Google, "direct", realm.clone()).await;
-    let github = TokenEndpoint::start(Provider::GitHub, "direct", realm.clone()).await;
-    let google_api = start_api(realm.clone(), Provider::Google).await;
-    let github_api = start_api(realm.clone(), Provider::GitHub).await;
+    let (google, github, google_api, github_api) = both_providers("direct").await;
     let (creds, env) = credentials(&[&google, &github]);
     let alice = google.new_refresh_token();
     let octocat = github.new_refresh_token();
@@ -1211,23 +1248,7 @@ async fn a_direct_mode_sidecar_refreshes_at_the_providers() {
     github.revoke(&dead);
     let stale = github.stale_access_token(&octocat);
     let config = format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = ""
-[refresh]
-mode = "direct"
-{creds}
-[[route]]
-prefix = "/google"
-upstream = "http://{google_api}"
-provider = "google"
-default_account = "alice"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{github_api}"
-provider = "github"
-default_account = "octocat"
-
+        r#"{direct}{routes}
 [[account]]
 provider = "google"
 id = "alice"
@@ -1245,6 +1266,8 @@ provider = "github"
 id = "dead"
 refresh_token = "{dead}"
 "#,
+        direct = direct_config(&creds),
+        routes = routes(google_api, github_api),
         exp = now_secs() + 3600
     );
     let sc = Proxy::start(&config, &[], &env_refs(&env)).await;
@@ -1301,32 +1324,21 @@ refresh_token = "{dead}"
     }
     assert_eq!(github.calls.get(), 2);
 
-    let mut secrets = google.secrets();
-    secrets.extend(github.secrets());
+    let secrets = both_secrets(&google, &github);
     sc.assert_no_secret_in_stderr(&secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_a_backend_sidecar_refreshes_through_a_direct_sidecars_api() {
-    let realm = Realm::new("chain", false);
-    let google = TokenEndpoint::start(Provider::Google, "chain", realm.clone()).await;
-    let github = TokenEndpoint::start(Provider::GitHub, "chain", realm.clone()).await;
-    let google_api = start_api(realm.clone(), Provider::Google).await;
-    let github_api = start_api(realm.clone(), Provider::GitHub).await;
+    let (google, github, google_api, github_api) = both_providers("chain").await;
 
     // A: direct mode, serving the refresh API.
     let (creds, env) = credentials(&[&google, &github]);
     let a = Proxy::start(
         &format!(
-            r#"listen = "127.0.0.1:0"
-admin_listen = ""
-[refresh]
-mode = "direct"
-{creds}
-[refresh_api]
-enabled = true
-token = "env:ORP_TEST_A_API_TOKEN"
-"#
+            "{}{}",
+            direct_config(&creds),
+            refresh_api("env:ORP_TEST_A_API_TOKEN")
         ),
         &[],
         &[
@@ -1351,18 +1363,7 @@ mode = "backend"
 backend_url = "{a_url}"
 backend_token = "env:ORP_TEST_B_BACKEND_TOKEN"
 
-[[route]]
-prefix = "/google"
-upstream = "http://{google_api}"
-provider = "google"
-default_account = "alice"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{github_api}"
-provider = "github"
-default_account = "octocat"
-
+{routes}
 [[account]]
 provider = "google"
 id = "alice"
@@ -1378,6 +1379,7 @@ access_token = "env:ORP_TEST_OCTOCAT_ACCESS"
 expires_at = {exp}
 "#,
             a_url = a.url(""),
+            routes = routes(google_api, github_api),
             exp = now_secs() + 3600
         ),
         &[],
@@ -1439,8 +1441,7 @@ expires_at = {exp}
         vec![alice.clone(), alice.clone()]
     );
 
-    let mut secrets = google.secrets();
-    secrets.extend(github.secrets());
+    let mut secrets = both_secrets(&google, &github);
     secrets.push(API_TOKEN.to_string());
     b.assert_no_secret_in_stderr(&secrets);
     a.assert_no_secret_in_stderr(&secrets);
