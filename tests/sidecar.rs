@@ -1239,17 +1239,6 @@ async fn admin_health_readiness_and_metrics() {
     sc.finish(&w.realm);
 }
 
-const LISTING_KEYS: [&str; 8] = [
-    "account",
-    "expires_at",
-    "generation",
-    "last_error",
-    "last_refresh_at",
-    "needs_reauth",
-    "provider",
-    "rate_limited_until",
-];
-
 fn assert_listing_entry(e: &serde_json::Value) {
     let mut keys: Vec<_> = e.as_object().unwrap().keys().cloned().collect();
     keys.sort();

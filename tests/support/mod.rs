@@ -175,6 +175,18 @@ pub fn bearer(t: &str) -> Option<String> {
     Some(format!("Bearer {t}"))
 }
 
+/// The keys of an entry of the admin API's `/tokens` listing, sorted.
+pub const LISTING_KEYS: [&str; 8] = [
+    "account",
+    "expires_at",
+    "generation",
+    "last_error",
+    "last_refresh_at",
+    "needs_reauth",
+    "provider",
+    "rate_limited_until",
+];
+
 /// A shared fixture file's JSON.
 pub fn fixture(name: &str) -> serde_json::Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
