@@ -2,7 +2,8 @@
 //! trace-level log capture to prove no secret is ever logged; [`process`]: the real binary as a
 //! child process; [`http_client`]: requests to it, bounded and read to their end; [`config`]:
 //! config text the tests share; [`redis_server`]: a real `redis-server` (TLS, cluster) for the
-//! shared-store tests; [`shared_store`]: the replicas, configs and checks those tests share.
+//! shared-store tests; [`shared_store`]: the replicas, configs and checks those tests share;
+//! [`sdk`]: what the real-SDK tests share.
 #![allow(dead_code)]
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod process;
 pub mod redis_server;
 #[cfg(feature = "sidecar")]
 pub mod rotating;
+pub mod sdk;
 #[cfg(feature = "sidecar")]
 pub mod shared_store;
 #[cfg(feature = "sidecar")]
