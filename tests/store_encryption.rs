@@ -141,6 +141,14 @@ impl RotatingWorld {
         Proxy::spawn(cfg, &[], &keys.env(&token)).await
     }
 
+    /// Starts the proxy on `cfg`, asserts that `GET /github/user` through it is answered 200, and
+    /// kills it: its log.
+    async fn one_get(&self, cfg: &Path, keys: Keys) -> String {
+        let mut p = self.start(cfg, keys).await;
+        assert_eq!(proxied_get(&p, "/github/user").await, 200);
+        p.kill9()
+    }
+
     /// Runs `serve` expecting a start-up error; asserts it is one line `error: …` containing
     /// every one of `needles`, with no panic, no secret and nothing listening; returns it.
     fn start_error(&self, cfg: &Path, keys: Keys, needles: &[&str]) -> String {
@@ -266,9 +274,7 @@ async fn a_wrong_key_no_key_or_a_tampered_record_is_a_start_up_error_and_changes
     let (r0, a0) = w.credentials();
     let mut logs = Vec::new();
     let cfg_a = dir.write("a.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
-    let mut p = w.start(&cfg_a, key(KEY_A)).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg_a, key(KEY_A)).await);
     let kid_a = kid(&store);
     let before = std::fs::read(&store).unwrap();
 
@@ -303,9 +309,7 @@ async fn a_wrong_key_no_key_or_a_tampered_record_is_a_start_up_error_and_changes
     }
 
     // Restored, it opens again with its key, no refresh.
-    let mut p = w.start(&cfg_a, key(KEY_A)).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg_a, key(KEY_A)).await);
     assert_eq!(w.realm.backend_calls.get(), 0);
     assert_no_secret_in_logs(&logs, &secrets(&w.realm));
 }
@@ -321,9 +325,7 @@ async fn encrypt_existing_seals_a_clear_store_and_keeps_its_accounts() {
 
     // Written with no key: the tokens are in the clear.
     let cfg_none = dir.write("none.toml", &w.file_config(&store, NO_KEY, &r0, &a0));
-    let mut p = w.start(&cfg_none, NO_KEY).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg_none, NO_KEY).await);
     // Recovered after the kill by a read-write open, so that the file is cleanly closed.
     assert_eq!(records(&store).len(), 1);
     let clear = std::fs::read(&store).unwrap();
@@ -371,9 +373,7 @@ async fn keys_rotate_through_previous_keys() {
     let mut logs = Vec::new();
 
     let cfg_a = dir.write("a.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
-    let mut p = w.start(&cfg_a, key(KEY_A)).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg_a, key(KEY_A)).await);
     let kid_a = kid(&store);
 
     // B alone cannot open a record sealed with A; the error points at previous_keys.
@@ -555,9 +555,7 @@ async fn redis_values_hold_no_token_bytes_and_wrong_keys_or_moved_hashes_do_not_
             "{how}: the record changed"
         );
     }
-    let mut p = w.start(&cfg, key(KEY_A)).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg, key(KEY_A)).await);
     assert_eq!(w.realm.backend_calls.get(), 3);
     assert_no_secret_in_logs(&logs, &secrets(&w.realm));
 }
