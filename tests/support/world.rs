@@ -43,6 +43,11 @@ pub async fn raw_request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
         .unwrap_or_else(|_| panic!("raw request: no answer within {WAIT:?}"))
 }
 
+/// `GET uri` as the account `octo` (`X-OAuth-Account`) with `client`.
+pub async fn get_as_octo(client: &HttpClient, uri: &str) -> Answer {
+    request(client, "GET", uri, &[("x-oauth-account", "octo")], empty()).await
+}
+
 /// The child's resident set size in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
