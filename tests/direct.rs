@@ -17,10 +17,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use oauth_refresh_proxy::refresh::Refresher;
+use oauth_refresh_proxy::refresh::{Refreshed, Refresher};
 use oauth_refresh_proxy::{
-    DirectRefresher, GitHubRefresher, GoogleRefresher, Provider, RetryPolicy, Secret, TokenSeed,
-    Tokens,
+    DirectRefresher, GitHubRefresher, GoogleRefresher, Provider, RefreshError, RetryPolicy, Secret,
+    TokenSeed, Tokens,
 };
 use serde_json::{json, Value};
 use support::process::{run_cli, CliOutput, Proxy, TempDir};
@@ -185,6 +185,18 @@ impl TokenEndpoint {
         v.push(self.client_secret.clone());
         v.extend(self.realm.secrets());
         v
+    }
+
+    /// `policy(max_attempts)` run on [`TokenEndpoint::refresher`] for `provider` with `refresh`.
+    async fn attempt(
+        &self,
+        max_attempts: u32,
+        provider: Provider,
+        refresh: &str,
+    ) -> Result<Refreshed, RefreshError> {
+        policy(max_attempts)
+            .run(&*self.refresher(), provider, &Secret::new(refresh))
+            .await
     }
 
     fn refresher(&self) -> Arc<dyn Refresher> {
@@ -390,10 +402,7 @@ async fn google_keeps_a_refresh_token_it_returns() {
     let mut body = ep.fixture()["success"]["body"].clone();
     body["refresh_token"] = "1//04dX-g-rot-new".into();
     ep.script([TokenReply::Raw(200, body.to_string())]);
-    let out = policy(1)
-        .run(&*ep.refresher(), Provider::Google, &Secret::new(refresh))
-        .await
-        .unwrap();
+    let out = ep.attempt(1, Provider::Google, &refresh).await.unwrap();
     assert_eq!(out.refresh_token.unwrap().expose(), "1//04dX-g-rot-new");
     assert_eq!(out.access_token.expose(), "ya29.a0-example");
 }
@@ -401,12 +410,8 @@ async fn google_keeps_a_refresh_token_it_returns() {
 #[tokio::test]
 async fn google_invalid_grant_is_rejected_and_not_retried() {
     let ep = endpoint(Provider::Google, "g-dead").await;
-    let err = policy(3)
-        .run(
-            &*ep.refresher(),
-            Provider::Google,
-            &Secret::new("1//04dX-unknown"),
-        )
+    let err = ep
+        .attempt(3, Provider::Google, "1//04dX-unknown")
         .await
         .unwrap_err();
     assert!(err.is_rejected(), "{err}");
@@ -430,14 +435,7 @@ async fn google_5xx_and_temporarily_unavailable_are_retried_then_succeed() {
         .collect();
     assert_eq!(transient.len(), 2);
     ep.script(transient.clone());
-    let out = policy(3)
-        .run(
-            &*ep.refresher(),
-            Provider::Google,
-            &Secret::new(refresh.clone()),
-        )
-        .await
-        .unwrap();
+    let out = ep.attempt(3, Provider::Google, &refresh).await.unwrap();
     assert!(ep.realm.is_valid_access(out.access_token.expose()));
     assert_eq!(ep.calls.get(), 3);
 
@@ -446,22 +444,12 @@ async fn google_5xx_and_temporarily_unavailable_are_retried_then_succeed() {
         400,
         r#"{"error":"temporarily_unavailable"}"#.into(),
     )]);
-    policy(2)
-        .run(
-            &*ep.refresher(),
-            Provider::Google,
-            &Secret::new(refresh.clone()),
-        )
-        .await
-        .unwrap();
+    ep.attempt(2, Provider::Google, &refresh).await.unwrap();
     assert_eq!(ep.calls.get(), 5);
 
     // Out of attempts: transient, after exactly max_attempts calls.
     ep.script(transient.iter().cloned().chain(transient.iter().cloned()));
-    let err = policy(3)
-        .run(&*ep.refresher(), Provider::Google, &Secret::new(refresh))
-        .await
-        .unwrap_err();
+    let err = ep.attempt(3, Provider::Google, &refresh).await.unwrap_err();
     assert!(!err.is_rejected(), "{err}");
     assert!(err.to_string().contains("(after 3 attempts)"), "{err}");
     assert_eq!(ep.calls.get(), 8);
@@ -531,8 +519,8 @@ async fn github_200_with_an_error_is_a_rejection_not_a_success() {
     let ep = endpoint(Provider::GitHub, "gh-200err").await;
     // The fixture's rejection is an HTTP 200.
     assert_eq!(ep.fixture()["rejected"]["status"], 200);
-    let err = policy(3)
-        .run(&*ep.refresher(), Provider::GitHub, &Secret::new("ghr_dead"))
+    let err = ep
+        .attempt(3, Provider::GitHub, "ghr_dead")
         .await
         .unwrap_err();
     assert!(err.is_rejected(), "{err}");
@@ -576,22 +564,11 @@ async fn github_form_encoded_answers_are_read_too() {
             "error=bad_refresh_token&error_description=The+refresh+token+passed+is+incorrect+or+expired.".into(),
         ),
     ]);
-    let out = policy(1)
-        .run(
-            &*ep.refresher(),
-            Provider::GitHub,
-            &Secret::new("ghr_form-1"),
-        )
-        .await
-        .unwrap();
+    let out = ep.attempt(1, Provider::GitHub, "ghr_form-1").await.unwrap();
     assert_eq!(out.access_token.expose(), "ghu_form-1");
     assert_eq!(out.refresh_token.unwrap().expose(), "ghr_form-2");
-    let err = policy(3)
-        .run(
-            &*ep.refresher(),
-            Provider::GitHub,
-            &Secret::new("ghr_form-2"),
-        )
+    let err = ep
+        .attempt(3, Provider::GitHub, "ghr_form-2")
         .await
         .unwrap_err();
     assert!(err.is_rejected(), "{err}");
@@ -620,10 +597,7 @@ async fn malformed_answers_are_transient_and_never_injected() {
         let n = cases.len() as u64;
         for (status, body) in cases {
             ep.script([TokenReply::Raw(status, body.clone())]);
-            let err = policy(1)
-                .run(&*ep.refresher(), provider, &Secret::new("r"))
-                .await
-                .unwrap_err();
+            let err = ep.attempt(1, provider, "r").await.unwrap_err();
             assert!(
                 !err.is_rejected(), // transient or unconfirmed: never a dead token
                 "{provider} {status} {:.60}: {err}",
@@ -634,10 +608,7 @@ async fn malformed_answers_are_transient_and_never_injected() {
 
         // A 4xx is decided by its status, whatever the body.
         ep.script([TokenReply::Raw(400, "<html>bad</html>".into())]);
-        let err = policy(3)
-            .run(&*ep.refresher(), provider, &Secret::new("r"))
-            .await
-            .unwrap_err();
+        let err = ep.attempt(3, provider, "r").await.unwrap_err();
         assert!(err.is_rejected(), "{err}");
 
         // Through the cache, a CR/LF token is never injected: the request fails transiently.
@@ -692,12 +663,8 @@ async fn wrong_client_credentials_are_transient_not_a_dead_refresh_token() {
 async fn a_refresher_never_sends_a_token_to_another_providers_endpoint() {
     let google = endpoint(Provider::Google, "cross-g").await;
     let github = endpoint(Provider::GitHub, "cross-gh").await;
-    let err = policy(3)
-        .run(
-            &*google.refresher(),
-            Provider::GitHub,
-            &Secret::new("ghr_x"),
-        )
+    let err = google
+        .attempt(3, Provider::GitHub, "ghr_x")
         .await
         .unwrap_err();
     assert!(err.is_rejected(), "{err}");
