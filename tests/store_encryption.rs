@@ -120,32 +120,15 @@ fn assert_unchanged(path: &Path, before: &[u8], what: &str) {
 type World = RotatingWorld;
 
 /// What most tests start from: the fakes, a temp dir, the path of the store file in it
-/// (`tokens.db`, not created yet; `shown` as errors name it), and the account's credentials.
-struct Case {
-    w: World,
-    dir: TempDir,
-    store: PathBuf,
-    shown: String,
-    r0: String,
-    a0: String,
-}
-
-impl Case {
-    async fn new(name: &str) -> Case {
-        let w = World::new(name).await;
-        let dir = TempDir::new(name);
-        let store = dir.path("tokens.db");
-        let shown = store.display().to_string();
-        let (r0, a0) = w.credentials();
-        Case {
-            w,
-            dir,
-            store,
-            shown,
-            r0,
-            a0,
-        }
-    }
+/// (`tokens.db`, not created yet) as a path and as errors show it, and the account's
+/// credentials.
+async fn case(name: &str) -> (World, TempDir, PathBuf, String, (String, String)) {
+    let w = World::new(name).await;
+    let dir = TempDir::new(name);
+    let store = dir.path("tokens.db");
+    let shown = store.display().to_string();
+    let credentials = w.credentials();
+    (w, dir, store, shown, credentials)
 }
 
 /// What the encryption tests add to the shared fakes.
@@ -260,14 +243,7 @@ fn flip(sealed: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_file_holds_no_token_bytes_after_rotations_and_reopens_with_its_key() {
-    let Case {
-        w,
-        dir,
-        store,
-        r0,
-        a0,
-        ..
-    } = Case::new("encfile").await;
+    let (w, dir, store, _, (r0, a0)) = case("encfile").await;
     w.realm.revoke_access(&a0);
     let cfg = dir.write("proxy.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
     let mut logs = Vec::new();
@@ -300,14 +276,7 @@ async fn the_file_holds_no_token_bytes_after_rotations_and_reopens_with_its_key(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_key_no_key_or_a_tampered_record_is_a_start_up_error_and_changes_nothing() {
-    let Case {
-        w,
-        dir,
-        store,
-        shown,
-        r0,
-        a0,
-    } = Case::new("encbad").await;
+    let (w, dir, store, shown, (r0, a0)) = case("encbad").await;
     let mut logs = Vec::new();
     let cfg_a = dir.write("a.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
     logs.push(w.one_get(&cfg_a, key(KEY_A)).await);
@@ -352,14 +321,7 @@ async fn a_wrong_key_no_key_or_a_tampered_record_is_a_start_up_error_and_changes
 
 #[tokio::test(flavor = "multi_thread")]
 async fn encrypt_existing_seals_a_clear_store_and_keeps_its_accounts() {
-    let Case {
-        w,
-        dir,
-        store,
-        shown,
-        r0,
-        a0,
-    } = Case::new("encexist").await;
+    let (w, dir, store, shown, (r0, a0)) = case("encexist").await;
     let mut logs = Vec::new();
 
     // Written with no key: the tokens are in the clear.
@@ -404,14 +366,7 @@ async fn encrypt_existing_seals_a_clear_store_and_keeps_its_accounts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_rotate_through_previous_keys() {
-    let Case {
-        w,
-        dir,
-        store,
-        shown,
-        r0,
-        a0,
-    } = Case::new("encrot").await;
+    let (w, dir, store, shown, (r0, a0)) = case("encrot").await;
     let mut logs = Vec::new();
 
     let cfg_a = dir.write("a.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
@@ -461,14 +416,7 @@ async fn keys_rotate_through_previous_keys() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_moved_to_another_account_does_not_open() {
-    let Case {
-        w,
-        dir,
-        store,
-        shown,
-        r0,
-        a0,
-    } = Case::new("encmove").await;
+    let (w, dir, store, shown, (r0, a0)) = case("encmove").await;
     let cfg = dir.write("proxy.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
     let mut p = w.start(&cfg, key(KEY_A)).await;
     assert_eq!(proxied_get(&p, "/github/user").await, 200);
@@ -611,14 +559,7 @@ async fn redis_values_hold_no_token_bytes_and_wrong_keys_or_moved_hashes_do_not_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_encrypted_rotations_loses_nothing() {
-    let Case {
-        w,
-        dir,
-        store,
-        r0,
-        a0,
-        ..
-    } = Case::new("enckill").await;
+    let (w, dir, store, _, (r0, a0)) = case("enckill").await;
     let keys = key(KEY_A);
     let cfg = dir.write("proxy.toml", &w.file_config(&store, keys, &r0, &a0));
     let mut rng = kill_points();
