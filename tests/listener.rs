@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use oauth_refresh_proxy::Provider;
 use support::config::{backend_refresh, octo_route};
-use support::http_client::{h2c_client, request, RawHead};
+use support::http_client::{h2c_client, read_raw_response, request};
 use support::process::{
     assert_no_secret_in_logs, drain, spawn_piped, text, KillOnDrop, Proxy, TempDir, BIN,
 };
@@ -131,25 +131,15 @@ impl World {
 async fn read_response(s: &mut TcpStream) -> (u16, String, String) {
     let peer = s.peer_addr().ok();
     let fut = async {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(head) = RawHead::parse(&buf) {
-                let complete = match head.content_length {
-                    Some(len) => buf.len() >= head.body_start + len,
-                    None => n == 0,
-                };
-                if complete {
-                    return head.finish(&buf);
-                }
-            }
-            assert!(
-                n > 0,
-                "{peer:?} closed the connection before a full response: {buf:?}"
-            );
-        }
+        read_raw_response(
+            s,
+            |head, read, n| match head.content_length {
+                Some(len) => read >= head.body_start + len,
+                None => n == 0,
+            },
+            |buf| format!("{peer:?} closed the connection before a full response: {buf:?}"),
+        )
+        .await
     };
     tokio::time::timeout(WAIT, fut)
         .await

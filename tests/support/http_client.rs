@@ -133,3 +133,26 @@ impl RawHead {
         (status, head, body)
     }
 }
+
+/// Reads one response from `s` until `complete(head, bytes read, bytes of the last read)` holds
+/// (a last read of 0: the peer closed); panics with `closed(bytes read)` when the peer closes
+/// before. (status, head, body). Unbounded: the caller bounds it.
+pub async fn read_raw_response(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    complete: impl Fn(&RawHead, usize, usize) -> bool,
+    closed: impl Fn(&[u8]) -> String,
+) -> (u16, String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(head) = RawHead::parse(&buf) {
+            if complete(&head, buf.len(), n) {
+                return head.finish(&buf);
+            }
+        }
+        assert!(n > 0, "{}", closed(&buf));
+    }
+}

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use oauth_refresh_proxy::Provider;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::http_client::{http1_client, request, Answer, HttpClient, RawHead};
+use super::http_client::{http1_client, read_raw_response, request, Answer, HttpClient};
 use super::process::{Proxy, TempDir};
 use super::*;
 
@@ -24,19 +24,12 @@ pub async fn raw_request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(raw.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(head) = RawHead::parse(&buf) {
-                let len = head.content_length.unwrap_or(0);
-                if buf.len() >= head.body_start + len || n == 0 {
-                    return head.finish(&buf);
-                }
-            }
-            assert!(n > 0, "connection closed before a full response: {buf:?}");
-        }
+        read_raw_response(
+            &mut s,
+            |head, read, n| read >= head.body_start + head.content_length.unwrap_or(0) || n == 0,
+            |buf| format!("connection closed before a full response: {buf:?}"),
+        )
+        .await
     };
     tokio::time::timeout(WAIT, fut)
         .await
