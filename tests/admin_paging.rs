@@ -127,6 +127,12 @@ impl Sidecar {
     }
 
     /// `GET {path}` on the admin listener with `authorization`, recorded for the secret check.
+    /// The page of two entries after `provider/account` (no token).
+    async fn two_after(&mut self, client: &HttpClient, provider: &str, account: &str) -> Answer {
+        let path = format!("/tokens?limit=2&after={}", after(provider, account));
+        self.get(client, &path, None).await
+    }
+
     async fn get(
         &mut self,
         client: &HttpClient,
@@ -175,19 +181,7 @@ impl Sidecar {
                 let mut keys: Vec<&str> =
                     e.as_object().unwrap().keys().map(|k| k.as_str()).collect();
                 keys.sort();
-                assert_eq!(
-                    keys,
-                    [
-                        "account",
-                        "expires_at",
-                        "generation",
-                        "last_error",
-                        "last_refresh_at",
-                        "needs_reauth",
-                        "provider",
-                        "rate_limited_until"
-                    ]
-                );
+                assert_eq!(keys, LISTING_KEYS);
                 assert_eq!(e["expires_at"], 4_000_000_000u64);
                 assert_eq!(e["generation"], 1);
                 seen.push((
@@ -331,24 +325,12 @@ async fn boundaries_and_bad_queries() {
     }
     // The last page exactly: no Link.
     let (p, id) = &expected[ACCOUNTS - 3];
-    let a = sc
-        .get(
-            &client,
-            &format!("/tokens?limit=2&after={}", after(p, id)),
-            None,
-        )
-        .await;
+    let a = sc.two_after(&client, p, id).await;
     assert_eq!(a.json().as_array().unwrap().len(), 2);
     assert!(a.header("link").is_none());
     // One page short of the end: a Link.
     let (p, id) = &expected[ACCOUNTS - 4];
-    let a = sc
-        .get(
-            &client,
-            &format!("/tokens?limit=2&after={}", after(p, id)),
-            None,
-        )
-        .await;
+    let a = sc.two_after(&client, p, id).await;
     assert!(a.header("link").is_some());
     // From the last Google account on: the first GitHub one.
     let a = sc

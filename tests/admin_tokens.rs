@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use support::http_client::{http1_client, request, HttpClient};
 use support::process::{Proxy, TempDir};
+use support::world::rss_kib;
 use support::*;
 
 const ACCOUNTS: usize = 100_000;
@@ -63,16 +64,6 @@ fn config(upstream: &str, backend: &str) -> String {
         }
     }
     c
-}
-
-/// The sidecar's resident set size in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
 }
 
 /// The CPU time the sidecar used so far (user + system), from /proc/PID/stat.

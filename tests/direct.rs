@@ -9,6 +9,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,10 +17,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use oauth_refresh_proxy::refresh::Refresher;
+use oauth_refresh_proxy::refresh::{Refreshed, Refresher};
 use oauth_refresh_proxy::{
-    DirectRefresher, GitHubRefresher, GoogleRefresher, Provider, RetryPolicy, Secret, TokenSeed,
-    Tokens,
+    DirectRefresher, GitHubRefresher, GoogleRefresher, Provider, RefreshError, RetryPolicy, Secret,
+    TokenSeed, Tokens,
 };
 use serde_json::{json, Value};
 use support::process::{run_cli, CliOutput, Proxy, TempDir};
@@ -186,6 +187,18 @@ impl TokenEndpoint {
         v
     }
 
+    /// `policy(max_attempts)` run on [`TokenEndpoint::refresher`] for `provider` with `refresh`.
+    async fn attempt(
+        &self,
+        max_attempts: u32,
+        provider: Provider,
+        refresh: &str,
+    ) -> Result<Refreshed, RefreshError> {
+        policy(max_attempts)
+            .run(&*self.refresher(), provider, &Secret::new(refresh))
+            .await
+    }
+
     fn refresher(&self) -> Arc<dyn Refresher> {
         let secret = Secret::new(self.client_secret.clone());
         let timeout = Duration::from_secs(5);
@@ -330,13 +343,7 @@ fn form_urlencoded(body: &[u8]) -> HashMap<String, String> {
 }
 
 fn policy(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts,
-        timeout: Duration::from_secs(5),
-        late_answer_window: Duration::from_secs(5),
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
+    retry_policy(max_attempts, Duration::from_secs(5))
 }
 
 fn secs_from_now(t: SystemTime) -> i64 {
@@ -395,10 +402,7 @@ async fn google_keeps_a_refresh_token_it_returns() {
     let mut body = ep.fixture()["success"]["body"].clone();
     body["refresh_token"] = "1//04dX-g-rot-new".into();
     ep.script([TokenReply::Raw(200, body.to_string())]);
-    let out = policy(1)
-        .run(&*ep.refresher(), Provider::Google, &Secret::new(refresh))
-        .await
-        .unwrap();
+    let out = ep.attempt(1, Provider::Google, &refresh).await.unwrap();
     assert_eq!(out.refresh_token.unwrap().expose(), "1//04dX-g-rot-new");
     assert_eq!(out.access_token.expose(), "ya29.a0-example");
 }
@@ -406,12 +410,8 @@ async fn google_keeps_a_refresh_token_it_returns() {
 #[tokio::test]
 async fn google_invalid_grant_is_rejected_and_not_retried() {
     let ep = endpoint(Provider::Google, "g-dead").await;
-    let err = policy(3)
-        .run(
-            &*ep.refresher(),
-            Provider::Google,
-            &Secret::new("1//04dX-unknown"),
-        )
+    let err = ep
+        .attempt(3, Provider::Google, "1//04dX-unknown")
         .await
         .unwrap_err();
     assert!(err.is_rejected(), "{err}");
@@ -435,14 +435,7 @@ async fn google_5xx_and_temporarily_unavailable_are_retried_then_succeed() {
         .collect();
     assert_eq!(transient.len(), 2);
     ep.script(transient.clone());
-    let out = policy(3)
-        .run(
-            &*ep.refresher(),
-            Provider::Google,
-            &Secret::new(refresh.clone()),
-        )
-        .await
-        .unwrap();
+    let out = ep.attempt(3, Provider::Google, &refresh).await.unwrap();
     assert!(ep.realm.is_valid_access(out.access_token.expose()));
     assert_eq!(ep.calls.get(), 3);
 
@@ -451,22 +444,12 @@ async fn google_5xx_and_temporarily_unavailable_are_retried_then_succeed() {
         400,
         r#"{"error":"temporarily_unavailable"}"#.into(),
     )]);
-    policy(2)
-        .run(
-            &*ep.refresher(),
-            Provider::Google,
-            &Secret::new(refresh.clone()),
-        )
-        .await
-        .unwrap();
+    ep.attempt(2, Provider::Google, &refresh).await.unwrap();
     assert_eq!(ep.calls.get(), 5);
 
     // Out of attempts: transient, after exactly max_attempts calls.
     ep.script(transient.iter().cloned().chain(transient.iter().cloned()));
-    let err = policy(3)
-        .run(&*ep.refresher(), Provider::Google, &Secret::new(refresh))
-        .await
-        .unwrap_err();
+    let err = ep.attempt(3, Provider::Google, &refresh).await.unwrap_err();
     assert!(!err.is_rejected(), "{err}");
     assert!(err.to_string().contains("(after 3 attempts)"), "{err}");
     assert_eq!(ep.calls.get(), 8);
@@ -536,8 +519,8 @@ async fn github_200_with_an_error_is_a_rejection_not_a_success() {
     let ep = endpoint(Provider::GitHub, "gh-200err").await;
     // The fixture's rejection is an HTTP 200.
     assert_eq!(ep.fixture()["rejected"]["status"], 200);
-    let err = policy(3)
-        .run(&*ep.refresher(), Provider::GitHub, &Secret::new("ghr_dead"))
+    let err = ep
+        .attempt(3, Provider::GitHub, "ghr_dead")
         .await
         .unwrap_err();
     assert!(err.is_rejected(), "{err}");
@@ -581,22 +564,11 @@ async fn github_form_encoded_answers_are_read_too() {
             "error=bad_refresh_token&error_description=The+refresh+token+passed+is+incorrect+or+expired.".into(),
         ),
     ]);
-    let out = policy(1)
-        .run(
-            &*ep.refresher(),
-            Provider::GitHub,
-            &Secret::new("ghr_form-1"),
-        )
-        .await
-        .unwrap();
+    let out = ep.attempt(1, Provider::GitHub, "ghr_form-1").await.unwrap();
     assert_eq!(out.access_token.expose(), "ghu_form-1");
     assert_eq!(out.refresh_token.unwrap().expose(), "ghr_form-2");
-    let err = policy(3)
-        .run(
-            &*ep.refresher(),
-            Provider::GitHub,
-            &Secret::new("ghr_form-2"),
-        )
+    let err = ep
+        .attempt(3, Provider::GitHub, "ghr_form-2")
         .await
         .unwrap_err();
     assert!(err.is_rejected(), "{err}");
@@ -625,10 +597,7 @@ async fn malformed_answers_are_transient_and_never_injected() {
         let n = cases.len() as u64;
         for (status, body) in cases {
             ep.script([TokenReply::Raw(status, body.clone())]);
-            let err = policy(1)
-                .run(&*ep.refresher(), provider, &Secret::new("r"))
-                .await
-                .unwrap_err();
+            let err = ep.attempt(1, provider, "r").await.unwrap_err();
             assert!(
                 !err.is_rejected(), // transient or unconfirmed: never a dead token
                 "{provider} {status} {:.60}: {err}",
@@ -639,10 +608,7 @@ async fn malformed_answers_are_transient_and_never_injected() {
 
         // A 4xx is decided by its status, whatever the body.
         ep.script([TokenReply::Raw(400, "<html>bad</html>".into())]);
-        let err = policy(3)
-            .run(&*ep.refresher(), provider, &Secret::new("r"))
-            .await
-            .unwrap_err();
+        let err = ep.attempt(3, provider, "r").await.unwrap_err();
         assert!(err.is_rejected(), "{err}");
 
         // Through the cache, a CR/LF token is never injected: the request fails transiently.
@@ -697,12 +663,8 @@ async fn wrong_client_credentials_are_transient_not_a_dead_refresh_token() {
 async fn a_refresher_never_sends_a_token_to_another_providers_endpoint() {
     let google = endpoint(Provider::Google, "cross-g").await;
     let github = endpoint(Provider::GitHub, "cross-gh").await;
-    let err = policy(3)
-        .run(
-            &*google.refresher(),
-            Provider::GitHub,
-            &Secret::new("ghr_x"),
-        )
+    let err = google
+        .attempt(3, Provider::GitHub, "ghr_x")
         .await
         .unwrap_err();
     assert!(err.is_rejected(), "{err}");
@@ -769,6 +731,65 @@ fn credentials(eps: &[&TokenEndpoint]) -> (String, Vec<(String, String)>) {
 
 fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A realm's token endpoints at Google and at GitHub, and its fake Google and GitHub APIs.
+async fn both_providers(
+    name: &str,
+) -> (
+    Arc<TokenEndpoint>,
+    Arc<TokenEndpoint>,
+    SocketAddr,
+    SocketAddr,
+) {
+    let realm = Realm::new(name, false);
+    let google = TokenEndpoint::start(Provider::Google, name, realm.clone()).await;
+    let github = TokenEndpoint::start(Provider::GitHub, name, realm.clone()).await;
+    let google_api = start_api(realm.clone(), Provider::Google).await;
+    let github_api = start_api(realm.clone(), Provider::GitHub).await;
+    (google, github, google_api, github_api)
+}
+
+/// What both endpoints must never see logged.
+fn both_secrets(google: &TokenEndpoint, github: &TokenEndpoint) -> Vec<String> {
+    let mut secrets = google.secrets();
+    secrets.extend(github.secrets());
+    secrets
+}
+
+/// The head of a direct-mode config: loopback proxy, no admin listener, `creds`.
+fn direct_config(creds: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+admin_listen = ""
+[refresh]
+mode = "direct"
+{creds}"#
+    )
+}
+
+/// `[refresh_api]`, enabled, with `token`.
+fn refresh_api(token: &str) -> String {
+    format!("[refresh_api]\nenabled = true\ntoken = \"{token}\"\n")
+}
+
+/// `/google` (default account `alice`) and `/github` (default account `octocat`) routes to the
+/// fake APIs.
+fn routes(google_api: SocketAddr, github_api: SocketAddr) -> String {
+    format!(
+        r#"[[route]]
+prefix = "/google"
+upstream = "http://{google_api}"
+provider = "google"
+default_account = "alice"
+
+[[route]]
+prefix = "/github"
+upstream = "http://{github_api}"
+provider = "github"
+default_account = "octocat"
+"#
+    )
 }
 
 /// A JSON answer: status, selected headers, body.
@@ -966,8 +987,7 @@ token = "env:ORP_TEST_REFRESH_API_TOKEN"
     assert!(r.refresh_token.unwrap().expose().starts_with("ghr_"));
     assert_eq!(github.calls.get(), 2);
 
-    let mut secrets = google.secrets();
-    secrets.extend(github.secrets());
+    let mut secrets = both_secrets(&google, &github);
     secrets.extend([API_TOKEN.to_string(), "client-token-seed".to_string()]);
     a.assert_no_secret_in_stderr(&secrets);
 }
@@ -988,10 +1008,8 @@ mode = "backend"
 backend_url = "http://127.0.0.1:9"
 max_attempts = 2
 {creds}
-[refresh_api]
-enabled = true
-token = "{API_TOKEN}"
-"#
+{api}"#,
+        api = refresh_api(API_TOKEN)
     );
     let a = Proxy::start(&config, &[], &env_refs(&env)).await;
     let client = client();
@@ -1138,17 +1156,7 @@ async fn concurrent_served_requests_for_one_refresh_token_make_one_provider_call
     let realm = Realm::new("coalesce", false);
     let github = TokenEndpoint::start(Provider::GitHub, "coalesce", realm.clone()).await;
     let (creds, env) = credentials(&[&github]);
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = ""
-[refresh]
-mode = "direct"
-{creds}
-[refresh_api]
-enabled = true
-token = "{API_TOKEN}"
-"#
-    );
+    let config = format!("{}{}", direct_config(&creds), refresh_api(API_TOKEN));
     let a = Proxy::start(&config, &[], &env_refs(&env)).await;
     let client = client();
     let url = a.url("/auth/github/refresh");
@@ -1199,11 +1207,7 @@ token = "{API_TOKEN}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_mode_sidecar_refreshes_at_the_providers() {
-    let realm = Realm::new("direct", false);
-    let google = TokenEndpoint::start(Provider::Google, "direct", realm.clone()).await;
-    let github = TokenEndpoint::start(Provider::GitHub, "direct", realm.clone()).await;
-    let google_api = start_api(realm.clone(), Provider::Google).await;
-    let github_api = start_api(realm.clone(), Provider::GitHub).await;
+    let (google, github, google_api, github_api) = both_providers("direct").await;
     let (creds, env) = credentials(&[&google, &github]);
     let alice = google.new_refresh_token();
     let octocat = github.new_refresh_token();
@@ -1211,23 +1215,7 @@ async fn a_direct_mode_sidecar_refreshes_at_the_providers() {
     github.revoke(&dead);
     let stale = github.stale_access_token(&octocat);
     let config = format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = ""
-[refresh]
-mode = "direct"
-{creds}
-[[route]]
-prefix = "/google"
-upstream = "http://{google_api}"
-provider = "google"
-default_account = "alice"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{github_api}"
-provider = "github"
-default_account = "octocat"
-
+        r#"{direct}{routes}
 [[account]]
 provider = "google"
 id = "alice"
@@ -1245,6 +1233,8 @@ provider = "github"
 id = "dead"
 refresh_token = "{dead}"
 "#,
+        direct = direct_config(&creds),
+        routes = routes(google_api, github_api),
         exp = now_secs() + 3600
     );
     let sc = Proxy::start(&config, &[], &env_refs(&env)).await;
@@ -1301,32 +1291,21 @@ refresh_token = "{dead}"
     }
     assert_eq!(github.calls.get(), 2);
 
-    let mut secrets = google.secrets();
-    secrets.extend(github.secrets());
+    let secrets = both_secrets(&google, &github);
     sc.assert_no_secret_in_stderr(&secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_a_backend_sidecar_refreshes_through_a_direct_sidecars_api() {
-    let realm = Realm::new("chain", false);
-    let google = TokenEndpoint::start(Provider::Google, "chain", realm.clone()).await;
-    let github = TokenEndpoint::start(Provider::GitHub, "chain", realm.clone()).await;
-    let google_api = start_api(realm.clone(), Provider::Google).await;
-    let github_api = start_api(realm.clone(), Provider::GitHub).await;
+    let (google, github, google_api, github_api) = both_providers("chain").await;
 
     // A: direct mode, serving the refresh API.
     let (creds, env) = credentials(&[&google, &github]);
     let a = Proxy::start(
         &format!(
-            r#"listen = "127.0.0.1:0"
-admin_listen = ""
-[refresh]
-mode = "direct"
-{creds}
-[refresh_api]
-enabled = true
-token = "env:ORP_TEST_A_API_TOKEN"
-"#
+            "{}{}",
+            direct_config(&creds),
+            refresh_api("env:ORP_TEST_A_API_TOKEN")
         ),
         &[],
         &[
@@ -1351,18 +1330,7 @@ mode = "backend"
 backend_url = "{a_url}"
 backend_token = "env:ORP_TEST_B_BACKEND_TOKEN"
 
-[[route]]
-prefix = "/google"
-upstream = "http://{google_api}"
-provider = "google"
-default_account = "alice"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{github_api}"
-provider = "github"
-default_account = "octocat"
-
+{routes}
 [[account]]
 provider = "google"
 id = "alice"
@@ -1378,6 +1346,7 @@ access_token = "env:ORP_TEST_OCTOCAT_ACCESS"
 expires_at = {exp}
 "#,
             a_url = a.url(""),
+            routes = routes(google_api, github_api),
             exp = now_secs() + 3600
         ),
         &[],
@@ -1439,8 +1408,7 @@ expires_at = {exp}
         vec![alice.clone(), alice.clone()]
     );
 
-    let mut secrets = google.secrets();
-    secrets.extend(github.secrets());
+    let mut secrets = both_secrets(&google, &github);
     secrets.push(API_TOKEN.to_string());
     b.assert_no_secret_in_stderr(&secrets);
     a.assert_no_secret_in_stderr(&secrets);

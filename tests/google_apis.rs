@@ -5,21 +5,16 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use google_apis_common::GetToken;
 use oauth_refresh_proxy::google_apis::TokenSource;
-use oauth_refresh_proxy::{
-    BackendRefresher, Error, ErrorKind, Provider, Secret, TokenSeed, Tokens,
-};
+use oauth_refresh_proxy::{Error, ErrorKind, Provider, TokenSeed, Tokens};
 use support::*;
 
 async fn tokens_for(realm: &Arc<Realm>) -> Tokens {
     let backend = start_backend(realm.clone()).await;
-    let refresher = BackendRefresher::new(&backend)
-        .unwrap()
-        .bearer(Secret::new(realm.backend_token.clone().unwrap()))
-        .timeout(Duration::from_secs(10));
+    let refresher = backend_refresher(&backend, realm).timeout(Duration::from_secs(10));
     Tokens::builder(refresher).build()
 }
 
@@ -35,7 +30,7 @@ async fn get_token_serves_the_cache_with_one_refresh_for_a_thousand_callers() {
         "alice",
         TokenSeed::new(refresh.as_str())
             .access_token(expired.as_str())
-            .expires_at(SystemTime::now() - Duration::from_secs(1)),
+            .expires_at(expiry(-1)),
     );
     // What a hub holds: a boxed `GetToken`, cloned into each call.
     let auth: Box<dyn GetToken> = Box::new(TokenSource::new(tokens.clone(), "alice"));
@@ -50,25 +45,12 @@ async fn get_token_serves_the_cache_with_one_refresh_for_a_thousand_callers() {
         }));
     }
     realm.backend_calls.wait_for(1).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokens.stats(Provider::Google).coalesced < 999 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "callers did not join"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_coalesced(&tokens, Provider::Google, 999, |_| {
+        "callers did not join".to_string()
+    })
+    .await;
     realm.release_backend(1);
-    let mut got = Vec::new();
-    for t in tasks {
-        got.push(
-            tokio::time::timeout(WAIT, t)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let got = joined_ok(tasks).await;
     assert_eq!(realm.backend_calls.get(), 1, "exactly one refresh call");
     let token = got[0].clone().expect("a token, not NoToken");
     assert!(got.iter().all(|t| t.as_deref() == Some(token.as_str())));

@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use oauth_refresh_proxy::{
-    Account, BackendRefresher, Error, ErrorKind, Provider, RefreshLayer, RefreshOutcome,
-    ReplayBody, RetryPolicy, Secret, TokenSeed, Tokens,
+    Account, Error, ErrorKind, Provider, RefreshLayer, RefreshOutcome, ReplayBody, RetryPolicy,
+    TokenSeed, Tokens,
 };
 use support::*;
 use tower::util::BoxCloneService;
@@ -29,16 +29,6 @@ struct Setup {
     tokens: Tokens,
     svc: Svc,
     provider: Provider,
-}
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        timeout: Duration::from_secs(5),
-        late_answer_window: Duration::from_secs(5),
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
 }
 
 fn hyper_client<C>(connector: C) -> Client<C, ReplayBody<TestBody>>
@@ -57,15 +47,10 @@ async fn setup_with(
     tune: impl FnOnce(oauth_refresh_proxy::TokensBuilder) -> oauth_refresh_proxy::TokensBuilder,
     max_replay: usize,
 ) -> Setup {
-    capture_logs();
-    let realm = Realm::new(name, rotate);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), provider).await;
-    let refresher = BackendRefresher::new(&backend)
-        .unwrap()
-        .bearer(Secret::new(realm.backend_token.clone().unwrap()))
-        .timeout(Duration::from_secs(5));
-    let tokens = tune(Tokens::builder(refresher).retry(policy())).build();
+    let (realm, backend, api) = start_fakes(name, rotate, provider).await;
+    let refresher = backend_refresher(&backend, &realm).timeout(Duration::from_secs(5));
+    let tokens =
+        tune(Tokens::builder(refresher).retry(retry_policy(3, Duration::from_secs(5)))).build();
     let layer = RefreshLayer::new(tokens.clone())
         .default_account("alice")
         .max_replay_body(max_replay);
@@ -93,21 +78,7 @@ impl Setup {
     /// Seeds "alice" with a fresh refresh token and an access token valid for `valid_for`
     /// (negative: already expired). Returns (refresh, access).
     fn seed(&self, valid_for: i64) -> (String, String) {
-        let refresh = self.realm.new_refresh_token();
-        let access = self.realm.new_access_token(&refresh);
-        let at = if valid_for >= 0 {
-            SystemTime::now() + Duration::from_secs(valid_for as u64)
-        } else {
-            SystemTime::now() - Duration::from_secs((-valid_for) as u64)
-        };
-        self.tokens.insert(
-            self.provider,
-            "alice",
-            TokenSeed::new(refresh.as_str())
-                .access_token(access.as_str())
-                .expires_at(at),
-        );
-        (refresh, access)
+        seed_account(&self.tokens, &self.realm, self.provider, "alice", valid_for)
     }
 
     fn url(&self, path: &str) -> String {
@@ -195,13 +166,8 @@ async fn account_comes_from_the_extension_else_the_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_is_detected_from_the_host_and_other_hosts_pass_through() {
-    capture_logs();
-    let realm = Realm::new("hosts", false);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::Google).await;
-    let refresher = BackendRefresher::new(&backend)
-        .unwrap()
-        .bearer(Secret::new(realm.backend_token.clone().unwrap()));
+    let (realm, backend, api) = start_fakes("hosts", false, Provider::Google).await;
+    let refresher = backend_refresher(&backend, &realm);
     let tokens = Tokens::builder(refresher).build();
     let refresh = realm.new_refresh_token();
     let google = realm.new_access_token(&refresh);

@@ -21,7 +21,8 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use oauth_refresh_proxy::Provider;
-use support::http_client::{h2c_client, request};
+use support::config::{backend_refresh, octo_route};
+use support::http_client::{h2c_client, read_raw_response, request};
 use support::process::{
     assert_no_secret_in_logs, drain, spawn_piped, text, KillOnDrop, Proxy, TempDir, BIN,
 };
@@ -89,34 +90,14 @@ impl World {
     /// GitHub behind `/github` (default account `octo`, a valid access token).
     fn config(&self, server: &str) -> String {
         format!(
-            r#"listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[server]
-{server}
-
-[refresh]
-backend_url = "{backend}"
-backend_token = "env:{BACKEND_ENV}"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{github}"
-provider = "github"
-default_account = "octo"
-
-[[account]]
-provider = "github"
-id = "octo"
-refresh_token = "{refresh}"
-access_token = "{access}"
-expires_at = {expires}
-"#,
-            backend = self.backend,
-            github = self.github,
-            refresh = self.refresh,
-            access = self.access,
-            expires = now_secs() + 3600,
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[server]\n{server}\n\n{}\n{}",
+            backend_refresh(&self.backend, BACKEND_ENV),
+            octo_route(
+                &format!("http://{}", self.github),
+                &self.refresh,
+                &self.access,
+                now_secs() + 3600
+            ),
         )
     }
 
@@ -150,37 +131,15 @@ expires_at = {expires}
 async fn read_response(s: &mut TcpStream) -> (u16, String, String) {
     let peer = s.peer_addr().ok();
     let fut = async {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let len = head.lines().find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                });
-                let complete = match len {
-                    Some(len) => buf.len() >= end + 4 + len,
-                    None => n == 0,
-                };
-                if complete {
-                    let body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
-                    let status = head
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or_else(|| panic!("no status line: {head}"));
-                    return (status, head, body);
-                }
-            }
-            assert!(
-                n > 0,
-                "{peer:?} closed the connection before a full response: {buf:?}"
-            );
-        }
+        read_raw_response(
+            s,
+            |head, read, n| match head.content_length {
+                Some(len) => read >= head.body_start + len,
+                None => n == 0,
+            },
+            |buf| format!("{peer:?} closed the connection before a full response: {buf:?}"),
+        )
+        .await
     };
     tokio::time::timeout(WAIT, fut)
         .await

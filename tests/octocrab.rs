@@ -9,10 +9,10 @@ mod support;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use oauth_refresh_proxy::{
-    BackendRefresher, ErrorKind, Provider, RefreshLayer, RetryPolicy, Secret, TokenSeed, Tokens,
+    BackendRefresher, ErrorKind, Provider, RefreshLayer, RetryPolicy, TokenSeed, Tokens,
 };
 use octocrab::{Octocrab, Page};
 use serde::{Deserialize, Serialize};
@@ -29,26 +29,14 @@ struct Setup {
 }
 
 fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 2,
-        timeout: Duration::from_secs(5),
-        late_answer_window: Duration::from_secs(5),
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
+    retry_policy(2, Duration::from_secs(5))
 }
 
 /// A rotating realm (GitHub-style), its fakes, `Tokens` refreshing through the backend, and an
 /// `Octocrab` whose base URI is the fake, mapped to GitHub on the layer.
 async fn setup(name: &str) -> Setup {
-    capture_logs();
-    let realm = Realm::new(name, true);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), Provider::GitHub).await;
-    let refresher = BackendRefresher::new(&backend)
-        .unwrap()
-        .bearer(Secret::new(realm.backend_token.clone().unwrap()))
-        .timeout(Duration::from_secs(5));
+    let (realm, backend, api) = start_fakes(name, true, Provider::GitHub).await;
+    let refresher = backend_refresher(&backend, &realm).timeout(Duration::from_secs(5));
     let tokens = Tokens::builder(refresher).retry(policy()).build();
     let layer = RefreshLayer::new(tokens.clone())
         .default_account("octocat")
@@ -69,16 +57,7 @@ impl Setup {
     /// Seeds "octocat" with a refresh token and an access token valid for an hour; returns the
     /// access token.
     fn seed(&self) -> String {
-        let refresh = self.realm.new_refresh_token();
-        let access = self.realm.new_access_token(&refresh);
-        self.tokens.insert(
-            Provider::GitHub,
-            "octocat",
-            TokenSeed::new(refresh.as_str())
-                .access_token(access.as_str())
-                .expires_at(SystemTime::now() + Duration::from_secs(3600)),
-        );
-        access
+        seed_account(&self.tokens, &self.realm, Provider::GitHub, "octocat", 3600).1
     }
 
     /// The access token the cache holds now (the one the backend issued last).

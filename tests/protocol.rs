@@ -322,6 +322,47 @@ async fn get(client: &HttpClient, url: &str) -> support::http_client::Answer {
     request(client, "GET", url, &[], empty()).await
 }
 
+/// The fake GitHub API of `t`'s realm, and a [`config`] (`root` keys, [`ONE_SECOND_BOUNDS`])
+/// routing `/github` to it.
+async fn github_config(t: &Creds, root: &str) -> (SocketAddr, String) {
+    let github = start_api(t.realm.clone(), Provider::GitHub).await;
+    let cfg = config(
+        t,
+        root,
+        ONE_SECOND_BOUNDS,
+        &[("/github", format!("http://{github}"))],
+    );
+    (github, cfg)
+}
+
+/// `GET /github/user` through `proxy` with `Proxy-Authorization: {value}`.
+async fn get_with_proxy_authorization(
+    client: &HttpClient,
+    proxy: &Proxy,
+    value: &str,
+) -> support::http_client::Answer {
+    request(
+        client,
+        "GET",
+        &proxy.url("/github/user"),
+        &[("proxy-authorization", value)],
+        empty(),
+    )
+    .await
+}
+
+/// Asserts that an answer bounded at 1 s came after about 1 s: not early, not much later.
+fn assert_about_one_second(took: Duration) {
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}"
+    );
+    assert!(
+        took <= Duration::from_secs(1) + SLACK,
+        "answered after {took:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Upstream bounds.
 // ---------------------------------------------------------------------------------------------
@@ -347,14 +388,7 @@ async fn a_silent_upstream_is_504_within_the_response_timeout_and_sent_once() {
         a.json()["error"]["message"],
         "no response head from the upstream within 1s"
     );
-    assert!(
-        took >= Duration::from_millis(900),
-        "answered after {took:?}"
-    );
-    assert!(
-        took <= Duration::from_secs(1) + SLACK,
-        "answered after {took:?}"
-    );
+    assert_about_one_second(took);
 
     // The attempt was aborted (the proxy closed the connection) and never retried.
     let saw = silent
@@ -402,14 +436,7 @@ async fn a_replay_after_a_401_is_bounded_by_the_response_timeout_too() {
     assert_eq!(a.code(), "upstream_timeout");
     assert_eq!(t.realm.backend_calls.get(), 1);
     // The 401 and the refresh take milliseconds: the replay's own bound decides.
-    assert!(
-        took >= Duration::from_millis(900),
-        "answered after {took:?}"
-    );
-    assert!(
-        took <= Duration::from_secs(1) + SLACK,
-        "answered after {took:?}"
-    );
+    assert_about_one_second(took);
     let saw = upstream
         .wait("the replay's connection closed", |s| {
             s.closed == 1 && s.requests == 2
@@ -548,13 +575,7 @@ async fn an_upload_the_upstream_keeps_reading_outlasts_the_response_timeout() {
     // 8 chunks 300 ms apart: 2.4 s of upload against a 1 s response bound, which counts from the
     // last body byte the upstream took.
     let t = Creds::new("upload");
-    let github = start_api(t.realm.clone(), Provider::GitHub).await;
-    let cfg = config(
-        &t,
-        "",
-        ONE_SECOND_BOUNDS,
-        &[("/github", format!("http://{github}"))],
-    );
+    let (_, cfg) = github_config(&t, "").await;
     let proxy = Proxy::start(&cfg, &[], &[]).await;
     let mut caller = RawCaller::connect(proxy.proxy_addr()).await;
     caller
@@ -910,13 +931,7 @@ async fn a_response_with_transfer_encoding_and_content_length_arrives_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_host_is_served_but_never_reflected_into_location_or_link() {
     let t = Creds::new("host");
-    let github = start_api(t.realm.clone(), Provider::GitHub).await;
-    let cfg = config(
-        &t,
-        "",
-        ONE_SECOND_BOUNDS,
-        &[("/github", format!("http://{github}"))],
-    );
+    let (github, cfg) = github_config(&t, "").await;
     let proxy = Proxy::start(&cfg, &[], &[]).await;
     let upstream_link = format!(
         r#"<http://{github}/user/repos?page=2>; rel="next", <http://{github}/user/repos?page=3>; rel="last""#
@@ -992,13 +1007,7 @@ async fn an_invalid_host_is_served_but_never_reflected_into_location_or_link() {
 async fn the_bearer_scheme_of_proxy_authorization_is_matched_in_any_case() {
     const CLIENT: &str = "client-token-protocol-7319";
     let t = Creds::new("bearer");
-    let github = start_api(t.realm.clone(), Provider::GitHub).await;
-    let cfg = config(
-        &t,
-        "client_token = \"env:ORP_TEST_CLIENT_TOKEN\"",
-        ONE_SECOND_BOUNDS,
-        &[("/github", format!("http://{github}"))],
-    );
+    let (_, cfg) = github_config(&t, "client_token = \"env:ORP_TEST_CLIENT_TOKEN\"").await;
     let proxy = Proxy::start(&cfg, &[], &[("ORP_TEST_CLIENT_TOKEN", CLIENT)]).await;
     let client = http1_client();
     let accepted = [
@@ -1009,14 +1018,7 @@ async fn the_bearer_scheme_of_proxy_authorization_is_matched_in_any_case() {
         format!("Bearer  {CLIENT}"),
     ];
     for value in &accepted {
-        let a = request(
-            &client,
-            "GET",
-            &proxy.url("/github/user"),
-            &[("proxy-authorization", value)],
-            empty(),
-        )
-        .await;
+        let a = get_with_proxy_authorization(&client, &proxy, value).await;
         assert_eq!(a.status, 200, "{value}: {}", a.text());
     }
     let refused = [
@@ -1029,14 +1031,7 @@ async fn the_bearer_scheme_of_proxy_authorization_is_matched_in_any_case() {
         format!("Bearer {CLIENT}x"),
     ];
     for value in &refused {
-        let a = request(
-            &client,
-            "GET",
-            &proxy.url("/github/user"),
-            &[("proxy-authorization", value)],
-            empty(),
-        )
-        .await;
+        let a = get_with_proxy_authorization(&client, &proxy, value).await;
         assert_eq!(a.status, 407, "{value}");
         assert_eq!(a.code(), "unauthorized");
         assert_eq!(a.header("proxy-authenticate"), Some("Bearer"));

@@ -8,13 +8,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use oauth_refresh_proxy::reqwest::{refresh_error, RefreshMiddleware};
-use oauth_refresh_proxy::{
-    Account, BackendRefresher, ErrorKind, Provider, RetryPolicy, Secret, TokenSeed, Tokens,
-};
+use oauth_refresh_proxy::{Account, ErrorKind, Provider, Tokens};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use support::*;
 
@@ -28,16 +26,6 @@ struct Setup {
     tokens: Tokens,
     client: ClientWithMiddleware,
     provider: Provider,
-}
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        timeout: Duration::from_secs(10),
-        late_answer_window: Duration::from_secs(10),
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
 }
 
 /// A reqwest client that reaches the fake API at `api` under `www.googleapis.com` and
@@ -63,15 +51,11 @@ fn client_with(tokens: &Tokens, api: SocketAddr, default: Option<&str>) -> Clien
 }
 
 async fn setup(name: &str, provider: Provider) -> Setup {
-    capture_logs();
-    let realm = Realm::new(name, provider == Provider::GitHub);
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), provider).await;
-    let refresher = BackendRefresher::new(&backend)
-        .unwrap()
-        .bearer(Secret::new(realm.backend_token.clone().unwrap()))
-        .timeout(Duration::from_secs(10));
-    let tokens = Tokens::builder(refresher).retry(policy()).build();
+    let (realm, backend, api) = start_fakes(name, provider == Provider::GitHub, provider).await;
+    let refresher = backend_refresher(&backend, &realm).timeout(Duration::from_secs(10));
+    let tokens = Tokens::builder(refresher)
+        .retry(retry_policy(3, Duration::from_secs(10)))
+        .build();
     let client = client_with(&tokens, api, Some("alice"));
     Setup {
         realm,
@@ -86,21 +70,7 @@ impl Setup {
     /// Seeds `account` with a fresh refresh token and an access token valid for `valid_for`
     /// seconds (negative: already expired). Returns (refresh, access).
     fn seed_account(&self, account: &str, valid_for: i64) -> (String, String) {
-        let refresh = self.realm.new_refresh_token();
-        let access = self.realm.new_access_token(&refresh);
-        let at = if valid_for >= 0 {
-            SystemTime::now() + Duration::from_secs(valid_for as u64)
-        } else {
-            SystemTime::now() - Duration::from_secs((-valid_for) as u64)
-        };
-        self.tokens.insert(
-            self.provider,
-            account,
-            TokenSeed::new(refresh.as_str())
-                .access_token(access.as_str())
-                .expires_at(at),
-        );
-        (refresh, access)
+        seed_account(&self.tokens, &self.realm, self.provider, account, valid_for)
     }
 
     fn seed(&self, valid_for: i64) -> (String, String) {
@@ -123,15 +93,10 @@ impl Setup {
 
     /// Waits (bounded by [`WAIT`]) until `n` callers have joined a refresh someone else started.
     async fn wait_coalesced(&self, n: u64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.tokens.stats(self.provider).coalesced < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "waited {WAIT:?} for {n} coalesced callers, have {}",
-                self.tokens.stats(self.provider).coalesced
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        wait_coalesced(&self.tokens, self.provider, n, |have| {
+            format!("waited {WAIT:?} for {n} coalesced callers, have {have}")
+        })
+        .await;
     }
 
     fn generation(&self, account: &str) -> u64 {
@@ -307,16 +272,7 @@ async fn access_token_under_a_thousand_concurrent_callers_makes_one_refresh() {
     s.realm.backend_calls.wait_for(1).await;
     s.wait_coalesced(999).await;
     s.realm.release_backend(1);
-    let mut got = Vec::new();
-    for t in tasks {
-        got.push(
-            tokio::time::timeout(WAIT, t)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let got = joined_ok(tasks).await;
     assert_eq!(s.realm.backend_calls.get(), 1, "exactly one refresh call");
     assert!(got.iter().all(|t| *t == got[0]), "one token for everyone");
     assert!(s.realm.is_valid_access(got[0].expose()));
@@ -368,16 +324,7 @@ async fn access_token_after_unauthorized_refreshes_once_per_stale_token() {
     s.realm.backend_calls.wait_for(1).await;
     s.wait_coalesced(999).await;
     s.realm.release_backend(1);
-    let mut got = Vec::new();
-    for t in tasks {
-        got.push(
-            tokio::time::timeout(WAIT, t)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let got = joined_ok(tasks).await;
     assert_eq!(s.realm.backend_calls.get(), 1);
     let fresh = got[0].clone();
     assert!(got.iter().all(|t| *t == fresh));
@@ -570,16 +517,7 @@ async fn the_middleware_and_access_token_share_one_engine() {
     for t in requests {
         assert_eq!(tokio::time::timeout(WAIT, t).await.unwrap().unwrap(), 200);
     }
-    let mut got = Vec::new();
-    for t in callers {
-        got.push(
-            tokio::time::timeout(WAIT, t)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let got = joined_ok(callers).await;
     assert_eq!(
         s.realm.backend_calls.get(),
         1,

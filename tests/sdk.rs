@@ -11,22 +11,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use oauth_refresh_proxy::Provider;
 use support::process::{drain, spawn_piped, text, wait_or_kill, KillOnDrop};
+use support::sdk::{fakes_runtime, sdk_dir, tail};
 use support::{skip_unless_ci, start_api, start_backend, Realm, REPOS_PER_PAGE, REPO_PAGES};
 
 /// Bound on the whole node run (both SDK runs).
 const NODE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn sdk_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("sdk")
-}
 
 /// `Some(reason)` when Node.js or the installed octokit package is missing.
 fn missing_prerequisite() -> Option<String> {
@@ -59,11 +53,7 @@ fn octokit_paginates_through_the_sidecar() {
     }
 
     // The fakes live on this runtime's worker threads for the whole test.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = fakes_runtime();
     let realm = Realm::new("sdk", true);
     let (backend_url, api) = rt.block_on(async {
         (
@@ -219,9 +209,4 @@ fn octokit_paginates_through_the_sidecar() {
         assert!(!out.contains(&secret), "secret {secret:?} in node's stdout");
         assert!(!err.contains(&secret), "secret {secret:?} in node's stderr");
     }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

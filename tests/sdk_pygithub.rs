@@ -14,23 +14,18 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use support::github_rest::{self, ISSUES_PER_PAGE, ISSUE_PAGES};
 use support::process::{drain, text, wait_or_kill, KillOnDrop};
+use support::sdk::{fakes_runtime, sdk_dir, tail};
 use support::{skip_unless_ci, start_backend, Realm};
 
 /// Bound on each wait for the script (a line, or its exit).
 const PY_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn sdk_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("sdk")
-}
 
 fn python() -> PathBuf {
     sdk_dir().join("venv").join("bin").join("python")
@@ -67,11 +62,7 @@ fn pygithub_follows_body_urls_through_the_sidecar() {
         return;
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = fakes_runtime();
     let realm = Realm::new("pygithub", true);
     let (backend_url, (api, calls)) = rt.block_on(async {
         (
@@ -223,9 +214,4 @@ fn pygithub_follows_body_urls_through_the_sidecar() {
         );
     }
     proxy.assert_no_secret_in_stderr(&realm.secrets());
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -442,14 +442,7 @@ async fn link_and_location_point_back_at_the_proxy() {
     let mut last_link = String::new();
     while let Some(url) = next {
         assert!(url.starts_with(&format!("http://{p}/github/")), "{url}");
-        let a = request(
-            &sc.client,
-            "GET",
-            &url,
-            &[("x-oauth-account", "octo")],
-            empty(),
-        )
-        .await;
+        let a = get_as_octo(&sc.client, &url).await;
         assert_eq!(a.status, 200);
         pages += 1;
         ids.extend(
@@ -481,14 +474,7 @@ async fn link_and_location_point_back_at_the_proxy() {
         location,
         format!("http://{p}/github/after-redirect?from=redirect")
     );
-    let a = request(
-        &sc.client,
-        "GET",
-        &location,
-        &[("x-oauth-account", "octo")],
-        empty(),
-    )
-    .await;
+    let a = get_as_octo(&sc.client, &location).await;
     assert_eq!(a.status, 200);
     let seen = w.realm.seen();
     assert_eq!(
@@ -616,16 +602,7 @@ async fn gated_burst(
     for i in 0..n {
         let client = client();
         let uri = sc.url(&format!("/github/{path}/{i}"));
-        set.spawn(async move {
-            request(
-                &client,
-                "GET",
-                &uri,
-                &[("x-oauth-account", "octo")],
-                empty(),
-            )
-            .await
-        });
+        set.spawn(async move { get_as_octo(&client, &uri).await });
     }
     w.realm.backend_calls.wait_for(1).await;
     w.realm.api_calls.wait_for(n).await;
@@ -1239,17 +1216,6 @@ async fn admin_health_readiness_and_metrics() {
     sc.finish(&w.realm);
 }
 
-const LISTING_KEYS: [&str; 8] = [
-    "account",
-    "expires_at",
-    "generation",
-    "last_error",
-    "last_refresh_at",
-    "needs_reauth",
-    "provider",
-    "rate_limited_until",
-];
-
 fn assert_listing_entry(e: &serde_json::Value) {
     let mut keys: Vec<_> = e.as_object().unwrap().keys().cloned().collect();
     keys.sort();
@@ -1439,16 +1405,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
 
     let client = http1_client();
     let uri = sc.url("/github/hold");
-    let held = tokio::spawn(async move {
-        request(
-            &client,
-            "GET",
-            &uri,
-            &[("x-oauth-account", "octo")],
-            empty(),
-        )
-        .await
-    });
+    let held = tokio::spawn(async move { get_as_octo(&client, &uri).await });
     w.realm.held.wait_for(1).await;
 
     sc.terminate();

@@ -8,19 +8,18 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use http::Request;
-use http_body_util::BodyExt;
 use redb::{ReadableDatabase, ReadableTable};
-use support::http_client::{http1_client, request};
 use support::process::{assert_no_secret_in_logs, run_cli, CliOutput, Proxy, TempDir};
 use support::redis_server::RedisServer;
-use support::rotating::RotatingWorld;
-use support::shared_store::{rotated, sent_refresh_token};
+use support::rotating::{
+    admin, check_restart, kill_points, proxied_get, refresh_storm, refreshes, settled_last_spent,
+    RotatingWorld,
+};
+use support::shared_store::rotated;
 use support::*;
 
 const BACKEND_ENV: &str = "ORP_STORE_ENC_TEST_BACKEND_TOKEN";
@@ -120,6 +119,18 @@ fn assert_unchanged(path: &Path, before: &[u8], what: &str) {
 
 type World = RotatingWorld;
 
+/// What most tests start from: the fakes, a temp dir, the path of the store file in it
+/// (`tokens.db`, not created yet) as a path and as errors show it, and the account's
+/// credentials.
+async fn case(name: &str) -> (World, TempDir, PathBuf, String, (String, String)) {
+    let w = World::new(name).await;
+    let dir = TempDir::new(name);
+    let store = dir.path("tokens.db");
+    let shown = store.display().to_string();
+    let credentials = w.credentials();
+    (w, dir, store, shown, credentials)
+}
+
 /// What the encryption tests add to the shared fakes.
 impl RotatingWorld {
     fn token(&self) -> String {
@@ -128,35 +139,8 @@ impl RotatingWorld {
 
     /// A config with `store_table` as its `[store]` table body and one seeded account.
     fn config(&self, store_table: &str, keys: Keys, refresh: &str, access: &str) -> String {
-        format!(
-            r#"listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[refresh]
-backend_url = "{backend}"
-backend_token = "env:{BACKEND_ENV}"
-
-[store]
-{store_table}
-{keys}
-[[route]]
-prefix = "/github"
-upstream = "http://{api}"
-provider = "github"
-default_account = "octo"
-
-[[account]]
-provider = "github"
-id = "octo"
-refresh_token = "{refresh}"
-access_token = "{access}"
-expires_at = {expires}
-"#,
-            backend = self.backend,
-            keys = keys.toml(),
-            api = self.api,
-            expires = now_secs() + 3600,
-        )
+        let table = format!("{store_table}\n{}", keys.toml());
+        self.store_config(BACKEND_ENV, true, &table, refresh, access)
     }
 
     fn file_config(&self, store: &Path, keys: Keys, refresh: &str, access: &str) -> String {
@@ -167,6 +151,14 @@ expires_at = {expires}
     async fn start(&self, cfg: &Path, keys: Keys) -> Proxy {
         let token = self.token();
         Proxy::spawn(cfg, &[], &keys.env(&token)).await
+    }
+
+    /// Starts the proxy on `cfg`, asserts that `GET /github/user` through it is answered 200, and
+    /// kills it: its log.
+    async fn one_get(&self, cfg: &Path, keys: Keys) -> String {
+        let mut p = self.start(cfg, keys).await;
+        assert_eq!(proxied_get(&p, "/github/user").await, 200);
+        p.kill9()
     }
 
     /// Runs `serve` expecting a start-up error; asserts it is one line `error: …` containing
@@ -198,29 +190,6 @@ expires_at = {expires}
         assert_no_secret_in_logs(std::slice::from_ref(&stderr), &secrets(&self.realm));
         line
     }
-}
-
-/// `GET path` through the proxy: the status.
-async fn proxied_get(p: &Proxy, path: &str) -> u16 {
-    http("GET", &p.url(path), "").await.0
-}
-
-/// A request to the admin listener: (status, body).
-async fn admin(p: &Proxy, method: &str, path: &str, body: &str) -> (u16, String) {
-    http(method, &p.admin_url(path), body).await
-}
-
-async fn http(method: &str, url: &str, body: &str) -> (u16, String) {
-    let headers = [("content-type", "application/json")];
-    let a = request(
-        &http1_client(),
-        method,
-        url,
-        &headers,
-        full(body.to_string()),
-    )
-    .await;
-    (a.status.as_u16(), a.text())
 }
 
 /// The records of a store file (the proxy stopped): key → JSON.
@@ -274,10 +243,7 @@ fn flip(sealed: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_file_holds_no_token_bytes_after_rotations_and_reopens_with_its_key() {
-    let w = World::new("encfile").await;
-    let dir = TempDir::new("encfile");
-    let store = dir.path("tokens.db");
-    let (r0, a0) = w.credentials();
+    let (w, dir, store, _, (r0, a0)) = case("encfile").await;
     w.realm.revoke_access(&a0);
     let cfg = dir.write("proxy.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
     let mut logs = Vec::new();
@@ -310,16 +276,10 @@ async fn the_file_holds_no_token_bytes_after_rotations_and_reopens_with_its_key(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_key_no_key_or_a_tampered_record_is_a_start_up_error_and_changes_nothing() {
-    let w = World::new("encbad").await;
-    let dir = TempDir::new("encbad");
-    let store = dir.path("tokens.db");
-    let shown = store.display().to_string();
-    let (r0, a0) = w.credentials();
+    let (w, dir, store, shown, (r0, a0)) = case("encbad").await;
     let mut logs = Vec::new();
     let cfg_a = dir.write("a.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
-    let mut p = w.start(&cfg_a, key(KEY_A)).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg_a, key(KEY_A)).await);
     let kid_a = kid(&store);
     let before = std::fs::read(&store).unwrap();
 
@@ -354,27 +314,19 @@ async fn a_wrong_key_no_key_or_a_tampered_record_is_a_start_up_error_and_changes
     }
 
     // Restored, it opens again with its key, no refresh.
-    let mut p = w.start(&cfg_a, key(KEY_A)).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg_a, key(KEY_A)).await);
     assert_eq!(w.realm.backend_calls.get(), 0);
     assert_no_secret_in_logs(&logs, &secrets(&w.realm));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn encrypt_existing_seals_a_clear_store_and_keeps_its_accounts() {
-    let w = World::new("encexist").await;
-    let dir = TempDir::new("encexist");
-    let store = dir.path("tokens.db");
-    let shown = store.display().to_string();
-    let (r0, a0) = w.credentials();
+    let (w, dir, store, shown, (r0, a0)) = case("encexist").await;
     let mut logs = Vec::new();
 
     // Written with no key: the tokens are in the clear.
     let cfg_none = dir.write("none.toml", &w.file_config(&store, NO_KEY, &r0, &a0));
-    let mut p = w.start(&cfg_none, NO_KEY).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg_none, NO_KEY).await);
     // Recovered after the kill by a read-write open, so that the file is cleanly closed.
     assert_eq!(records(&store).len(), 1);
     let clear = std::fs::read(&store).unwrap();
@@ -414,17 +366,11 @@ async fn encrypt_existing_seals_a_clear_store_and_keeps_its_accounts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_rotate_through_previous_keys() {
-    let w = World::new("encrot").await;
-    let dir = TempDir::new("encrot");
-    let store = dir.path("tokens.db");
-    let shown = store.display().to_string();
-    let (r0, a0) = w.credentials();
+    let (w, dir, store, shown, (r0, a0)) = case("encrot").await;
     let mut logs = Vec::new();
 
     let cfg_a = dir.write("a.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
-    let mut p = w.start(&cfg_a, key(KEY_A)).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg_a, key(KEY_A)).await);
     let kid_a = kid(&store);
 
     // B alone cannot open a record sealed with A; the error points at previous_keys.
@@ -470,11 +416,7 @@ async fn keys_rotate_through_previous_keys() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_moved_to_another_account_does_not_open() {
-    let w = World::new("encmove").await;
-    let dir = TempDir::new("encmove");
-    let store = dir.path("tokens.db");
-    let shown = store.display().to_string();
-    let (r0, a0) = w.credentials();
+    let (w, dir, store, shown, (r0, a0)) = case("encmove").await;
     let cfg = dir.write("proxy.toml", &w.file_config(&store, key(KEY_A), &r0, &a0));
     let mut p = w.start(&cfg, key(KEY_A)).await;
     assert_eq!(proxied_get(&p, "/github/user").await, 200);
@@ -606,9 +548,7 @@ async fn redis_values_hold_no_token_bytes_and_wrong_keys_or_moved_hashes_do_not_
             "{how}: the record changed"
         );
     }
-    let mut p = w.start(&cfg, key(KEY_A)).await;
-    assert_eq!(proxied_get(&p, "/github/user").await, 200);
-    logs.push(p.kill9());
+    logs.push(w.one_get(&cfg, key(KEY_A)).await);
     assert_eq!(w.realm.backend_calls.get(), 3);
     assert_no_secret_in_logs(&logs, &secrets(&w.realm));
 }
@@ -617,37 +557,12 @@ async fn redis_values_hold_no_token_bytes_and_wrong_keys_or_moved_hashes_do_not_
 // SIGKILL in the middle of rotations, encrypted.
 // ---------------------------------------------------------------------------------------------
 
-/// Forces refreshes of `octo` through the admin API until the proxy goes away.
-fn hammer(admin: SocketAddr) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let client = http1_client();
-        loop {
-            let req = Request::builder()
-                .method("POST")
-                .uri(format!("http://{admin}/tokens/github/octo/refresh"))
-                .body(empty())
-                .unwrap();
-            match tokio::time::timeout(WAIT, client.request(req)).await {
-                Ok(Ok(resp)) => {
-                    let _ = resp.into_body().collect().await;
-                }
-                _ => break,
-            }
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_encrypted_rotations_loses_nothing() {
-    let w = World::new("enckill").await;
-    let dir = TempDir::new("enckill");
-    let store = dir.path("tokens.db");
-    let (r0, a0) = w.credentials();
+    let (w, dir, store, _, (r0, a0)) = case("enckill").await;
     let keys = key(KEY_A);
     let cfg = dir.write("proxy.toml", &w.file_config(&store, keys, &r0, &a0));
-    let seed = fastrand::u64(..);
-    eprintln!("kill points seeded with {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = kill_points();
     let mut logs = Vec::new();
     let mut p = w.start(&cfg, keys).await;
 
@@ -656,68 +571,19 @@ async fn sigkill_during_encrypted_rotations_loses_nothing() {
         let calls_before = w.realm.backend_calls.get();
         match point {
             // Continuous refreshes, killed as the k-th backend call arrives.
-            0 => {
-                let admin = p.admin_addr();
-                let _hs: Vec<_> = (0..4).map(|_| hammer(admin)).collect();
-                let k = rng.u64(1..6);
-                w.realm.backend_calls.wait_for(calls_before + k).await;
-            }
+            0 => refresh_storm(&p, &w.realm, &mut rng, calls_before).await,
             // After completed refreshes.
-            _ => {
-                for _ in 0..rng.usize(1..4) {
-                    let (status, _) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
-                    assert_eq!(status, 200, "round {round}");
-                }
-            }
+            _ => refreshes(&p, rng.usize(1..4), round).await,
         }
         logs.push(p.kill9());
-        let deadline = Instant::now() + WAIT;
-        while w.realm.backend_requests().len() as u64 != w.realm.backend_calls.get() {
-            assert!(Instant::now() < deadline, "round {round}: backend records");
-            tokio::task::yield_now().await;
-        }
-        let last_spent = w
-            .realm
-            .backend_requests()
-            .last()
-            .map(|(_, _, b)| sent_refresh_token(b));
+        let last_spent = settled_last_spent(&w.realm, round).await;
         assert_no_token_bytes(&std::fs::read(&store).unwrap(), &w.realm, "killed");
 
         // Restart: the account refreshes with the newest refresh token the backend issued —
         // or, only when the process died between the backend's rotation and the write of its
         // answer, with the token that rotation spent.
         p = w.start(&cfg, keys).await;
-        let before = w.realm.backend_requests().len();
-        let (status, body) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
-        let requests = w.realm.backend_requests();
-        assert_eq!(
-            requests.len(),
-            before + 1,
-            "round {round}: one backend call"
-        );
-        let spent = sent_refresh_token(&requests[before].2);
-        if status == 200 {
-            let chain = rotated(&w.realm);
-            let newest = if chain.len() >= 2 {
-                chain[chain.len() - 2].clone()
-            } else {
-                r0.clone()
-            };
-            assert_eq!(
-                spent, newest,
-                "round {round} (point {point}): an older token"
-            );
-        } else {
-            assert_eq!(point, 0, "round {round}: {status} {body}");
-            assert_eq!(status, 401, "round {round}: {body}");
-            assert_eq!(Some(spent.clone()), last_spent, "round {round}");
-            let fresh = w.realm.new_refresh_token();
-            let put = format!(r#"{{"refresh_token": "{fresh}"}}"#);
-            let (status, _) = admin(&p, "PUT", "/tokens/github/octo", &put).await;
-            assert_eq!(status, 200, "round {round}");
-            let (status, _) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
-            assert_eq!(status, 200, "round {round}");
-        }
+        check_restart(&p, &w.realm, &r0, round, point, 0, last_spent).await;
     }
     logs.push(p.kill9());
     assert_no_token_bytes(&std::fs::read(&store).unwrap(), &w.realm, "end");

@@ -6,12 +6,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -24,9 +23,11 @@ use oauth_refresh_proxy::{
     Account, BackendRefresher, Error, ErrorKind, Provider, RefreshError, RefreshLayer, ReplayBody,
     RetryPolicy, Secret, TokenSeed, Tokens,
 };
-use support::http_client::{http1_client, request};
 use support::process::{assert_no_secret_in_logs, run_cli, CliOutput, Proxy, TempDir};
-use support::rotating::RotatingWorld;
+use support::rotating::{
+    admin, check_restart, hammer, http, kill_points, proxied_get, refresh_storm, refreshes,
+    settled_last_spent, RotatingWorld,
+};
 use support::shared_store::{rotated, sent_refresh_token};
 use support::*;
 use tokio::sync::{oneshot, Semaphore};
@@ -495,67 +496,14 @@ async fn the_new_access_token_is_used_only_after_the_rotation_is_durable() {
 // ---------------------------------------------------------------------------------------------
 
 fn config(w: &World, store: &Path, admin: bool, refresh: &str, access: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-admin_listen = "{admin}"
-
-[refresh]
-backend_url = "{backend}"
-backend_token = "env:{BACKEND_ENV}"
-
-[store]
-kind = "file"
-path = "{store}"
-
-[[route]]
-prefix = "/github"
-upstream = "http://{api}"
-provider = "github"
-default_account = "octo"
-
-[[account]]
-provider = "github"
-id = "octo"
-refresh_token = "{refresh}"
-access_token = "{access}"
-expires_at = {expires}
-"#,
-        admin = if admin { "127.0.0.1:0" } else { "" },
-        backend = w.backend,
-        store = store.display(),
-        api = w.api,
-        expires = now_secs() + 3600,
-    )
+    let table = format!("kind = \"file\"\npath = \"{}\"", store.display());
+    w.store_config(BACKEND_ENV, admin, &table, refresh, access)
 }
 
 /// The running binary with the backend bearer in its environment; SIGKILLed on drop.
 async fn start_proxy(cfg: &Path, realm: &Realm) -> Proxy {
     let token = realm.backend_token.clone().unwrap();
     Proxy::spawn(cfg, &[], &[(BACKEND_ENV, &token)]).await
-}
-
-/// `GET path` through the proxy: the status.
-async fn proxied_get(p: &Proxy, path: &str) -> u16 {
-    http("GET", &p.url(path), "").await.0
-}
-
-/// A request to the admin listener: (status, body).
-async fn admin(p: &Proxy, method: &str, path: &str, body: &str) -> (u16, String) {
-    http(method, &p.admin_url(path), body).await
-}
-
-/// A JSON request: (status, body).
-async fn http(method: &str, url: &str, body: &str) -> (u16, String) {
-    let headers = [("content-type", "application/json")];
-    let a = request(
-        &http1_client(),
-        method,
-        url,
-        &headers,
-        full(body.to_string()),
-    )
-    .await;
-    (a.status.as_u16(), a.text())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -786,26 +734,6 @@ async fn a_malformed_record_is_a_clear_error_that_quotes_no_token() {
 // SIGKILL in the middle of refreshes.
 // ---------------------------------------------------------------------------------------------
 
-/// Forces refreshes of `octo` through the admin API until the proxy goes away.
-fn hammer(admin: SocketAddr) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let client = http1_client();
-        loop {
-            let req = Request::builder()
-                .method("POST")
-                .uri(format!("http://{admin}/tokens/github/octo/refresh"))
-                .body(empty())
-                .unwrap();
-            match tokio::time::timeout(WAIT, client.request(req)).await {
-                Ok(Ok(resp)) => {
-                    let _ = resp.into_body().collect().await;
-                }
-                _ => break,
-            }
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
     let w = World::new("fskill").await;
@@ -813,9 +741,7 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
     let store = dir.path("tokens.db");
     let (r0, a0) = w.credentials();
     let cfg = dir.write("proxy.toml", &config(&w, &store, true, &r0, &a0));
-    let seed = fastrand::u64(..);
-    eprintln!("kill points seeded with {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = kill_points();
     let mut logs = Vec::new();
     let mut p = start_proxy(&cfg, &w.realm).await;
 
@@ -825,10 +751,7 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
         match point {
             // Held at the backend: the refresh has not been issued when the process dies.
             0 => {
-                for _ in 0..rng.usize(0..3) {
-                    let (status, _) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
-                    assert_eq!(status, 200, "round {round}");
-                }
+                refreshes(&p, rng.usize(0..3), round).await;
                 w.realm.script([Reply::Gated]);
                 let proxy = p.proxy_addr();
                 let before = w.realm.backend_calls.get();
@@ -840,18 +763,10 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
             }
             // Continuous refreshes, killed as the k-th backend call arrives: the backend may
             // issue (and rotate) before the proxy can write the answer.
-            1 => {
-                let admin = p.admin_addr();
-                let _hs: Vec<_> = (0..4).map(|_| hammer(admin)).collect();
-                let k = rng.u64(1..6);
-                w.realm.backend_calls.wait_for(calls_before + k).await;
-            }
+            1 => refresh_storm(&p, &w.realm, &mut rng, calls_before).await,
             // After completed refreshes, with a proxied request held at the API.
             _ => {
-                for _ in 0..rng.usize(1..4) {
-                    let (status, _) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
-                    assert_eq!(status, 200, "round {round}");
-                }
+                refreshes(&p, rng.usize(1..4), round).await;
                 let proxy = p.proxy_addr();
                 let held = w.realm.held.get();
                 let _g = tokio::spawn(async move {
@@ -864,56 +779,12 @@ async fn sigkill_in_the_middle_of_refreshes_never_corrupts_or_rolls_back() {
         if point == 2 {
             w.realm.release_api(1);
         }
-        // Every call the dead process made has been recorded by the backend (its body came with
-        // its headers), so the records below are final.
-        let deadline = Instant::now() + WAIT;
-        while w.realm.backend_requests().len() as u64 != w.realm.backend_calls.get() {
-            assert!(Instant::now() < deadline, "round {round}: backend records");
-            tokio::task::yield_now().await;
-        }
-        let last_spent = w
-            .realm
-            .backend_requests()
-            .last()
-            .map(|(_, _, b)| sent_refresh_token(b));
+        let last_spent = settled_last_spent(&w.realm, round).await;
 
         // Restart with the original config: the file opens, and the account refreshes with the
-        // newest refresh token the backend issued — or, only when the process died between the
-        // backend's rotation and the write of its answer, with the token that rotation spent.
+        // newest refresh token the backend issued (or the one a killed rotation spent).
         p = start_proxy(&cfg, &w.realm).await;
-        let before = w.realm.backend_requests().len();
-        let (status, body) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
-        let requests = w.realm.backend_requests();
-        assert_eq!(
-            requests.len(),
-            before + 1,
-            "round {round}: one backend call"
-        );
-        let spent = sent_refresh_token(&requests[before].2);
-        if status == 200 {
-            // The newest issued token before this refresh (the one it rotated away).
-            let chain = rotated(&w.realm);
-            let newest = if chain.len() >= 2 {
-                chain[chain.len() - 2].clone()
-            } else {
-                r0.clone()
-            };
-            assert_eq!(
-                spent, newest,
-                "round {round} (point {point}): an older token"
-            );
-        } else {
-            assert_eq!(point, 1, "round {round}: {status} {body}");
-            assert_eq!(status, 401, "round {round}: {body}");
-            assert_eq!(Some(spent.clone()), last_spent, "round {round}");
-            // The operator re-authorises the account; the rounds go on from there.
-            let fresh = w.realm.new_refresh_token();
-            let put = format!(r#"{{"refresh_token": "{fresh}"}}"#);
-            let (status, _) = admin(&p, "PUT", "/tokens/github/octo", &put).await;
-            assert_eq!(status, 200, "round {round}");
-            let (status, _) = admin(&p, "POST", "/tokens/github/octo/refresh", "").await;
-            assert_eq!(status, 200, "round {round}");
-        }
+        check_restart(&p, &w.realm, &r0, round, point, 1, last_spent).await;
         assert_eq!(mode(&store), 0o600);
     }
     logs.push(p.kill9());

@@ -12,6 +12,7 @@ use http::{Request, Response, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::config::octo_route;
 use support::http_client::{http1_client, request};
 use support::process::{Proxy, TempDir};
 use support::*;
@@ -92,19 +93,13 @@ admin_listen = ""
 workers = 1
 [refresh]
 backend_url = "http://127.0.0.1:9"
-[[route]]
-prefix = "/github"
-upstream = "https://localhost:{port}"
-provider = "github"
-default_account = "octo"
-[[account]]
-provider = "github"
-id = "octo"
-refresh_token = "{refresh}"
-access_token = "{access}"
-expires_at = {}
-"#,
-        now_secs() + 86_400
+{}"#,
+        octo_route(
+            &format!("https://localhost:{port}"),
+            refresh,
+            access,
+            now_secs() + 86_400
+        )
     )
 }
 

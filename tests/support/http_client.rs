@@ -90,3 +90,69 @@ pub async fn request(
         .await
         .unwrap_or_else(|_| panic!("{method} {uri}: no answer within {WAIT:?}"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/1.1 responses.
+// ---------------------------------------------------------------------------------------------
+
+/// A response head read raw.
+pub struct RawHead {
+    pub text: String,
+    /// Where the body starts in the bytes read.
+    pub body_start: usize,
+    /// Its `content-length`, when it has one.
+    pub content_length: Option<usize>,
+}
+
+impl RawHead {
+    /// The head of the response in `buf` (the bytes read so far), once it is complete.
+    pub fn parse(buf: &[u8]) -> Option<RawHead> {
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let text = String::from_utf8_lossy(&buf[..end]).to_string();
+        let content_length = text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        });
+        Some(RawHead {
+            text,
+            body_start: end + 4,
+            content_length,
+        })
+    }
+
+    /// (status, head, body) of the response in `buf`; panics without a status line.
+    pub fn finish(self, buf: &[u8]) -> (u16, String, String) {
+        let body = String::from_utf8_lossy(&buf[self.body_start..]).to_string();
+        let head = self.text;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head}"));
+        (status, head, body)
+    }
+}
+
+/// Reads one response from `s` until `complete(head, bytes read, bytes of the last read)` holds
+/// (a last read of 0: the peer closed); panics with `closed(bytes read)` when the peer closes
+/// before. (status, head, body). Unbounded: the caller bounds it.
+pub async fn read_raw_response(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    complete: impl Fn(&RawHead, usize, usize) -> bool,
+    closed: impl Fn(&[u8]) -> String,
+) -> (u16, String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(head) = RawHead::parse(&buf) {
+            if complete(&head, buf.len(), n) {
+                return head.finish(&buf);
+            }
+        }
+        assert!(n > 0, "{}", closed(&buf));
+    }
+}

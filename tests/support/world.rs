@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use oauth_refresh_proxy::Provider;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::http_client::{http1_client, request, Answer, HttpClient};
+use super::http_client::{http1_client, read_raw_response, request, Answer, HttpClient};
 use super::process::{Proxy, TempDir};
 use super::*;
 
@@ -24,37 +24,21 @@ pub async fn raw_request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(raw.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let len = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len || n == 0 {
-                    let body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
-                    let status = head
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or_else(|| panic!("no status line: {head}"));
-                    return (status, head, body);
-                }
-            }
-            assert!(n > 0, "connection closed before a full response: {buf:?}");
-        }
+        read_raw_response(
+            &mut s,
+            |head, read, n| read >= head.body_start + head.content_length.unwrap_or(0) || n == 0,
+            |buf| format!("connection closed before a full response: {buf:?}"),
+        )
+        .await
     };
     tokio::time::timeout(WAIT, fut)
         .await
         .unwrap_or_else(|_| panic!("raw request: no answer within {WAIT:?}"))
+}
+
+/// `GET uri` as the account `octo` (`X-OAuth-Account`) with `client`.
+pub async fn get_as_octo(client: &HttpClient, uri: &str) -> Answer {
+    request(client, "GET", uri, &[("x-oauth-account", "octo")], empty()).await
 }
 
 /// The child's resident set size in KiB.
