@@ -193,11 +193,29 @@ impl TokenSeed {
 /// assert!(!fingerprint(&Secret::new("ghr_abc")).contains("ghr_abc"));
 /// ```
 pub fn fingerprint(secret: &Secret) -> String {
+    hex(&sha256(&[secret.expose().as_bytes()]))
+}
+
+/// The SHA-256 of `parts`, one after the other: the crate's one digest (fingerprints, flight
+/// keys, key ids).
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     use sha2::Digest;
-    sha2::Sha256::digest(secret.expose().as_bytes())
+    let mut h = sha2::Sha256::new();
+    for part in parts {
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// `bytes` in lowercase hex: the crate's one hex encoder.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Seconds since the Unix epoch, for listings and wire formats.

@@ -29,7 +29,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Semaphore};
 
 use crate::Provider;
@@ -43,10 +42,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// assert_eq!(oauth_refresh_proxy::demo::sha256_hex(b"").len(), 64);
 /// ```
 pub fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+    crate::token::hex(&crate::token::sha256(&[b]))
 }
 
 /// A canned API answer (status, headers, body), as in `tests/fixtures`.

@@ -54,10 +54,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::token::{hex, sha256};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use sha2::{Digest, Sha256};
 
 use super::auth::bearer_matches;
 use super::errors::{self, RETRY_AFTER_SECS};
@@ -370,17 +370,17 @@ where
 
 /// SHA-256 of the provider and the refresh token: the flight key.
 fn fingerprint(provider: Provider, refresh_token: &Secret) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(provider.as_str().as_bytes());
-    h.update([0]);
-    h.update(refresh_token.expose().as_bytes());
-    h.finalize().into()
+    sha256(&[
+        provider.as_str().as_bytes(),
+        &[0],
+        refresh_token.expose().as_bytes(),
+    ])
 }
 
 /// The first 6 bytes of a fingerprint in hex: enough to correlate log lines, useless to
 /// recover a token.
 fn short_hex(fp: &[u8; 32]) -> String {
-    fp[..6].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&fp[..6])
 }
 
 /// A JSON answer of this API: never cached, since it may carry tokens.

@@ -44,7 +44,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use prometheus_client::metrics::counter::Counter;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
+
+use crate::token::{hex, sha256};
 use tokio::sync::{watch, Notify};
 
 use super::config::WebhookSettings;
@@ -149,14 +151,6 @@ pub fn signature(secret: &Secret, body: &[u8]) -> String {
         .expect("HMAC takes keys of any length");
     mac.update(body);
     format!("sha256={}", hex(&mac.finalize().into_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The JSON body of `event` as webhook event `kind` (`at` in unix seconds): never a token.
@@ -310,7 +304,7 @@ impl Webhooks {
             .iter()
             .map(|s| {
                 Arc::new(Hook {
-                    id: hex(&Sha256::digest(s.url.as_bytes())[..8]),
+                    id: hex(&sha256(&[s.url.as_bytes()])[..8]),
                     settings: s.clone(),
                     queue: Queue::new(QUEUE_CAPACITY),
                 })

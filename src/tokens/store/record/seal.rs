@@ -3,11 +3,11 @@
 //! additional authenticated data to the provider, the account the record is stored under and
 //! the field.
 
+use crate::token::{hex, sha256};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
 
 use crate::provider::Provider;
 use crate::token::Secret;
@@ -73,13 +73,7 @@ impl SealKey {
                 bytes.len()
             )));
         }
-        let mut h = Sha256::new();
-        h.update(KEY_ID_PREFIX);
-        h.update(&bytes);
-        let id: String = h.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id = hex(&sha256(&[KEY_ID_PREFIX, &bytes])[..8]);
         let key = UnboundKey::new(&AES_256_GCM, &bytes)
             .map_err(|_| InvalidKey("not an AES-256 key".into()))?;
         Ok(SealKey {
