@@ -22,7 +22,7 @@ use tower::{Layer, ServiceExt};
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // In-process fakes: GitHub's API and a refresh backend that rotates refresh tokens like
     // GitHub does (the old refresh token and the old access token die at once).
-    let realm = Realm::new("example", true);
+    let realm = Realm::rotating("example");
     let backend_url = demo::start_backend(realm.clone()).await;
     let api = demo::start_api(realm.clone(), Provider::GitHub).await;
 

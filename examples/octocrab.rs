@@ -30,7 +30,7 @@ struct Digest {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     // The fakes: GitHub's API and a refresh backend that rotates refresh tokens as GitHub does.
-    let realm = Realm::new("octocrab-example", true);
+    let realm = Realm::rotating("octocrab-example");
     let backend_url = demo::start_backend(realm.clone()).await;
     let api = demo::start_api(realm.clone(), Provider::GitHub).await;
 

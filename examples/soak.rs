@@ -1059,7 +1059,7 @@ async fn run(args: Args) -> Result<bool, String> {
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
 
     // The fakes.
-    let realm = Realm::new("soak", true);
+    let realm = Realm::rotating("soak");
     *realm.lifetime.lock().unwrap() = Duration::from_secs(args.token_lifetime_secs);
     let backend = demo::start_backend(realm.clone()).await;
     let github = demo::start_api(realm.clone(), Provider::GitHub).await;

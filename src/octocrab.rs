@@ -82,7 +82,7 @@ const GITHUB_API: &str = "https://api.github.com";
 /// use oauth_refresh_proxy::{BackendRefresher, Provider, RefreshLayer, Secret, TokenSeed, Tokens};
 ///
 /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
-/// let realm = Realm::new("doc", false);
+/// let realm = Realm::new("doc");
 /// let backend = demo::start_backend(realm.clone()).await;
 /// let api = demo::start_api(realm.clone(), Provider::GitHub).await;
 /// let refresher = BackendRefresher::new(&backend).unwrap()

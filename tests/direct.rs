@@ -352,7 +352,7 @@ fn secs_from_now(t: SystemTime) -> i64 {
 
 async fn endpoint(provider: Provider, name: &str) -> Arc<TokenEndpoint> {
     capture_logs();
-    TokenEndpoint::start(provider, name, Realm::new(name, false)).await
+    TokenEndpoint::start(provider, name, Realm::new(name)).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -742,7 +742,7 @@ async fn both_providers(
     SocketAddr,
     SocketAddr,
 ) {
-    let realm = Realm::new(name, false);
+    let realm = Realm::new(name);
     let google = TokenEndpoint::start(Provider::Google, name, realm.clone()).await;
     let github = TokenEndpoint::start(Provider::GitHub, name, realm.clone()).await;
     let google_api = start_api(realm.clone(), Provider::Google).await;
@@ -851,7 +851,7 @@ const API_TOKEN: &str = "refresh-api-bearer-direct-test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_api_answers_the_seed_clients_request_unchanged() {
-    let realm = Realm::new("seed", false);
+    let realm = Realm::new("seed");
     let google = TokenEndpoint::start(Provider::Google, "seed", realm.clone()).await;
     let github = TokenEndpoint::start(Provider::GitHub, "seed", realm.clone()).await;
     let dir = TempDir::new("seed-secret");
@@ -994,7 +994,7 @@ token = "env:ORP_TEST_REFRESH_API_TOKEN"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_api_refuses_bad_requests_with_the_documented_errors() {
-    let realm = Realm::new("errors", false);
+    let realm = Realm::new("errors");
     let google = TokenEndpoint::start(Provider::Google, "errors", realm.clone()).await;
     let (creds, env) = credentials(&[&google]);
     // Backend mode for the proxy itself: the served API uses the credentials whatever the mode.
@@ -1153,7 +1153,7 @@ max_attempts = 2
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_served_requests_for_one_refresh_token_make_one_provider_call() {
-    let realm = Realm::new("coalesce", false);
+    let realm = Realm::new("coalesce");
     let github = TokenEndpoint::start(Provider::GitHub, "coalesce", realm.clone()).await;
     let (creds, env) = credentials(&[&github]);
     let config = format!("{}{}", direct_config(&creds), refresh_api(API_TOKEN));

@@ -21,7 +21,7 @@ async fn tokens_for(realm: &Arc<Realm>) -> Tokens {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_token_serves_the_cache_with_one_refresh_for_a_thousand_callers() {
     capture_logs();
-    let realm = Realm::new("gapis", false);
+    let realm = Realm::new("gapis");
     let tokens = tokens_for(&realm).await;
     let refresh = realm.new_refresh_token();
     let expired = realm.new_access_token(&refresh);
@@ -65,7 +65,7 @@ async fn get_token_serves_the_cache_with_one_refresh_for_a_thousand_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_token_errors_are_the_caches() {
     capture_logs();
-    let realm = Realm::new("gapis-err", false);
+    let realm = Realm::new("gapis-err");
     let tokens = tokens_for(&realm).await;
     let refresh = realm.new_refresh_token();
     realm.revoke_refresh(&refresh);

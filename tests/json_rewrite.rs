@@ -23,7 +23,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let realm = Realm::new("jsonrw", true);
+    let realm = Realm::rotating("jsonrw");
     let backend_url = start_backend(realm.clone()).await;
     let (api, calls) = github_rest::start(realm.clone()).await;
     let refresh = realm.new_refresh_token();

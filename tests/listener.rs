@@ -72,7 +72,7 @@ struct World {
 
 impl World {
     async fn new(name: &str) -> World {
-        let realm = Realm::new(&format!("ls{name}"), false);
+        let realm = Realm::new(&format!("ls{name}"));
         let backend = start_backend(realm.clone()).await;
         let github = start_api(realm.clone(), Provider::GitHub).await;
         let refresh = realm.new_refresh_token();

@@ -262,7 +262,7 @@ struct Creds {
 
 impl Creds {
     fn new(name: &str) -> Creds {
-        let realm = Realm::new(&format!("proto{name}"), false);
+        let realm = Realm::new(&format!("proto{name}"));
         let refresh = realm.new_refresh_token();
         let access = realm.new_access_token(&refresh);
         Creds {

@@ -54,7 +54,7 @@ fn octokit_paginates_through_the_sidecar() {
 
     // The fakes live on this runtime's worker threads for the whole test.
     let rt = fakes_runtime();
-    let realm = Realm::new("sdk", true);
+    let realm = Realm::rotating("sdk");
     let (backend_url, api) = rt.block_on(async {
         (
             start_backend(realm.clone()).await,

@@ -63,7 +63,7 @@ fn pygithub_follows_body_urls_through_the_sidecar() {
     }
 
     let rt = fakes_runtime();
-    let realm = Realm::new("pygithub", true);
+    let realm = Realm::rotating("pygithub");
     let (backend_url, (api, calls)) = rt.block_on(async {
         (
             start_backend(realm.clone()).await,

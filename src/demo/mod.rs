@@ -10,7 +10,7 @@
 //! use oauth_refresh_proxy::{demo::{self, Realm}, Provider};
 //!
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
-//! let realm = Realm::new("doc", false);
+//! let realm = Realm::new("doc");
 //! let backend_url = demo::start_backend(realm.clone()).await;
 //! let api = demo::start_api(realm.clone(), Provider::Google).await;
 //! let refresh = realm.new_refresh_token();
@@ -209,8 +209,24 @@ pub struct Realm {
 }
 
 impl Realm {
-    /// A realm whose tokens are named after `name`; `rotate` makes GitHub refreshes rotate.
-    pub fn new(name: &str, rotate: bool) -> Arc<Realm> {
+    /// A realm whose tokens are named after `name`, whose refreshes never rotate the refresh
+    /// token.
+    pub fn new(name: &str) -> Arc<Realm> {
+        Realm::build(name, false)
+    }
+
+    /// A realm whose GitHub refreshes rotate the refresh token (and revoke the old access token
+    /// at once), as GitHub Apps with expiring tokens do.
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::demo::Realm;
+    /// assert!(Realm::rotating("doc").rotate && !Realm::new("doc").rotate);
+    /// ```
+    pub fn rotating(name: &str) -> Arc<Realm> {
+        Realm::build(name, true)
+    }
+
+    fn build(name: &str, rotate: bool) -> Arc<Realm> {
         Arc::new(Realm {
             name: name.to_string(),
             state: Mutex::default(),
@@ -302,7 +318,7 @@ impl Realm {
     /// ```
     /// use oauth_refresh_proxy::demo::Realm;
     ///
-    /// let realm = Realm::new("doc", false);
+    /// let realm = Realm::new("doc");
     /// realm.clear_seen();
     /// assert!(realm.seen().is_empty() && realm.backend_requests().is_empty());
     /// ```

@@ -168,7 +168,7 @@ fn seed(
 
 /// Runs the demo. With `serve`, keeps the fakes and the proxy up until `shutdown`.
 pub async fn run(serve: bool, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let realm = Realm::new("demo", true);
+    let realm = Realm::rotating("demo");
     let backend_url = fakes::start_backend(realm.clone()).await;
     let google = fakes::start_api(realm.clone(), Provider::Google).await;
     let github = fakes::start_api(realm.clone(), Provider::GitHub).await;

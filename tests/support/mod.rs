@@ -85,7 +85,11 @@ pub async fn start_fakes(
     provider: oauth_refresh_proxy::Provider,
 ) -> (std::sync::Arc<Realm>, String, std::net::SocketAddr) {
     capture_logs();
-    let realm = Realm::new(name, rotate);
+    let realm = if rotate {
+        Realm::rotating(name)
+    } else {
+        Realm::new(name)
+    };
     let backend = start_backend(realm.clone()).await;
     let api = start_api(realm.clone(), provider).await;
     (realm, backend, api)

@@ -49,7 +49,11 @@ pub async fn fakes(
     rotating: bool,
     provider: Provider,
 ) -> (Arc<Realm>, String, SocketAddr) {
-    let realm = Realm::new(name, rotating);
+    let realm = if rotating {
+        Realm::rotating(name)
+    } else {
+        Realm::new(name)
+    };
     let backend = start_backend(realm.clone()).await;
     let api = start_api(realm.clone(), provider).await;
     (realm, backend, api)

@@ -119,7 +119,7 @@ pub struct Opts<'a> {
 
 impl World {
     pub async fn new(name: &str) -> World {
-        let realm = Realm::new(&format!("sc{name}"), true);
+        let realm = Realm::rotating(&format!("sc{name}"));
         let backend = start_backend(realm.clone()).await;
         let github = start_api(realm.clone(), Provider::GitHub).await;
         let google = start_api(realm.clone(), Provider::Google).await;
