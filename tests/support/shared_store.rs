@@ -36,7 +36,7 @@ use super::http_client::{request, Answer, HttpClient};
 use super::process::{run_cli, Proxy, TempDir};
 use super::redis_server::{RedisCluster, RedisServer, RedisTlsServer};
 use super::world::BACKEND_ENV;
-use super::{empty, now_secs, start_api, start_backend, Realm, Reply, TestBody, WAIT};
+use super::{empty, now_secs, Realm, Reply, TestBody, WAIT};
 
 // ---------------------------------------------------------------------------------------------
 // Fakes, seeds, and what a rotating realm saw.
@@ -44,20 +44,8 @@ use super::{empty, now_secs, start_api, start_backend, Realm, Reply, TestBody, W
 
 /// A realm named `name` (rotating GitHub refresh tokens when `rotating`), its refresh backend
 /// and an API of `provider`: (realm, backend URL, API address).
-pub async fn fakes(
-    name: &str,
-    rotating: bool,
-    provider: Provider,
-) -> (Arc<Realm>, String, SocketAddr) {
-    let realm = if rotating {
-        Realm::rotating(name)
-    } else {
-        Realm::new(name)
-    };
-    let backend = start_backend(realm.clone()).await;
-    let api = start_api(realm.clone(), provider).await;
-    (realm, backend, api)
-}
+#[allow(unused_imports)]
+pub use super::start_fakes as fakes;
 
 /// A seed the realm accepts, its access token valid for `valid_for` seconds (negative:
 /// expired). Returns (seed, refresh, access).
