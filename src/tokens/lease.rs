@@ -2,10 +2,9 @@
 //! started in the refresh-ahead window), else the result of a refresh; and the access-token API
 //! for SDKs that take a token source instead of a tower service.
 
-use std::time::SystemTime;
-
 use http::HeaderValue;
 
+use super::clock;
 use super::flight::{rejected_error, Fallback, Trigger};
 use super::{idx, Tokens};
 use crate::error::Error;
@@ -27,7 +26,7 @@ impl Tokens {
         provider: Provider,
         account: &str,
     ) -> Result<Option<Lease>, Error> {
-        let now = SystemTime::now();
+        let now = clock::now();
         let (lease, ahead) = {
             let Some(e) = self.inner.maps[idx(provider)].get(account) else {
                 return Err(Error::unknown_account(provider, account));

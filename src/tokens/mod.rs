@@ -75,11 +75,12 @@
 //!
 //! `mod.rs` holds the handle and the account API (insert, save, restore, list, refresh now);
 //! `builder` the settings and their defaults; `entry` one account's state and how new states
-//! are applied; `lease` handing tokens to requests; `flight` the refresh of one account (the
+//! are applied; `lease` handing tokens to requests (on a coarse `clock`); `flight` the refresh of one account (the
 //! decision, the task, applying its result); `stats` the counters; `events` the announcements;
 //! `index` the sorted ids for paged listings; `store` the durable and shared stores.
 
 mod builder;
+mod clock;
 mod entry;
 mod events;
 mod flight;
