@@ -49,6 +49,9 @@ pub struct Error {
     message: String,
     retry_after: Option<Duration>,
     source: Option<BoxError>,
+    /// The refresh failure behind a `refresh_*` error, kept typed (boxed: errors are rare and
+    /// the hot path's `Result`s stay small).
+    refresh: Option<Box<crate::refresh::RefreshError>>,
 }
 
 impl Error {
@@ -65,6 +68,7 @@ impl Error {
             message: message.into(),
             retry_after: None,
             source: None,
+            refresh: None,
         }
     }
 
@@ -119,12 +123,13 @@ impl Error {
         } else {
             ErrorKind::RefreshUnavailable
         };
-        let e = Error::new(
+        let mut e = Error::new(
             kind,
             Some(provider),
             Some(Account::new(account)),
             err.to_string(),
         );
+        e.refresh = Some(Box::new(err.clone()));
         match err.retry_after() {
             Some(after) => e.retry_after_at_least(after),
             None => e,
@@ -157,6 +162,7 @@ impl Error {
             message: format!("inner service failed: {source}"),
             retry_after: None,
             source: Some(source),
+            refresh: None,
         }
     }
 
@@ -189,6 +195,19 @@ impl Error {
     pub fn account(&self) -> Option<&Account> {
         self.account.as_ref()
     }
+
+    /// The refresh failure behind a [`RefreshRejected`](ErrorKind::RefreshRejected) or
+    /// [`RefreshUnavailable`](ErrorKind::RefreshUnavailable) error, when one caused it (a
+    /// refusal without a refresh attempt — a cooldown, an account needing re-authorisation —
+    /// carries the error it stands for too).
+    ///
+    /// ```
+    /// # use oauth_refresh_proxy::Error;
+    /// assert!(Error::account_required(None).refresh_error().is_none());
+    /// ```
+    pub fn refresh_error(&self) -> Option<&crate::refresh::RefreshError> {
+        self.refresh.as_deref()
+    }
 }
 
 impl fmt::Debug for Error {
@@ -214,5 +233,25 @@ impl std::error::Error for Error {
         self.source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::refresh::RefreshError;
+
+    #[test]
+    fn a_refresh_failure_stays_typed_behind_the_error() {
+        let cause = RefreshError::rejected("bad_refresh_token");
+        let e = Error::from_refresh(Provider::GitHub, "octo", &cause);
+        assert_eq!(e.kind(), ErrorKind::RefreshRejected);
+        assert_eq!(e.refresh_error(), Some(&cause));
+        assert_eq!(e.to_string(), cause.to_string());
+        let later = RefreshError::transient("503").with_retry_after(Duration::from_secs(7));
+        let e = Error::from_refresh(Provider::Google, "alice", &later);
+        assert_eq!(e.kind(), ErrorKind::RefreshUnavailable);
+        assert_eq!(e.refresh_error(), Some(&later));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
     }
 }
