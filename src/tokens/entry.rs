@@ -3,10 +3,11 @@
 //! store.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use http::HeaderValue;
 
+use super::clock::{MonoMs, UnixMs};
 use super::flight::Flight;
 use super::{idx, HealthChange, RefreshEvent, RefreshOutcome, Tokens};
 use crate::provider::{Account, Provider};
@@ -22,11 +23,11 @@ pub(super) struct Entry {
     /// The injected header, `None` when there is no usable access token.
     pub(super) header: Option<HeaderValue>,
     /// Effective expiry of `header` (the default lifetime applied when unknown).
-    pub(super) expires_at: SystemTime,
+    pub(super) expires_at: UnixMs,
     /// Whether `expires_at` came from the provider or from the default lifetime.
     pub(super) expiry_known: bool,
     /// When a background refresh should start.
-    pub(super) ahead_at: SystemTime,
+    pub(super) ahead_at: UnixMs,
     pub(super) generation: u64,
     pub(super) needs_reauth: bool,
     pub(super) flight: Option<Flight>,
@@ -34,12 +35,12 @@ pub(super) struct Entry {
     pub(super) late: bool,
     /// When the current tokens were obtained by a refresh (here or by another replica), for
     /// `min_interval`; `None` for tokens put by the operator or the config.
-    pub(super) refreshed_at: Option<Instant>,
+    pub(super) refreshed_at: Option<MonoMs>,
     /// No refresh before this (a failed cycle's cooldown).
-    pub(super) cooldown_until: Option<Instant>,
+    pub(super) cooldown_until: Option<MonoMs>,
     /// Consecutive failed cycles (the cooldown doubles with each).
     pub(super) failed_cycles: u32,
-    pub(super) last_refresh_at: Option<SystemTime>,
+    pub(super) last_refresh_at: Option<UnixMs>,
     /// Boxed: rarely set, and the entry is kept small for the million-account case.
     pub(super) last_error: Option<Box<RefreshError>>,
     /// In an episode of trouble: `NeedsReauth` or `Failing` was announced (or the account was
@@ -97,10 +98,10 @@ pub(super) fn snapshot(provider: Provider, account: &str, e: &Entry) -> StoredAc
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(Secret::new),
-        expires_at: (e.header.is_some() && e.expiry_known).then(|| unix_secs(e.expires_at)),
+        expires_at: (e.header.is_some() && e.expiry_known).then(|| e.expires_at.unix_secs()),
         generation: e.generation,
         needs_reauth: e.needs_reauth,
-        last_refresh_at: e.last_refresh_at.map(unix_secs),
+        last_refresh_at: e.last_refresh_at.map(UnixMs::unix_secs),
         last_error: e.last_error.as_deref().cloned(),
         seed_fingerprint: e.seed_fingerprint.clone(),
     }
@@ -110,12 +111,12 @@ pub(super) fn info(provider: Provider, account: &str, e: &Entry) -> AccountInfo 
     AccountInfo {
         provider,
         account: account.to_string(),
-        expires_at: (e.header.is_some() && e.expiry_known).then(|| unix_secs(e.expires_at)),
+        expires_at: (e.header.is_some() && e.expiry_known).then(|| e.expires_at.unix_secs()),
         generation: e.generation,
         needs_reauth: e.needs_reauth,
-        last_refresh_at: e.last_refresh_at.map(unix_secs),
+        last_refresh_at: e.last_refresh_at.map(UnixMs::unix_secs),
         last_error: e.last_error.as_ref().map(ToString::to_string),
-        valid: e.header.is_some() && SystemTime::now() < e.expires_at,
+        valid: e.header.is_some() && UnixMs::now() < e.expires_at,
     }
 }
 
@@ -155,11 +156,11 @@ impl Tokens {
         origin: Origin,
     ) -> bool {
         let local = origin == Origin::Local;
-        let now = SystemTime::now();
+        let now = UnixMs::now();
         let header = state.access_token.as_ref().and_then(Secret::bearer_header);
         let known = header.is_some() && state.expires_at.is_some();
         let expires_at = match (&header, state.expires_at) {
-            (Some(_), Some(at)) => timestamp_to_system_time(at as i64).unwrap_or(now),
+            (Some(_), Some(at)) => timestamp_to_system_time(at as i64).map_or(now, UnixMs::of),
             (Some(_), None) => now + self.inner.settings.default_lifetime,
             (None, _) => now,
         };
@@ -216,7 +217,8 @@ impl Tokens {
         e.refreshed_at = None;
         e.last_refresh_at = state
             .last_refresh_at
-            .and_then(|t| timestamp_to_system_time(t as i64));
+            .and_then(|t| timestamp_to_system_time(t as i64))
+            .map(UnixMs::of);
         e.last_error = state.last_error.map(Box::new);
         let generation = e.generation;
         drop(e);
@@ -245,7 +247,7 @@ impl Tokens {
                 // Another replica's refresh counts for `min_interval` here too.
                 if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(&*account) {
                     if refreshed && e.generation == generation {
-                        e.refreshed_at = Some(Instant::now());
+                        e.refreshed_at = Some(MonoMs::now());
                     }
                 }
             }
@@ -263,7 +265,7 @@ impl Tokens {
                 .is_some_and(|t| t.elapsed() < self.inner.settings.min_interval)
     }
 
-    pub(super) fn ahead_at(&self, expires_at: SystemTime) -> SystemTime {
+    pub(super) fn ahead_at(&self, expires_at: UnixMs) -> UnixMs {
         let window = self.inner.settings.refresh_ahead;
         if window <= self.inner.settings.skew {
             return expires_at; // no background refresh

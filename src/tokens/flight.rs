@@ -4,8 +4,9 @@
 //! late answers and health episodes, as the [module documentation](super) describes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use super::clock::{MonoMs, UnixMs};
 use super::entry::{snapshot, Entry};
 use super::lease::Lease;
 use super::stats::bump;
@@ -196,7 +197,7 @@ impl Tokens {
                 if fallback == Fallback::CurrentToken && !err.is_rejected() {
                     if let Some(e) = self.inner.maps[idx(provider)].get(account) {
                         if let (Some(h), false) = (&e.header, e.needs_reauth) {
-                            if SystemTime::now() < e.expires_at {
+                            if UnixMs::now() < e.expires_at {
                                 return Ok(Lease {
                                     header: h.clone(),
                                     generation: e.generation,
@@ -206,10 +207,10 @@ impl Tokens {
                     }
                 }
                 let mut error = Error::from_refresh(provider, account, &err);
-                if let Some(left) = self.inner.maps[idx(provider)].get(account).and_then(|e| {
-                    e.cooldown_until
-                        .and_then(|t| t.checked_duration_since(Instant::now()))
-                }) {
+                if let Some(left) = self.inner.maps[idx(provider)]
+                    .get(account)
+                    .and_then(|e| e.cooldown_until.and_then(MonoMs::left))
+                {
                     error = error.retry_after_at_least(left);
                 }
                 Err(error)
@@ -237,7 +238,7 @@ impl Tokens {
         if e.needs_reauth {
             return Err(rejected_error(provider, account, &e));
         }
-        let now = SystemTime::now();
+        let now = UnixMs::now();
         let current = |e: &Entry| {
             e.header.clone().map(|header| Lease {
                 header,
@@ -269,7 +270,7 @@ impl Tokens {
         } else {
             e.cooldown_until
                 .filter(|_| !force)
-                .and_then(|until| until.checked_duration_since(Instant::now()))
+                .and_then(MonoMs::left)
                 .map(|left| ("the last refresh failed; the account is in cooldown", left))
         };
         if let Some((why, after)) = blocked {
@@ -287,7 +288,7 @@ impl Tokens {
     /// or the account is in cooldown or within `min_interval` of its last refresh.
     pub(super) fn start_ahead(&self, provider: Provider, account: &str, generation: u64) {
         if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(account) {
-            let now = SystemTime::now();
+            let now = UnixMs::now();
             if e.flight.is_some()
                 || e.generation != generation
                 || e.needs_reauth
@@ -295,15 +296,10 @@ impl Tokens {
             {
                 return;
             }
-            let wait = e
-                .cooldown_until
-                .and_then(|t| t.checked_duration_since(Instant::now()))
-                .or_else(|| {
-                    e.refreshed_at.and_then(|t| {
-                        (t + self.inner.settings.min_interval)
-                            .checked_duration_since(Instant::now())
-                    })
-                });
+            let wait = e.cooldown_until.and_then(MonoMs::left).or_else(|| {
+                e.refreshed_at
+                    .and_then(|t| (t + self.inner.settings.min_interval).left())
+            });
             if let Some(wait) = wait {
                 // Not yet: look again once the cooldown or the interval is over.
                 e.ahead_at = now + wait;
@@ -348,7 +344,7 @@ impl Tokens {
         let provider = task.provider;
         let counters = &self.inner.counters[idx(provider)];
         let map = &self.inner.maps[idx(provider)];
-        let now = SystemTime::now();
+        let now = UnixMs::now();
         let event;
         let mut health = None;
         let outcome = {
@@ -386,7 +382,8 @@ impl Tokens {
                     e.refresh_token = next.refresh_token;
                     let expires = next
                         .expires_at
-                        .and_then(|t| timestamp_to_system_time(t as i64));
+                        .and_then(|t| timestamp_to_system_time(t as i64))
+                        .map(UnixMs::of);
                     e.expiry_known = expires.is_some();
                     e.expires_at = expires.unwrap_or(now + self.inner.settings.default_lifetime);
                     // A token that comes back already inside the refresh-ahead window is not
@@ -396,7 +393,7 @@ impl Tokens {
                         .max(now + self.inner.settings.min_interval);
                     e.cooldown_until = None;
                     e.failed_cycles = 0;
-                    e.refreshed_at = Some(Instant::now());
+                    e.refreshed_at = Some(MonoMs::now());
                     e.header = Some(header.clone());
                     e.generation = next.generation.max(e.generation + 1);
                     e.last_refresh_at = Some(now);
@@ -422,7 +419,7 @@ impl Tokens {
                         event = RefreshOutcome::Refreshed {
                             refresh_token: e.refresh_token.clone(),
                             rotated,
-                            expires_at: e.expiry_known.then_some(e.expires_at),
+                            expires_at: e.expiry_known.then_some(e.expires_at.time()),
                         };
                         FlightResult::Ok(Lease {
                             header,
@@ -455,7 +452,7 @@ impl Tokens {
                     } else {
                         e.failed_cycles = e.failed_cycles.saturating_add(1);
                         let cooldown = cooldown_for(&err, e.failed_cycles);
-                        e.cooldown_until = Some(Instant::now() + cooldown);
+                        e.cooldown_until = Some(MonoMs::now() + cooldown);
                         let mut retry_in = cooldown;
                         if task.kind == Launch::Ahead {
                             retry_in = retry_in.max(

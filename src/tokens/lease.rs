@@ -4,7 +4,7 @@
 
 use http::HeaderValue;
 
-use super::clock;
+use super::clock::UnixMs;
 use super::flight::{rejected_error, Fallback, Trigger};
 use super::{idx, Tokens};
 use crate::error::Error;
@@ -26,7 +26,7 @@ impl Tokens {
         provider: Provider,
         account: &str,
     ) -> Result<Option<Lease>, Error> {
-        let now = clock::now();
+        let now = UnixMs::coarse();
         let (lease, ahead) = {
             let Some(e) = self.inner.maps[idx(provider)].get(account) else {
                 return Err(Error::unknown_account(provider, account));
