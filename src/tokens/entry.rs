@@ -19,7 +19,7 @@ use crate::tokens::store::{StoreUpdate, StoredAccount};
 pub(super) struct Entry {
     pub(super) refresh_token: Secret,
     /// Fingerprint of the configured refresh token the account started from.
-    pub(super) seed_fingerprint: Option<String>,
+    pub(super) seed_fingerprint: Option<Box<str>>,
     /// The injected header, `None` when there is no usable access token.
     pub(super) header: Option<HeaderValue>,
     /// Effective expiry of `header` (the default lifetime applied when unknown).
@@ -103,7 +103,7 @@ pub(super) fn snapshot(provider: Provider, account: &str, e: &Entry) -> StoredAc
         needs_reauth: e.needs_reauth,
         last_refresh_at: e.last_refresh_at.map(UnixMs::unix_secs),
         last_error: e.last_error.as_deref().cloned(),
-        seed_fingerprint: e.seed_fingerprint.clone(),
+        seed_fingerprint: e.seed_fingerprint.as_deref().map(String::from),
     }
 }
 
@@ -198,7 +198,7 @@ impl Tokens {
         let recovered = e.episode && !state.needs_reauth;
         e.episode = state.needs_reauth;
         e.refresh_token = state.refresh_token;
-        e.seed_fingerprint = state.seed_fingerprint;
+        e.seed_fingerprint = state.seed_fingerprint.map(String::into_boxed_str);
         e.header = header;
         e.expires_at = expires_at;
         e.expiry_known = known;
