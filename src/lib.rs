@@ -21,10 +21,10 @@
 //! layer        RefreshLayer / Refresh<S>: picks provider and account, injects the token,
 //!   │          replays once after a 401 (ReplayBody keeps the body for it)
 //! tokens       Tokens: the cache, one refresh per account and generation (flight),
-//!   │   └──┐   refresh-ahead, cooldowns, events
+//!   │   └──┐   refresh-ahead, cooldowns, events, the hot path's coarse clock
 //!   │    store memory, file (redb) or Redis; the record codec and encryption at rest
-//! refresh      Refresher: the backend protocol, or Google's and GitHub's token endpoints
-//!              (transport: one HTTP client, URL rules and error wording for all of them)
+//! refresh      Refresher: the backend protocol, or Google's and GitHub's token endpoints;
+//!              one retry policy, HTTP client, URL rule and token-endpoint reader for all
 //! beside them  provider (hosts → provider), token (Secret), error, single_flight;
 //!              reqwest / google_apis / octocrab adapt tokens and layer to those clients
 //! ```
