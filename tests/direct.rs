@@ -1076,11 +1076,11 @@ max_attempts = 2
         );
     }
     let huge = json!({"refresh_token": "x".repeat(70 * 1024)}).to_string();
-    assert_api_error(
-        &post_refresh(&client, &url, Some(API_TOKEN), huge).await,
-        413,
-        "PAYLOAD_TOO_LARGE",
-    );
+    let too_large = post_refresh(&client, &url, Some(API_TOKEN), huge).await;
+    assert_api_error(&too_large, 413, "PAYLOAD_TOO_LARGE");
+    // The rest of the body is left unread: the client is told not to reuse the connection, so
+    // its next request (below) goes out on a new one rather than on a closing one.
+    assert_eq!(too_large.headers["connection"], "close");
     assert_eq!(
         google.calls.get(),
         0,

@@ -61,7 +61,7 @@ use http_body_util::Full;
 
 use super::auth::bearer_matches;
 use super::errors::{self, RETRY_AFTER_SECS};
-use super::request_body::{read_bounded, ReadError};
+use super::request_body::{closing, read_bounded, ReadError};
 
 use crate::single_flight::{Flights, Joined, Publisher, Ticket};
 
@@ -342,11 +342,11 @@ where
     let bytes = match read_bounded(body).await {
         Ok(bytes) => bytes,
         Err(ReadError::TooLarge) => {
-            return Err(error(
+            return Err(closing(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",
                 &format!("the body is over {MAX_BODY} bytes"),
-            ))
+            )))
         }
         Err(ReadError::Unreadable) => {
             return Err(error(

@@ -17,6 +17,18 @@ pub(crate) enum ReadError {
     Unreadable,
 }
 
+/// Marks the answer to a request whose body was refused before its end (`413`): the rest of
+/// the body is left unread, so the connection cannot carry another request. `Connection: close`
+/// tells the client so — it opens a new connection for its next request instead of sending it
+/// on one the server is closing.
+pub(crate) fn closing<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// Reads `body` to its end, refusing it as soon as it announces or sends more than
 /// [`MAX_BODY`] bytes. Trailers are ignored.
 pub(crate) async fn read_bounded<B: Body>(body: B) -> Result<Bytes, ReadError> {

@@ -15,7 +15,7 @@ use crate::provider::Provider;
 use crate::proxy::errors::{self, json, json_error};
 use crate::proxy::metrics;
 use crate::proxy::rate_limit::RateLimits;
-use crate::proxy::request_body::{read_bounded, ReadError};
+use crate::proxy::request_body::{closing, read_bounded, ReadError};
 use crate::token::{timestamp_to_system_time, Secret, TokenSeed};
 use crate::tokens::AccountInfo;
 
@@ -188,11 +188,11 @@ where
     B::Error: std::fmt::Display,
 {
     read_bounded(body).await.map_err(|e| match e {
-        ReadError::TooLarge => json_error(
+        ReadError::TooLarge => closing(json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             &format!("the request body exceeds {MAX_BODY} bytes"),
-        ),
+        )),
         ReadError::Unreadable => bad_request("could not read the request body"),
     })
 }
