@@ -4,6 +4,10 @@
 //! each and the ratio of the layer's added cost to `AddAuthorization`'s.
 //!
 //! Run: `cargo bench --bench hot_path_interleaved` (optional args: ROUNDS ITERS_PER_ROUND).
+//!
+//! For instruction counts (callgrind), `HOT_PATH_ONLY=bare|auth|layer` runs only that variant
+//! (GET then POST, no loopback part): the difference of two runs' totals divided by the
+//! requests is what a variant adds per request, free of the machine's noise.
 
 mod common;
 
@@ -85,6 +89,25 @@ fn main() {
         "layer added",
         "ratio vs AddAuthorization"
     );
+    if let Ok(only) = std::env::var("HOT_PATH_ONLY") {
+        for body in [Bytes::new(), Bytes::from(vec![7u8; 1024])] {
+            let layer = RefreshLayer::new(tokens.clone()).default_account("alice");
+            for _ in 0..rounds {
+                match only.as_str() {
+                    "bare" => run(&mut Immediate, &body, iters),
+                    "auth" => run(
+                        &mut tower_http::auth::AddAuthorizationLayer::bearer("seeded")
+                            .layer(Immediate),
+                        &body,
+                        iters,
+                    ),
+                    "layer" => run(&mut layer.layer(Immediate), &body, iters),
+                    other => panic!("HOT_PATH_ONLY={other}: expected bare, auth or layer"),
+                };
+            }
+        }
+        return;
+    }
     for (name, body) in [
         ("GET", Bytes::new()),
         ("POST 1KiB", Bytes::from(vec![7u8; 1024])),
