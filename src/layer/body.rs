@@ -53,7 +53,7 @@ struct Replay {
 
 /// What was recorded of a body.
 pub(crate) struct Tape {
-    chunks: Vec<Bytes>,
+    chunks: Chunks,
     len: usize,
     cap: usize,
     overflow: bool,
@@ -62,6 +62,28 @@ pub(crate) struct Tape {
 }
 
 /// How a request body can be replayed.
+/// The recorded chunks. The first is kept inline: most bodies arrive in one chunk, and the
+/// recording then allocates nothing beyond the tape itself.
+#[derive(Default)]
+struct Chunks {
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(chunk);
+        } else {
+            self.more.push(chunk);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.first.iter().chain(&self.more)
+    }
+}
+
 pub(crate) enum Recording {
     /// No body: trivially replayable.
     Empty,
@@ -120,7 +142,7 @@ impl<B: Body> ReplayBody<B> {
             return (ReplayBody::new(body), Recording::TooLarge);
         }
         let tape = Arc::new(Mutex::new(Tape {
-            chunks: Vec::new(),
+            chunks: Chunks::default(),
             len: 0,
             cap,
             overflow: false,
@@ -186,7 +208,7 @@ where
                     if !tape.overflow {
                         if tape.len + bytes.len() > tape.cap {
                             tape.overflow = true;
-                            tape.chunks = Vec::new();
+                            tape.chunks = Chunks::default();
                         } else {
                             tape.len += bytes.len();
                             tape.chunks.push(bytes.clone());

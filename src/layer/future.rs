@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::header::AUTHORIZATION;
@@ -10,6 +11,7 @@ use pin_project_lite::pin_project;
 use tower::{Service, ServiceExt};
 
 use super::body::{Recording, ReplayBody};
+use super::Config;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::provider::{Account, Provider};
 use crate::tokens::{Lease, Tokens};
@@ -53,6 +55,7 @@ pub(crate) struct SavedRequest {
 }
 
 impl SavedRequest {
+    #[inline(always)]
     pub(crate) fn new(parts: &http::request::Parts) -> Self {
         SavedRequest {
             method: parts.method.clone(),
@@ -75,16 +78,45 @@ impl SavedRequest {
     }
 }
 
-/// Everything needed to handle a 401: the service, the account, and the recorded request.
+/// The account a request is sent for.
+pub(crate) enum AccountOf {
+    /// The layer's default account, read from its config: no reference count per request.
+    Default,
+    /// An account of its own (the request's extension, or the sidecar's route).
+    Named(Account),
+}
+
+/// Everything needed to handle a 401: the service, the layer's config (the token cache and the
+/// default account), the account, and the recorded request.
 pub(crate) struct Retry<S, B> {
     pub(crate) svc: S,
-    pub(crate) tokens: Tokens,
+    pub(crate) config: Arc<Config>,
     pub(crate) provider: Provider,
-    pub(crate) account: Account,
+    pub(crate) account: AccountOf,
     pub(crate) generation: u64,
     pub(crate) saved: SavedRequest,
     pub(crate) recording: Recording,
     pub(crate) _body: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<S, B> Retry<S, B> {
+    /// The request's account.
+    pub(crate) fn account(&self) -> &Account {
+        match &self.account {
+            AccountOf::Named(a) => a,
+            // `AccountOf::Default` is chosen only when the layer has a default account, and a
+            // layer's config never changes once built.
+            AccountOf::Default => self
+                .config
+                .default_account
+                .as_ref()
+                .expect("AccountOf::Default is used only with a default account"),
+        }
+    }
+
+    fn tokens(&self) -> &Tokens {
+        &self.config.tokens
+    }
 }
 
 impl<S, B, ResB> Retry<S, B>
@@ -96,7 +128,7 @@ where
     ResB: Send + 'static,
 {
     fn inner_error(&self, e: S::Error) -> Error {
-        Error::inner(Some(self.provider), Some(self.account.clone()), e)
+        Error::inner(Some(self.provider), Some(self.account().clone()), e)
     }
 
     /// The slow start: wait for a refresh, then send.
@@ -105,8 +137,8 @@ where
         mut req: Request<ReplayBody<B>>,
     ) -> Result<Response<ResB>, Error> {
         let lease = self
-            .tokens
-            .lease(self.provider, self.account.as_str())
+            .tokens()
+            .lease(self.provider, self.account().as_str())
             .await?;
         self.generation = lease.generation;
         req.headers_mut().insert(AUTHORIZATION, lease.header);
@@ -120,10 +152,10 @@ where
     /// A 401: refresh (or take the newer generation), then replay once if the body allows.
     async fn after_unauthorized(self, mut resp: Response<ResB>) -> Result<Response<ResB>, Error> {
         let this = self;
-        let (provider, account) = (this.provider, this.account.as_str());
+        let (provider, account) = (this.provider, this.account().as_str());
         tracing::debug!(%provider, account, generation = this.generation, "upstream answered 401");
         let lease = match this
-            .tokens
+            .tokens()
             .lease_after_unauthorized(provider, account, this.generation)
             .await
         {
@@ -139,17 +171,18 @@ where
         };
         let Some(body) = this.recording.replay::<B>() else {
             tracing::debug!(%provider, account, "request body not replayable; returning the 401 after the refresh");
-            this.tokens.count_replay(provider, false);
+            this.tokens().count_replay(provider, false);
             return Ok(resp);
         };
         drop(resp);
-        this.tokens.count_replay(provider, true);
+        this.tokens().count_replay(provider, true);
         tracing::debug!(%provider, account, generation = lease.generation, "replaying after 401");
+        let account = this.account().clone();
         let req = this.saved.into_request(body, lease.header);
         let svc = this.svc;
         svc.oneshot(req)
             .await
-            .map_err(|e| Error::inner(Some(provider), Some(this.account.clone()), e))
+            .map_err(|e| Error::inner(Some(provider), Some(account), e))
     }
 }
 
@@ -181,6 +214,10 @@ where
     ResB: Send + 'static,
 {
     /// Sends now with `lease`, or — without one — waits for a refresh on the slow path.
+    ///
+    /// Inlined into the layer's `call`, so that the future is built in place rather than moved
+    /// through a call (the retry state is a few hundred bytes).
+    #[inline(always)]
     pub(crate) fn authenticated(
         mut retry: Retry<S, B>,
         mut req: Request<ReplayBody<B>>,
@@ -226,7 +263,7 @@ where
                         Ok(resp) => resp,
                         Err(e) => {
                             let (p, a) = match this.retry.as_ref() {
-                                Some(r) => (Some(r.provider), Some(r.account.clone())),
+                                Some(r) => (Some(r.provider), Some(r.account().clone())),
                                 None => (None, None),
                             };
                             return Poll::Ready(Err(Error::inner(p, a, e)));

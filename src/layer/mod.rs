@@ -55,6 +55,7 @@ use http_body::Body;
 use tower::{Layer, Service};
 
 pub use self::body::ReplayBody;
+use self::future::AccountOf;
 pub use self::future::ResponseFuture;
 
 use crate::error::{BoxError, Error};
@@ -90,9 +91,9 @@ pub struct RefreshLayer {
 }
 
 #[derive(Clone, Debug)]
-struct Config {
-    tokens: Tokens,
-    default_account: Option<Account>,
+pub(crate) struct Config {
+    pub(crate) tokens: Tokens,
+    pub(crate) default_account: Option<Account>,
     max_replay_body: usize,
     hosts: HostMap,
 }
@@ -102,6 +103,8 @@ impl Config {
     /// this runs on every request), else the `Host` header's.
     fn provider_of<B>(&self, req: &Request<B>) -> Option<Provider> {
         match req.uri().authority() {
+            // Without mappings the scheme's default port is never looked at.
+            Some(a) if self.hosts.is_empty() => Provider::from_host(a.as_str()),
             Some(a) => self
                 .hosts
                 .provider(a.as_str(), default_port(req.uri().scheme_str())),
@@ -318,17 +321,18 @@ where
             let mut svc = self.take_ready_inner();
             return ResponseFuture::passthrough(svc.call(req.map(ReplayBody::new)));
         };
-        let account = req
-            .extensions()
-            .get::<Account>()
-            .cloned()
-            .or_else(|| self.config.default_account.clone());
-        let Some(account) = account else {
-            // Nothing is sent, but the instance that said ready is used up like any call's.
-            drop(self.take_ready_inner());
-            return ResponseFuture::failed(Error::account_required(Some(provider)));
+        // The layer's default account is named by the shared config: no reference count is
+        // taken per request for it.
+        let account = match req.extensions().get::<Account>() {
+            Some(a) => AccountOf::Named(a.clone()),
+            None if self.config.default_account.is_some() => AccountOf::Default,
+            None => {
+                // Nothing is sent, but the instance that said ready is used up like any call's.
+                drop(self.take_ready_inner());
+                return ResponseFuture::failed(Error::account_required(Some(provider)));
+            }
         };
-        self.call_for(req, provider, account)
+        self.send(req, provider, account)
     }
 }
 
@@ -351,28 +355,46 @@ impl<S: Clone> Refresh<S> {
         B: Body + Send + 'static,
         ResB: Send + 'static,
     {
+        self.send(req, provider, AccountOf::Named(account))
+    }
+
+    #[inline(always)]
+    fn send<B, ResB>(
+        &mut self,
+        req: Request<B>,
+        provider: Provider,
+        account: AccountOf,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        ResB: Send + 'static,
+    {
         let svc = self.take_ready_inner();
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(AUTHORIZATION);
         let (body, recording) = ReplayBody::recorded(body, self.config.max_replay_body);
         let saved = future::SavedRequest::new(&parts);
         let req = Request::from_parts(parts, body);
-        let tokens = self.config.tokens.clone();
-        match tokens.try_lease(provider, account.as_str()) {
+        let retry = future::Retry {
+            svc,
+            config: self.config.clone(),
+            provider,
+            account,
+            generation: 0,
+            saved,
+            recording,
+            _body: std::marker::PhantomData,
+        };
+        match self
+            .config
+            .tokens
+            .try_lease(provider, retry.account().as_str())
+        {
             Err(e) => ResponseFuture::failed(e),
-            Ok(lease) => {
-                let retry = future::Retry {
-                    svc,
-                    tokens,
-                    provider,
-                    account,
-                    generation: 0,
-                    saved,
-                    recording,
-                    _body: std::marker::PhantomData,
-                };
-                ResponseFuture::authenticated(retry, req, lease)
-            }
+            Ok(lease) => ResponseFuture::authenticated(retry, req, lease),
         }
     }
 

@@ -209,6 +209,11 @@ pub(crate) struct HostMap {
 }
 
 impl HostMap {
+    /// Whether no host is mapped (only the default hosts are recognised).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// Maps `pattern` to `provider`, replacing an earlier mapping of the same pattern.
     pub(crate) fn insert(&mut self, pattern: HostPattern, provider: Provider) {
         match self.rules.iter_mut().find(|(p, _)| *p == pattern) {

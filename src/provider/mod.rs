@@ -84,13 +84,26 @@ impl Provider {
 /// Splits an authority (`user@host:port`) into its host, without a trailing dot, and its
 /// explicit port (`None` when absent or not a number). Allocates nothing.
 pub(super) fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    // Most authorities are a bare host: one scan finds neither `@` nor `:` and nothing is split.
+    if !authority.bytes().any(|b| b == b'@' || b == b':') {
+        return (trim_dots(authority), None);
+    }
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = match authority.rsplit_once(':') {
         // An empty port (`host:`) is valid URI syntax and means the scheme's default.
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (h, port.parse().ok()),
         _ => (authority, None),
     };
-    (host.trim_end_matches('.'), port)
+    (trim_dots(host), port)
+}
+
+/// `host` without trailing dots (checked by its last byte first: usually there is none).
+fn trim_dots(host: &str) -> &str {
+    if host.ends_with('.') {
+        host.trim_end_matches('.')
+    } else {
+        host
+    }
 }
 
 impl fmt::Display for Provider {
