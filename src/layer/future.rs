@@ -86,6 +86,12 @@ pub(crate) enum AccountOf {
     Named(Account),
 }
 
+impl From<Account> for AccountOf {
+    fn from(account: Account) -> Self {
+        AccountOf::Named(account)
+    }
+}
+
 /// Everything needed to handle a 401: the service, the layer's config (the token cache and the
 /// default account), the account, and the recorded request.
 pub(crate) struct Retry<S, B> {

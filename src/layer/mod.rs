@@ -332,7 +332,7 @@ where
                 return ResponseFuture::failed(Error::account_required(Some(provider)));
             }
         };
-        self.send(req, provider, account)
+        self.call_for(req, provider, account)
     }
 }
 
@@ -342,28 +342,12 @@ impl<S: Clone> Refresh<S> {
     /// service, or by the sidecar's router, which calls this directly so they are not decided
     /// twice. Sends `req` with `account`'s token of `provider`, ready to refresh and replay on
     /// a 401.
+    #[inline(always)]
     pub(crate) fn call_for<B, ResB>(
         &mut self,
         req: Request<B>,
         provider: Provider,
-        account: Account,
-    ) -> ResponseFuture<S, B>
-    where
-        S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        ResB: Send + 'static,
-    {
-        self.send(req, provider, AccountOf::Named(account))
-    }
-
-    #[inline(always)]
-    fn send<B, ResB>(
-        &mut self,
-        req: Request<B>,
-        provider: Provider,
-        account: AccountOf,
+        account: impl Into<AccountOf>,
     ) -> ResponseFuture<S, B>
     where
         S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
@@ -382,7 +366,7 @@ impl<S: Clone> Refresh<S> {
             svc,
             config: self.config.clone(),
             provider,
-            account,
+            account: account.into(),
             generation: 0,
             saved,
             recording,
