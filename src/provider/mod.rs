@@ -66,9 +66,12 @@ impl Provider {
     fn of_default_host(host: &str) -> Option<Provider> {
         let host = host.as_bytes();
         // Case-insensitive without allocating: this runs on every request of the layer.
+        // Hosts are nearly always written in lower case: an exact comparison first.
         const GOOGLE: &[u8] = b".googleapis.com";
-        let ends_with_google = host.len() > GOOGLE.len()
-            && host[host.len() - GOOGLE.len()..].eq_ignore_ascii_case(GOOGLE);
+        let ends_with_google = host.len() > GOOGLE.len() && {
+            let tail = &host[host.len() - GOOGLE.len()..];
+            tail == GOOGLE || tail.eq_ignore_ascii_case(GOOGLE)
+        };
         if ends_with_google {
             Some(Provider::Google)
         } else if host.eq_ignore_ascii_case(b"api.github.com")
@@ -85,7 +88,7 @@ impl Provider {
 /// explicit port (`None` when absent or not a number). Allocates nothing.
 pub(super) fn split_authority(authority: &str) -> (&str, Option<u16>) {
     // Most authorities are a bare host: one scan finds neither `@` nor `:` and nothing is split.
-    if !authority.bytes().any(|b| b == b'@' || b == b':') {
+    if memchr::memchr2(b'@', b':', authority.as_bytes()).is_none() {
         return (trim_dots(authority), None);
     }
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
