@@ -12,6 +12,13 @@
 #
 # BEFORE=path/to/an/older/oauth-refresh-proxy adds that binary as target `before`, run with the
 # same config (for a before/after in one run). WORKERS=n sets the sidecar's [server] workers.
+#
+# CALLGRIND=1 instead counts the sidecar's instructions per proxied request (BENCHMARKS.md
+# section 9): the sidecar (`workers = 1`, BIN=path or the release build) under
+# `valgrind --tool=callgrind`, twice: once driven by `wrk -t1 -c4 -d${SECONDS_PER_ROUND}s`
+# after one request, once with the one request and as long idle; the difference divided by
+# the requests wrk got answered, in total and per function (inclusive, top 40). The profiles
+# stay in CALLGRIND_OUT (default /tmp/orp-callgrind).
 # Installs nginx, haproxy and wrk from Debian's packages when missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +38,10 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-cargo build --release --quiet --bin oauth-refresh-proxy
-BIN=target/release/oauth-refresh-proxy
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --bin oauth-refresh-proxy
+  BIN=target/release/oauth-refresh-proxy
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -119,10 +128,12 @@ HAPROXY
   "$HAPROXY" -D -f "$dir/haproxy.cfg"
   URL[$1]="http://127.0.0.1:$port/github/user"
 }
-start_nginx nginx1 1
-start_nginx nginx2 2
-start_haproxy haproxy1 1
-start_haproxy haproxy2 2
+if [ -z "${CALLGRIND:-}" ]; then
+  start_nginx nginx1 1
+  start_nginx nginx2 2
+  start_haproxy haproxy1 1
+  start_haproxy haproxy2 2
+fi
 URL[direct]="http://127.0.0.1:$UP/user"
 
 cat > "$WORK/proxy.toml" <<TOML
@@ -143,7 +154,67 @@ refresh_token = "ghr_benchmark-refresh-token"
 access_token = "ghu_benchmark-access-token"
 expires_at = $(( $(date +%s) + 86400 ))
 TOML
+[ -n "${CALLGRIND:-}" ] && WORKERS=1
 [ -n "${WORKERS:-}" ] && printf '[server]\nworkers = %d\n' "$WORKERS" >> "$WORK/proxy.toml"
+
+if [ -n "${CALLGRIND:-}" ]; then
+  OUT=${CALLGRIND_OUT:-/tmp/orp-callgrind}
+  mkdir -p "$OUT"
+  # One profile: the sidecar under callgrind, one request, then `load` (wrk or sleep), then stop.
+  profile() { # name load...
+    local name=$1; shift
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.out" \
+      "$BIN" serve --config "$WORK/proxy.toml" > "$WORK/$name.log" 2> "$WORK/$name.err" &
+    local pid=$!
+    for _ in $(seq 1 600); do grep -q "proxy listening" "$WORK/$name.log" 2>/dev/null && break; sleep 0.1; done
+    local addr; addr=$(sed -n 's#proxy listening on http://##p' "$WORK/$name.log" | head -1)
+    [ -n "$addr" ] || { echo "$name did not start"; cat "$WORK/$name.err"; exit 1; }
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://$addr/github/user")
+    [ "$code" = 200 ] || { echo "$name answered $code"; exit 1; }
+    "$@" "http://$addr/github/user" > "$OUT/$name.load"
+    kill -TERM "$pid"; wait "$pid" || true
+  }
+  idle() { sleep "$SECS"; }
+  profile idle idle
+  profile load wrk -t1 -c4 -d"${SECS}s"
+  cat "$OUT/load.load"
+  if grep -q "Non-2xx" "$OUT/load.load"; then echo "wrk saw errors"; exit 1; fi
+  REQS=$(awk '/requests in/ {print $1}' "$OUT/load.load")
+  total() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; }
+  echo
+  echo "requests: $REQS; instructions: load $(total "$OUT/load.out"), idle $(total "$OUT/idle.out")"
+  echo "instructions per proxied request: $(( ($(total "$OUT/load.out") - $(total "$OUT/idle.out")) / REQS ))"
+  for n in idle load; do
+    callgrind_annotate --auto=no --threshold=100 "$OUT/$n.out" > "$OUT/$n.self.txt" 2>/dev/null
+    callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$OUT/$n.out" > "$OUT/$n.incl.txt" 2>/dev/null
+  done
+  python3 - "$OUT" "$REQS" <<'PY'
+import re, sys
+out, reqs = sys.argv[1], int(sys.argv[2])
+def read(path, inclusive):
+    # "1,234 (12.3%)  file:function [object]"; a function split over files (inlined parts):
+    # self costs summed, inclusive ones the largest (each part counts the whole call tree).
+    costs = {}
+    for line in open(path, errors="replace"):
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+([^=<>\s].*)$", line)
+        if not m or "PROGRAM TOTALS" in line:
+            continue
+        name = re.sub(r" \[[^\]]*\]$", "", m.group(2))
+        name = re.sub(r"^[^:]*:", "", name, count=1)
+        n = int(m.group(1).replace(",", ""))
+        costs[name] = max(costs.get(name, 0), n) if inclusive else costs.get(name, 0) + n
+    return costs
+for kind, top in (("incl", 40), ("self", 30)):
+    incl = kind == "incl"
+    idle, load = read(f"{out}/idle.{kind}.txt", incl), read(f"{out}/load.{kind}.txt", incl)
+    rows = sorted(((v - idle.get(k, 0)) / reqs, k) for k, v in load.items())
+    label = "inclusive" if kind == "incl" else "self"
+    print(f"\n{label} instructions per request (load minus idle), top {top}:")
+    for per, name in reversed(rows[-top:]):
+        print(f"{per:10.0f}  {name[:160]}")
+PY
+  exit 0
+fi
 start_sidecar() { # name binary
   RUST_LOG=warn "$2" serve --config "$WORK/proxy.toml" > "$WORK/$1.out" 2> "$WORK/$1.err" &
   PIDS+=($!)

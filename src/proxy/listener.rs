@@ -298,7 +298,7 @@ pub async fn serve_on<H, Fut, B>(
         };
         let conn = Connection {
             limits: limits.clone(),
-            activity: Arc::new(Activity::new(Instant::now())),
+            activity: Arc::new(Activity::new(Instant::now(), &limits)),
             peer,
         };
         let builder = builder.clone();

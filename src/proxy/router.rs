@@ -72,18 +72,25 @@ impl Router {
 /// ```
 pub fn upstream_uri(route: &Route, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
     let base = base_path(route);
-    let mut pq =
-        String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
-    pq.push_str(base);
-    pq.push_str(if rest.is_empty() { "/" } else { rest });
+    // Built as bytes and handed over as they are: one allocation (parsing a `String` would
+    // copy it into a second one).
+    let mut pq = Vec::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    pq.extend_from_slice(base.as_bytes());
+    pq.extend_from_slice(if rest.is_empty() {
+        b"/"
+    } else {
+        rest.as_bytes()
+    });
     if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
+        pq.push(b'?');
+        pq.extend_from_slice(q.as_bytes());
     }
     let mut parts = http::uri::Parts::default();
     parts.scheme = route.upstream.scheme().cloned();
     parts.authority = route.upstream.authority().cloned();
-    parts.path_and_query = Some(pq.parse()?);
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(
+        bytes::Bytes::from(pq),
+    )?);
     Ok(Uri::from_parts(parts)?)
 }
 

@@ -57,6 +57,8 @@ pub static X_OAUTH_ACCOUNT: HeaderName = HeaderName::from_static("x-oauth-accoun
 
 struct RouteState {
     metrics: RouteMetrics,
+    /// The upstream `Host` of a plain `http` upstream ([`plain_http_host`]).
+    upstream_host: Option<HeaderValue>,
     default_account: Option<Account>,
     limits: UpstreamLimits,
     enforce: bool,
@@ -104,6 +106,7 @@ impl Proxy {
             .iter()
             .map(|r| RouteState {
                 metrics: metrics.route(&r.prefix),
+                upstream_host: plain_http_host(r),
                 default_account: r.default_account.as_deref().map(Account::new),
                 limits: rate_limits.upstream(&r.upstream, r.provider),
                 enforce: r.rate_limit == RateLimitMode::Enforce,
@@ -280,7 +283,14 @@ impl Proxy {
         let body = IdleTimeout::new(body, self.body_read_timeout);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(&X_OAUTH_ACCOUNT);
-        parts.headers.remove(header::HOST);
+        match &state.upstream_host {
+            Some(host) => {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+            None => {
+                parts.headers.remove(header::HOST);
+            }
+        }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let out = Request::from_parts(parts, body);
@@ -398,40 +408,112 @@ enum Label {
     Other(String),
 }
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The fixed hop-by-hop headers of RFC 9110 §7.6.1, `Connection` first.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
-/// Whether `name` is one of the fixed hop-by-hop headers of RFC 9110 §7.6.1.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
+/// The indices in [`HOP_BY_HOP`] of the names `len` bytes long: most names have none of the
+/// eight lengths, and are told apart without a comparison.
+fn hop_by_hop_of_len(len: usize) -> &'static [usize] {
+    match len {
+        10 => &[0, 1],
+        16 => &[2],
+        19 => &[3],
+        2 => &[4],
+        7 => &[5, 7],
+        17 => &[6],
+        _ => &[],
+    }
+}
+
+/// `name`'s index in [`HOP_BY_HOP`].
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    hop_by_hop_of_len(name.as_str().len())
+        .iter()
+        .copied()
+        .find(|&i| HOP_BY_HOP[i] == *name)
+}
+
+/// Whether `name`, as a `Connection` value lists it (in any case), is one of [`HOP_BY_HOP`].
+fn is_listed_hop_by_hop(name: &str) -> bool {
+    hop_by_hop_of_len(name.len())
+        .iter()
+        .any(|&i| HOP_BY_HOP[i].as_str().eq_ignore_ascii_case(name))
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and those `Connection` names).
 ///
-/// One pass over the names present (most requests carry none of them), instead of a hashed
-/// removal per candidate: this runs twice per proxied request.
+/// This runs twice per proxied request, so it allocates nothing: one pass over the names
+/// present notes which fixed hop-by-hop names are there (most requests carry none: done), then
+/// the names `Connection` lists are removed one by one, then the fixed names found.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let mut doomed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    doomed.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
-    for name in doomed {
-        headers.remove(name);
+    if present & 1 != 0 {
+        if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
+            if connection.iter().nth(1).is_none() {
+                let value = connection.remove();
+                remove_listed(headers, &value);
+            } else {
+                let all: Vec<HeaderValue> = connection.iter().cloned().collect();
+                connection.remove_entry_mult();
+                for value in &all {
+                    remove_listed(headers, value);
+                }
+            }
+        }
     }
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes the headers a `Connection` value names (other than the fixed hop-by-hop ones, which
+/// [`strip_hop_by_hop`] removes itself). A name that is no valid header name names nothing.
+fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(listed) = connection.to_str() else {
+        return;
+    };
+    for name in listed.split(',').map(str::trim) {
+        if !name.is_empty() && !is_listed_hop_by_hop(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The `Host` the upstream client would set on an HTTP/1.1 request to `route`'s upstream (its
+/// host, and its port unless the scheme's default), for plain `http` upstreams only: the
+/// proxy sets it in place of the caller's, so the client finds it there instead of formatting
+/// it per request. `None` for `https` upstreams, which may speak HTTP/2 (by ALPN), where the
+/// client sends no `Host` and neither should the proxy.
+fn plain_http_host(route: &super::config::Route) -> Option<HeaderValue> {
+    let uri = &route.upstream;
+    if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+        return None;
+    }
+    let host = uri.host()?;
+    let value = match uri.port() {
+        Some(port) if port.as_u16() != 80 => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 fn rewrite_location_and_link(headers: &mut HeaderMap, route: &super::config::Route, host: &str) {
@@ -460,5 +542,127 @@ fn rewrite_location_and_link(headers: &mut HeaderMap, route: &super::config::Rou
         for v in values {
             headers.append(header::LINK, v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::router::test_route;
+    use crate::Provider;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_found_in_any_case_and_only_them() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i));
+            assert!(is_listed_hop_by_hop(name.as_str()));
+            assert!(is_listed_hop_by_hop(&name.as_str().to_uppercase()));
+        }
+        for other in [
+            "host",
+            "connection2",
+            "keep-alivx",
+            "tf",
+            "trailed",
+            "user-agent",
+        ] {
+            let name = HeaderName::from_static(other);
+            assert_eq!(hop_by_hop_index(&name), None, "{other:?}");
+            assert!(!is_listed_hop_by_hop(other), "{other:?}");
+        }
+        assert!(!is_listed_hop_by_hop(""));
+        assert!(!is_listed_hop_by_hop("keep-alive "));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_names_connection_lists_are_dropped() {
+        // None of them: nothing changes.
+        let mut h = headers(&[("host", "a"), ("accept", "*/*"), ("x-custom", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["accept", "host", "x-custom"]);
+
+        // Every fixed one, and what Connection lists (any case, spaces, empty items, names
+        // that are no header names), across several Connection values.
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Listed ,,close"),
+            ("connection", "x-other, bad name, TE"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Bearer p"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-listed", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+            ("content-type", "text/plain"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-type", "x-kept"]);
+
+        // The common response: one Connection value naming a fixed header.
+        let mut h = headers(&[
+            ("content-length", "2"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-length"]);
+
+        // A fixed header without Connection, and a Connection value that is no text.
+        let mut h = headers(&[("upgrade", "h2c"), ("date", "x")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["date"]);
+        let mut h = headers(&[("date", "x")]);
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"date\xff").unwrap(),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["date"]);
+    }
+
+    #[test]
+    fn plain_http_upstreams_get_the_host_the_client_would_set() {
+        let host = |upstream: &'static str| {
+            plain_http_host(&test_route("/x", upstream, Provider::GitHub))
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            host("http://127.0.0.1:8080").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            host("http://127.0.0.1:8080/base/").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            host("http://example.com:80").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(host("http://example.com").as_deref(), Some("example.com"));
+        assert_eq!(
+            host("http://example.com:443").as_deref(),
+            Some("example.com:443")
+        );
+        assert_eq!(host("http://[::1]:9000").as_deref(), Some("[::1]:9000"));
+        // https may be HTTP/2: left to the client.
+        assert_eq!(host("https://api.github.com"), None);
+        assert_eq!(host("https://127.0.0.1:8443"), None);
     }
 }

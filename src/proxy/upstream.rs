@@ -228,7 +228,8 @@ impl tower::Service<Request<ReplayBody<CallerBody>>> for Upstream {
     }
 
     fn call(&mut self, req: Request<ReplayBody<CallerBody>>) -> Self::Future {
-        let attempt = Arc::new(Attempt::new());
+        // A request without a body (most) has nothing to report: no shared record for it.
+        let attempt = (!req.body().is_end_stream()).then(|| Arc::new(Attempt::new()));
         let req = req.map(|body| AttemptBody {
             inner: body,
             attempt: attempt.clone(),
@@ -278,7 +279,8 @@ pin_project! {
     pub struct AttemptBody<B> {
         #[pin]
         inner: B,
-        attempt: Arc<Attempt>,
+        // `None` for a body that had ended before the attempt (nothing to report).
+        attempt: Option<Arc<Attempt>>,
     }
 }
 
@@ -303,12 +305,14 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = ready!(this.inner.poll_frame(cx));
-        match &polled {
-            Some(Ok(_)) => this.attempt.sent_now(),
-            Some(Err(e)) => {
-                let _ = this.attempt.body_error.set(e.clone());
+        if let Some(attempt) = this.attempt {
+            match &polled {
+                Some(Ok(_)) => attempt.sent_now(),
+                Some(Err(e)) => {
+                    let _ = attempt.body_error.set(e.clone());
+                }
+                None => {}
             }
-            None => {}
         }
         Poll::Ready(polled)
     }
@@ -329,7 +333,7 @@ pin_project! {
         inner: hyper_util::client::legacy::ResponseFuture,
         #[pin]
         sleep: Sleep,
-        attempt: Arc<Attempt>,
+        attempt: Option<Arc<Attempt>>,
         response_timeout: Duration,
         body_idle_timeout: Duration,
     }
@@ -354,19 +358,25 @@ impl Future for ResponseFuture {
                     let idle = *this.body_idle_timeout;
                     Ok(resp.map(|body| IdleTimeout::new(body, idle)))
                 }
-                Err(e) => Err(match this.attempt.body_error.get() {
-                    Some(body) => UpstreamError::RequestBody(body.clone()),
-                    None => UpstreamError::Client(e),
-                }),
+                Err(e) => Err(
+                    match this.attempt.as_ref().and_then(|a| a.body_error.get()) {
+                        Some(body) => UpstreamError::RequestBody(body.clone()),
+                        None => UpstreamError::Client(e),
+                    },
+                ),
             });
         }
         loop {
             ready!(this.sleep.as_mut().poll(cx));
-            if let Some(body) = this.attempt.body_error.get() {
+            let Some(attempt) = this.attempt else {
+                // No body: the bound counts from the start only.
+                return Poll::Ready(Err(UpstreamError::Timeout(*this.response_timeout)));
+            };
+            if let Some(body) = attempt.body_error.get() {
                 // The body failed just now; its error is on its way through the client.
                 return Poll::Ready(Err(UpstreamError::RequestBody(body.clone())));
             }
-            let deadline = this.attempt.last_sent() + *this.response_timeout;
+            let deadline = attempt.last_sent() + *this.response_timeout;
             if deadline <= Instant::now() {
                 // Dropping the client's future cancels the request: never retried.
                 return Poll::Ready(Err(UpstreamError::Timeout(*this.response_timeout)));

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use http::{Request, Response, Version};
@@ -45,6 +45,22 @@ pub(super) struct State {
     h2: bool,
     /// Since when a write to the socket has been blocked (the client is not reading).
     blocked_since: Option<Instant>,
+    /// The deadline the watchdog's timer is set to, `None` while it has none ([`Activity::arm`]).
+    armed: Option<Instant>,
+    /// The watchdog was asked to close the connection: its deadlines depend on when waits begin.
+    closing: bool,
+}
+
+impl State {
+    /// Whether a wait that began just now with the deadline `at` needs the watchdog woken to
+    /// set its timer: when its timer is unset or set later than `at`, or the connection is
+    /// closing. A deadline later than the timer needs nothing: the timer fires first, the
+    /// watchdog finds nothing due and sets it again ([`Activity::arm`]). So a busy keep-alive
+    /// connection, whose every new deadline is later than the one the timer is set to, wakes
+    /// its watchdog about once per `header_read_timeout` instead of twice per request.
+    fn must_wake(&self, at: Instant) -> bool {
+        self.closing || self.armed.is_none_or(|armed| at < armed)
+    }
 }
 
 /// What a connection's watchdog knows of it: requests in flight (counted by [`InFlight`]
@@ -57,12 +73,15 @@ pub(super) struct Activity {
     idle_h1: AtomicBool,
     /// Set while a write to the socket is blocked.
     write_blocked: AtomicBool,
-    /// Wakes the watchdog when a deadline starts.
-    wake: Notify,
+    /// Wakes the watchdog when a deadline starts earlier than its timer ([`State::must_wake`]).
+    pub(super) wake: Notify,
+    /// The listener's `header_read_timeout` and `idle_timeout`, for [`State::must_wake`].
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Activity {
-    pub(super) fn new(now: Instant) -> Self {
+    pub(super) fn new(now: Instant, limits: &Limits) -> Self {
         Activity {
             state: Mutex::new(State {
                 in_flight: 0,
@@ -70,10 +89,14 @@ impl Activity {
                 since: now,
                 h2: false,
                 blocked_since: None,
+                armed: None,
+                closing: false,
             }),
             idle_h1: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
             wake: Notify::new(),
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
         }
     }
 
@@ -95,13 +118,17 @@ impl Activity {
         let mut s = self.state();
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {
+            let now = Instant::now();
             s.waiting = Waiting::Idle;
-            s.since = Instant::now();
+            s.since = now;
             if !s.h2 {
                 self.idle_h1.store(true, Ordering::Release);
             }
+            let wake = s.must_wake(now + self.idle_timeout);
             drop(s);
-            self.wake.notify_one();
+            if wake {
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -110,11 +137,14 @@ impl Activity {
         if self.idle_h1.load(Ordering::Relaxed) && self.idle_h1.swap(false, Ordering::AcqRel) {
             let mut s = self.state();
             if s.in_flight == 0 && s.waiting == Waiting::Idle {
+                let now = Instant::now();
                 s.waiting = Waiting::Head;
-                s.since = Instant::now();
+                s.since = now;
+                if s.must_wake(now + self.header_read_timeout) {
+                    drop(s);
+                    self.wake.notify_one();
+                }
             }
-            drop(s);
-            self.wake.notify_one();
         }
     }
 
@@ -122,8 +152,14 @@ impl Activity {
     pub(super) fn wrote(&self, pending: bool) {
         if pending {
             if !self.write_blocked.swap(true, Ordering::AcqRel) {
-                self.state().blocked_since = Some(Instant::now());
-                self.wake.notify_one();
+                let now = Instant::now();
+                let mut s = self.state();
+                s.blocked_since = Some(now);
+                let wake = s.must_wake(now + self.idle_timeout);
+                drop(s);
+                if wake {
+                    self.wake.notify_one();
+                }
             }
         } else if self.write_blocked.load(Ordering::Relaxed)
             && self.write_blocked.swap(false, Ordering::AcqRel)
@@ -132,10 +168,14 @@ impl Activity {
         }
     }
 
+    #[cfg(test)]
     /// The connection's current wait and its deadline: `None` while a request is in flight
     /// and its writes go through.
     pub(super) fn wait(&self, limits: &Limits) -> Option<Wait> {
-        let s = self.state();
+        Self::wait_of(&self.state(), limits)
+    }
+
+    fn wait_of(s: &State, limits: &Limits) -> Option<Wait> {
         if s.in_flight > 0 {
             return s.blocked_since.map(|since| Wait {
                 waiting: Waiting::Reader,
@@ -164,7 +204,25 @@ impl Activity {
         limits: &Limits,
         closing: Option<Instant>,
     ) -> Option<(Instant, Expiry)> {
-        let w = self.wait(limits)?;
+        Self::due_of(&self.state(), limits, closing)
+    }
+
+    /// [`due`](Activity::due), recording it as what the watchdog's timer is set to (`None`:
+    /// no timer), which decides whether a new wait must wake it ([`State::must_wake`]).
+    pub(super) fn arm(
+        &self,
+        limits: &Limits,
+        closing: Option<Instant>,
+    ) -> Option<(Instant, Expiry)> {
+        let mut s = self.state();
+        let next = Self::due_of(&s, limits, closing);
+        s.armed = next.map(|(at, _)| at);
+        s.closing = closing.is_some();
+        next
+    }
+
+    fn due_of(s: &State, limits: &Limits, closing: Option<Instant>) -> Option<(Instant, Expiry)> {
+        let w = Self::wait_of(s, limits)?;
         let own = match w.waiting {
             Waiting::Head => Expiry::Head,
             Waiting::Idle => Expiry::Idle,
@@ -363,13 +421,25 @@ impl Connection {
             conn.as_mut().graceful_shutdown();
             closing = Some(Instant::now());
         }
+        // The watchdog's own wake-ups (its timer, `Activity::wake`, the listener's phase) are
+        // polled only when one of them fired ([`Gate`]), not on each of the several times per
+        // request the connection's task wakes for its socket and its upstream.
+        let gate = Arc::new(Gate::default());
+        let gate_waker = Waker::from(gate.clone());
         loop {
-            let next = activity.due(&limits, closing);
+            let next = activity.arm(&limits, closing);
             if let Some((at, _)) = next {
                 timer.as_mut().reset(at);
             }
-            let woken = activity.wake.notified();
-            tokio::select! {
+            let watchdog = Gated::new(&gate, &gate_waker, async {
+                tokio::select! {
+                    biased;
+                    _ = activity.wake.notified() => Event::Woken,
+                    changed = phase.changed() => Event::Phase(changed.map(|_| *phase.borrow_and_update()).ok()),
+                    _ = &mut timer, if next.is_some() => Event::Timer,
+                }
+            });
+            let event = tokio::select! {
                 biased;
                 result = conn.as_mut() => {
                     if let Err(e) = result {
@@ -377,18 +447,18 @@ impl Connection {
                     }
                     return;
                 }
-                _ = woken => {}
-                changed = phase.changed() => match changed.map(|_| *phase.borrow_and_update()) {
-                    Ok(Phase::Serving) => {}
-                    Ok(Phase::Draining) => {
-                        if closing.is_none() {
-                            conn.as_mut().graceful_shutdown();
-                            closing = Some(Instant::now());
-                        }
+                event = watchdog => event,
+            };
+            match event {
+                Event::Woken | Event::Phase(Some(Phase::Serving)) => {}
+                Event::Phase(Some(Phase::Draining)) => {
+                    if closing.is_none() {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now());
                     }
-                    Ok(Phase::Abort) | Err(_) => return,
-                },
-                _ = &mut timer, if next.is_some() => {
+                }
+                Event::Phase(Some(Phase::Abort) | None) => return,
+                Event::Timer => {
                     // Recomputed: a request may have started or ended since.
                     let now = Instant::now();
                     match activity.due(&limits, closing) {
@@ -414,5 +484,84 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// What woke a connection's watchdog.
+enum Event {
+    /// [`Activity::wake`]: a wait began earlier than its timer.
+    Woken,
+    /// The listener's phase changed (`None`: the listener is gone).
+    Phase(Option<Phase>),
+    /// Its timer.
+    Timer,
+}
+
+/// Whether the futures polled through a [`Gated`] woke since their last poll, and the task to
+/// wake when they do.
+#[derive(Debug)]
+struct Gate {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            fired: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(task) = &*task {
+            task.wake_by_ref();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled, with the [`Gate`]'s waker, only when that waker was woken since its
+    /// last poll (and on its first poll): a poll of the task for anything else costs a flag
+    /// check and a waker comparison.
+    struct Gated<'a, F> {
+        #[pin]
+        inner: F,
+        gate: &'a Arc<Gate>,
+        waker: &'a Waker,
+    }
+}
+
+impl<'a, F> Gated<'a, F> {
+    fn new(gate: &'a Arc<Gate>, waker: &'a Waker, inner: F) -> Self {
+        // A new future must be polled once to register its wake-ups.
+        gate.fired.store(true, Ordering::Release);
+        Gated { inner, gate, waker }
+    }
+}
+
+impl<F: Future> Future for Gated<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        {
+            let mut task = this.gate.task.lock().unwrap_or_else(|p| p.into_inner());
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        if !this.gate.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        this.inner.poll(&mut Context::from_waker(this.waker))
     }
 }

@@ -54,7 +54,7 @@ async fn waits_follow_requests_and_bytes() {
     let limits = limits();
     let secs = Duration::from_secs;
     let t0 = Instant::now();
-    let a = Arc::new(Activity::new(t0));
+    let a = Arc::new(Activity::new(t0, &limits));
     // A new connection waits for its first head.
     assert_eq!(
         a.wait(&limits),
@@ -102,7 +102,7 @@ async fn waits_follow_requests_and_bytes() {
     drop(g);
 
     // HTTP/2: bytes on an idle connection (PING, WINDOW_UPDATE) are no activity.
-    let a = Arc::new(Activity::new(t0));
+    let a = Arc::new(Activity::new(t0, &limits));
     drop(a.start(Version::HTTP_2));
     a.read();
     assert_eq!(a.wait(&limits).unwrap().waiting, Waiting::Idle);
@@ -113,7 +113,7 @@ async fn closing_caps_every_wait_at_the_grace() {
     let limits = limits();
     let secs = Duration::from_secs;
     let t0 = Instant::now();
-    let a = Arc::new(Activity::new(t0));
+    let a = Arc::new(Activity::new(t0, &limits));
     // Not closing: the head deadline.
     assert_eq!(a.due(&limits, None), Some((t0 + secs(2), Expiry::Head)));
     // Closing at once: the grace comes first.
@@ -137,4 +137,51 @@ async fn closing_caps_every_wait_at_the_grace() {
         a.due(&limits, Some(t0)),
         Some((idle.since + CLOSE_GRACE, Expiry::Close))
     );
+}
+
+/// Whether the watchdog was woken since last asked (consumes the wake-up).
+fn woken(a: &Activity) -> bool {
+    let notified = a.wake.notified();
+    tokio::pin!(notified);
+    notified.enable()
+}
+
+#[tokio::test]
+async fn only_deadlines_earlier_than_the_watchdogs_timer_wake_it() {
+    let limits = limits();
+    let a = Arc::new(Activity::new(Instant::now(), &limits));
+    // The watchdog sets its timer to the first head's deadline.
+    let (first_head, expiry) = a.arm(&limits, None).unwrap();
+    assert_eq!(expiry, Expiry::Head);
+    // A busy keep-alive connection: each new wait ends later than the timer, nothing wakes it.
+    for _ in 0..3 {
+        drop(a.start(Version::HTTP_11));
+        assert!(!woken(&a), "idle deadline after the timer");
+        a.read();
+        assert!(!woken(&a), "head deadline after the timer");
+    }
+    // When the timer fires, the watchdog finds the current wait not due and sets its timer to
+    // it (the loop in `Connection::run`).
+    let (head, expiry) = a.arm(&limits, None).unwrap();
+    assert_eq!(expiry, Expiry::Head);
+    assert!(head >= first_head);
+    // Set to an idle deadline (5 s), a head (2 s) starting now is earlier: woken.
+    drop(a.start(Version::HTTP_11));
+    assert!(!woken(&a));
+    assert_eq!(a.arm(&limits, None).unwrap().1, Expiry::Idle);
+    a.read();
+    assert!(woken(&a), "head deadline before the timer");
+    // No timer while a request is in flight: its end, and a blocked write, wake it.
+    let g = a.start(Version::HTTP_11);
+    assert_eq!(a.arm(&limits, None), None);
+    a.wrote(true);
+    assert!(woken(&a), "blocked write");
+    a.wrote(false);
+    assert_eq!(a.arm(&limits, None), None);
+    drop(g);
+    assert!(woken(&a), "end of the request in flight");
+    // Closing: every new wait wakes it (the grace counts from when the wait began).
+    a.arm(&limits, Some(Instant::now()));
+    drop(a.start(Version::HTTP_11));
+    assert!(woken(&a), "closing");
 }
