@@ -36,7 +36,7 @@ impl Tokens {
             }
             match &e.header {
                 Some(h) if now + self.inner.settings.skew < e.expires_at => {
-                    let ahead = now >= e.ahead_at && e.flight.is_none();
+                    let ahead = now >= e.ahead_at && e.flight().is_none();
                     (
                         Lease {
                             header: h.clone(),

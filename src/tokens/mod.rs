@@ -216,7 +216,7 @@ impl Tokens {
     ) -> Result<bool, Error> {
         let fp = self.inner.maps[idx(provider)]
             .get(account)
-            .and_then(|e| e.seed_fingerprint.as_deref().map(String::from));
+            .and_then(|e| e.seed_fingerprint().map(String::from));
         let state = self.state_from_seed(provider, account, seed, fp);
         if let Some(store) = &self.inner.store {
             store
