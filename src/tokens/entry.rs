@@ -2,13 +2,13 @@
 //! the operator or the store) is applied to it, and how it is listed and snapshotted for the
 //! store.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 
 use super::clock::{MonoMs, UnixMs, UnixSecs};
 use super::flight::Flight;
+use super::id::Id;
 use super::{idx, HealthChange, RefreshEvent, RefreshOutcome, Tokens};
 use crate::provider::{Account, Provider};
 use crate::refresh::RefreshError;
@@ -225,7 +225,7 @@ impl Tokens {
         seed_fingerprint: Option<String>,
     ) -> StoredAccount {
         let generation = self.inner.maps[idx(provider)]
-            .get(account)
+            .get(account.as_bytes())
             .map_or(0, |e| e.generation)
             + 1;
         let access_token = seed.access_token.filter(|a| a.bearer_header().is_some());
@@ -244,12 +244,7 @@ impl Tokens {
     }
 
     /// Sets an account's entry from `state` (see [`Origin`]). Returns whether an entry existed.
-    pub(super) fn set_state(
-        &self,
-        account: Arc<str>,
-        state: StoredAccount,
-        origin: Origin,
-    ) -> bool {
+    pub(super) fn set_state(&self, account: Id, state: StoredAccount, origin: Origin) -> bool {
         let local = origin == Origin::Local;
         let now = UnixMs::now();
         let header = state.access_token.as_ref().and_then(Secret::bearer_header);
@@ -323,10 +318,10 @@ impl Tokens {
                 tracing::debug!(provider = %state.provider, account = %state.account, generation = state.generation, "account changed elsewhere");
                 let (provider, generation) = (state.provider, state.generation);
                 let refreshed = state.last_refresh_at.is_some();
-                let account: Arc<str> = Arc::from(state.account.as_str());
+                let account = Id::from(state.account.as_str());
                 self.set_state(account.clone(), state, Origin::Store);
                 // Another replica's refresh counts for `min_interval` here too.
-                if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(&*account) {
+                if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(account.as_bytes()) {
                     if refreshed && e.generation == generation {
                         e.refreshed_at = Some(MonoMs::now());
                     }

@@ -2,8 +2,8 @@
 //!
 //! The account maps are hash maps: fast for the request path, but unordered, so listing them in
 //! order means a scan and a sort of every account. Beside each provider's map, [`Index`] keeps a
-//! `BTreeSet` of the very `Arc<str>` the map uses as key, so one page of `limit` ids after a
-//! cursor costs O(log n + limit) and no id string is copied.
+//! `BTreeSet` of the map's keys ([`Id`]: short ids inline, longer ones sharing the map's
+//! `Arc<str>`), so one page of `limit` ids after a cursor costs O(log n + limit).
 //!
 //! # Consistency
 //!
@@ -25,10 +25,11 @@ use dashmap::DashMap;
 
 use crate::provider::Provider;
 
+use super::id::Id;
 use super::{idx, AccountInfo, Tokens};
 
 /// One provider's ids, in byte order.
-type Ids = RwLock<BTreeSet<Arc<str>>>;
+type Ids = RwLock<BTreeSet<Id>>;
 
 /// The ids of every account, per provider, sorted.
 #[derive(Default)]
@@ -51,7 +52,7 @@ impl Index {
     }
 
     /// Adds `id`; call while holding the map's entry guard for it.
-    pub(super) fn insert(&self, provider: Provider, id: Arc<str>) {
+    pub(super) fn insert(&self, provider: Provider, id: Id) {
         self.set(provider)
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -59,7 +60,7 @@ impl Index {
     }
 
     /// Takes `id` out; call while holding the map's entry guard for it.
-    fn remove(&self, provider: Provider, id: &str) {
+    fn remove(&self, provider: Provider, id: &[u8]) {
         self.set(provider)
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -77,24 +78,24 @@ impl Index {
 
     /// At most `limit` ids sorted by (provider, id), strictly after `after` (from the first
     /// account when `None`), and whether more remain. Each provider's lock is held only while
-    /// its part of the page is copied (shared pointers, no strings).
+    /// its part of the page is copied (an inline id is copied into an `Arc<str>`).
     pub(crate) fn page(&self, after: Option<(Provider, &str)>, limit: usize) -> IdPage {
         let mut ids = Vec::with_capacity(limit.min(1024));
         for provider in Provider::ALL {
             let lower = match after {
                 Some((p, _)) if provider < p => continue,
-                Some((p, id)) if provider == p => Bound::Excluded(id),
+                Some((p, id)) if provider == p => Bound::Excluded(id.as_bytes()),
                 _ => Bound::Unbounded,
             };
             let set = self
                 .set(provider)
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            for id in set.range::<str, _>((lower, Bound::Unbounded)) {
+            for id in set.range::<[u8], _>((lower, Bound::Unbounded)) {
                 if ids.len() == limit {
                     return IdPage { ids, more: true };
                 }
-                ids.push((provider, id.clone()));
+                ids.push((provider, id.to_arc()));
             }
         }
         IdPage { ids, more: false }
@@ -104,7 +105,7 @@ impl Index {
 /// Removes `account` from `map` and `index` together, under the map's entry guard (so a
 /// concurrent insert of the same id cannot slip between the two). Returns whether it existed.
 pub(super) fn remove<V, S>(
-    map: &DashMap<Arc<str>, V, S>,
+    map: &DashMap<Id, V, S>,
     index: &Index,
     provider: Provider,
     account: &str,
@@ -113,8 +114,8 @@ where
     S: BuildHasher + Clone,
 {
     // `remove_if` runs its predicate with the shard's write lock held.
-    map.remove_if(account, |id, _| {
-        index.remove(provider, id);
+    map.remove_if(account.as_bytes(), |id, _| {
+        index.remove(provider, id.as_bytes());
         true
     })
     .is_some()
@@ -222,7 +223,7 @@ mod tests {
     fn both(t: &Tokens, p: Provider) -> (BTreeSet<String>, BTreeSet<String>) {
         let map = t.inner.maps[idx(p)]
             .iter()
-            .map(|e| e.key().to_string())
+            .map(|e| e.key().as_str().to_string())
             .collect();
         let index = t
             .page_ids(Some((p, "")), usize::MAX)

@@ -28,7 +28,7 @@ impl Tokens {
     ) -> Result<Option<Lease>, Error> {
         let now = UnixMs::coarse();
         let (lease, ahead) = {
-            let Some(e) = self.inner.maps[idx(provider)].get(account) else {
+            let Some(e) = self.inner.maps[idx(provider)].get(account.as_bytes()) else {
                 return Err(Error::unknown_account(provider, account));
             };
             if e.needs_reauth {
@@ -170,7 +170,7 @@ impl Tokens {
         stale: &Secret,
     ) -> Result<Secret, Error> {
         let held = {
-            let Some(e) = self.inner.maps[idx(provider)].get(account) else {
+            let Some(e) = self.inner.maps[idx(provider)].get(account.as_bytes()) else {
                 return Err(Error::unknown_account(provider, account));
             };
             let holds_stale = e

@@ -84,6 +84,7 @@ mod clock;
 mod entry;
 mod events;
 mod flight;
+mod id;
 mod index;
 mod lease;
 mod stats;
@@ -102,6 +103,7 @@ pub use stats::ProviderStats;
 
 use entry::{info, Entry, Origin};
 use flight::{Fallback, Trigger};
+use id::Id;
 use stats::Counters;
 
 use crate::error::Error;
@@ -111,10 +113,11 @@ use crate::token::{fingerprint, TokenSeed};
 use store::{Store, StoredAccount};
 
 struct Inner {
-    /// The accounts, per provider. Entries are boxed: the maps' power-of-two tables then hold
-    /// 24-byte slots (key and pointer) instead of whole entries, which at a million accounts
-    /// halves the memory the tables' spare capacity costs.
-    maps: [DashMap<Arc<str>, Box<Entry>, foldhash::fast::RandomState>; 2],
+    /// The accounts, per provider, searched with the id's bytes (see [`Id`]). Entries are
+    /// boxed: the maps' power-of-two tables then hold 32-byte slots (an inline id and a
+    /// pointer) instead of whole entries, which at a million accounts halves the memory the
+    /// tables' spare capacity costs.
+    maps: [DashMap<Id, Box<Entry>, foldhash::fast::RandomState>; 2],
     /// The maps' ids, sorted, for paged listings; changed only under the map's entry guard.
     index: index::Index,
     counters: [Counters; 2],
@@ -188,8 +191,8 @@ impl Tokens {
         account: impl Into<Arc<str>>,
         seed: TokenSeed,
     ) -> bool {
-        let account = account.into();
-        let state = self.state_from_seed(provider, &account, seed, None);
+        let account = Id::from(account.into());
+        let state = self.state_from_seed(provider, account.as_str(), seed, None);
         self.set_state(account, state, Origin::Local)
     }
 
@@ -215,7 +218,7 @@ impl Tokens {
         seed: TokenSeed,
     ) -> Result<bool, Error> {
         let fp = self.inner.maps[idx(provider)]
-            .get(account)
+            .get(account.as_bytes())
             .and_then(|e| e.seed_fingerprint().map(String::from));
         let state = self.state_from_seed(provider, account, seed, fp);
         if let Some(store) = &self.inner.store {
@@ -224,7 +227,7 @@ impl Tokens {
                 .await
                 .map_err(|e| Error::store(provider, account, &e))?;
         }
-        Ok(self.set_state(Arc::from(account), state, Origin::Local))
+        Ok(self.set_state(Id::from(account), state, Origin::Local))
     }
 
     /// Deletes an account: from the store first (when there is one), then from the cache like
@@ -270,7 +273,7 @@ impl Tokens {
             for (p, a, seed) in seeds {
                 let fp = fingerprint(&seed.refresh_token);
                 let state = self.state_from_seed(p, &a, seed, Some(fp));
-                self.set_state(Arc::from(a.as_str()), state, Origin::Local);
+                self.set_state(Id::from(a.as_str()), state, Origin::Local);
             }
             return Ok(());
         };
@@ -293,7 +296,7 @@ impl Tokens {
             match stored.remove(&(p, a.clone())) {
                 Some(s) if s.seed_fingerprint.as_deref() == Some(fp.as_str()) => {
                     tracing::debug!(provider = %p, account = %a, generation = s.generation, "stored tokens kept");
-                    self.set_state(Arc::from(a.as_str()), s, Origin::Store);
+                    self.set_state(Id::from(a.as_str()), s, Origin::Store);
                 }
                 previous => {
                     let mut state = self.state_from_seed(p, &a, seed, Some(fp));
@@ -302,12 +305,12 @@ impl Tokens {
                         .save(state.clone())
                         .await
                         .map_err(|e| Error::store(p, &a, &e))?;
-                    self.set_state(Arc::from(a.as_str()), state, Origin::Store);
+                    self.set_state(Id::from(a.as_str()), state, Origin::Store);
                 }
             }
         }
         for (_, s) in stored {
-            self.set_state(Arc::from(s.account.as_str()), s, Origin::Store);
+            self.set_state(Id::from(s.account.as_str()), s, Origin::Store);
         }
         Ok(())
     }
@@ -367,8 +370,8 @@ impl Tokens {
     /// ```
     pub fn get(&self, provider: Provider, account: &str) -> Option<AccountInfo> {
         self.inner.maps[idx(provider)]
-            .get(account)
-            .map(|e| info(provider, e.key(), e.value()))
+            .get(account.as_bytes())
+            .map(|e| info(provider, e.key().as_str(), e.value()))
     }
 
     /// Subscribes to refresh events. Every subscriber receives every event after subscribing.
