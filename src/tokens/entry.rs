@@ -262,7 +262,7 @@ impl Tokens {
         });
         if !existed {
             // Under the new entry's guard: lock order map entry, then index.
-            self.inner.index.insert(state.provider, e.key().clone());
+            self.inner.index.insert(state.provider, e.key().as_str());
         }
         if !local && existed && e.generation >= state.generation {
             return existed;

@@ -85,6 +85,7 @@ mod entry;
 mod events;
 mod flight;
 mod id;
+mod id_set;
 mod index;
 mod lease;
 mod stats;
