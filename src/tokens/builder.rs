@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
+
 use super::{Inner, Tokens};
 use crate::refresh::{Refresher, RetryPolicy};
 use crate::tokens::store::Store;
@@ -100,7 +102,10 @@ impl TokensBuilder {
         let tokens = Tokens {
             inner: Arc::new(Inner {
                 store: self.store,
-                maps: [Default::default(), Default::default()],
+                maps: [
+                    DashMap::with_hasher(Default::default()),
+                    DashMap::with_hasher(Default::default()),
+                ],
                 index: Default::default(),
                 counters: Default::default(),
                 refresher: self.refresher,
