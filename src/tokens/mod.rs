@@ -90,8 +90,10 @@
 //! counts); the id, inline in the key (`id`); the map slot of 32 bytes at the tables' load of
 //! ~0.48, ~69; the index, ~19 (`id_set`). 522 measured. What is left above 512 is the table:
 //! `DashMap` keeps the key apart from the value, so the id cannot move into the entry and the
-//! slot cannot shrink to a pointer (8 bytes, ~19 per account), which would take a hash table
-//! of our own. Decided against meanwhile: squeezing the id into 16 bytes (inline up to 15),
+//! slot cannot shrink to a pointer (8 bytes, ~19 per account), which takes a hash table of our
+//! own. One was built (commit da6d7d0: sharded `RwLock<HashSet<Box<Entry>>>`, 502 bytes) and
+//! reverted: it made the request path 4–6% slower for reasons not yet found, and the request
+//! path comes first. Decided against meanwhile: squeezing the id into 16 bytes (inline up to 15),
 //! which fits this benchmark's 12-byte ids but costs ids of 16 to 22 bytes (many e-mail
 //! addresses, Google's 21-digit subject ids) ~60 bytes more each.
 
