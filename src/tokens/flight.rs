@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::clock::{MonoMs, UnixMs};
+use super::clock::{MonoMs, UnixMs, UnixSecs};
 use super::entry::{snapshot, Entry};
 use super::lease::Lease;
 use super::stats::bump;
@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::provider::{Account, Provider};
 use crate::refresh::RefreshError;
 use crate::single_flight::{self, Publisher};
-use crate::token::{timestamp_to_system_time, Secret};
+use crate::token::{timestamp_to_system_time, CachedSecret, Secret};
 use crate::tokens::store::{self, RefreshFn, RefresherCall, StoreRefresh, StoredAccount};
 
 /// The outcome of a flight, shared with everyone waiting on it.
@@ -91,9 +91,9 @@ impl FlightTask {
                 (self.provider, self.account.clone(), self.generation);
             let tx = tx.clone();
             move |err: RefreshError| {
-                if let Some(mut e) = tokens.inner.maps[idx(provider)].get_mut(&*account) {
-                    if e.generation == generation && e.flight.is_some() {
-                        e.late = true;
+                if let Some(mut e) = tokens.inner.maps[idx(provider)].get_mut(account.as_bytes()) {
+                    if e.generation == generation && e.flight().is_some() {
+                        e.rare_mut().late = true;
                     }
                 }
                 tx.publish(FlightResult::Err(err));
@@ -165,11 +165,7 @@ pub(super) fn unavailable(provider: Provider, account: &str, why: &str, after: D
 }
 
 pub(super) fn rejected_error(provider: Provider, account: &str, e: &Entry) -> Error {
-    Error::from_refresh(
-        provider,
-        account,
-        &store::rejection(e.last_error.as_deref()),
-    )
+    Error::from_refresh(provider, account, &store::rejection(e.last_error()))
 }
 
 impl Tokens {
@@ -195,7 +191,7 @@ impl Tokens {
                 // A transient failure while the token is still valid (only within `skew`)
                 // does not stop the request: it goes out with the current token.
                 if fallback == Fallback::CurrentToken && !err.is_rejected() {
-                    if let Some(e) = self.inner.maps[idx(provider)].get(account) {
+                    if let Some(e) = self.inner.maps[idx(provider)].get(account.as_bytes()) {
                         if let (Some(h), false) = (&e.header, e.needs_reauth) {
                             if UnixMs::now() < e.expires_at {
                                 return Ok(Lease {
@@ -208,8 +204,8 @@ impl Tokens {
                 }
                 let mut error = Error::from_refresh(provider, account, &err);
                 if let Some(left) = self.inner.maps[idx(provider)]
-                    .get(account)
-                    .and_then(|e| e.cooldown_until.and_then(MonoMs::left))
+                    .get(account.as_bytes())
+                    .and_then(|e| e.cooldown_until().and_then(MonoMs::left))
                 {
                     error = error.retry_after_at_least(left);
                 }
@@ -232,7 +228,7 @@ impl Tokens {
             Trigger::Forced => (None, true),
         };
         let map = &self.inner.maps[idx(provider)];
-        let Some(mut e) = map.get_mut(account) else {
+        let Some(mut e) = map.get_mut(account.as_bytes()) else {
             return Err(Error::unknown_account(provider, account));
         };
         if e.needs_reauth {
@@ -248,7 +244,7 @@ impl Tokens {
         // This generation itself was refused upstream: only a refresh helps.
         let refused = seen == Some(e.generation);
         let valid_by_clock = e.header.is_some() && now < e.expires_at;
-        if let (Some(flight), false) = (&e.flight, e.late) {
+        if let (Some(flight), false) = (e.flight(), e.late()) {
             bump(&self.inner.counters[idx(provider)].coalesced);
             return Ok(Step::Wait(flight.clone()));
         }
@@ -261,14 +257,14 @@ impl Tokens {
                 return Ok(Step::Use(current(&e).expect("present")));
             }
         }
-        let blocked = if e.flight.is_some() {
+        let blocked = if e.flight().is_some() {
             // A timed-out attempt may still rotate the refresh token: no new attempt.
             Some((
                 "a timed-out refresh attempt's answer is still awaited",
                 LATE_RETRY_AFTER,
             ))
         } else {
-            e.cooldown_until
+            e.cooldown_until()
                 .filter(|_| !force)
                 .and_then(MonoMs::left)
                 .map(|left| ("the last refresh failed; the account is in cooldown", left))
@@ -287,16 +283,16 @@ impl Tokens {
     /// Starts a background refresh for `generation` unless one runs, the generation moved on,
     /// or the account is in cooldown or within `min_interval` of its last refresh.
     pub(super) fn start_ahead(&self, provider: Provider, account: &str, generation: u64) {
-        if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(account) {
+        if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(account.as_bytes()) {
             let now = UnixMs::now();
-            if e.flight.is_some()
+            if e.flight().is_some()
                 || e.generation != generation
                 || e.needs_reauth
                 || now < e.ahead_at
             {
                 return;
             }
-            let wait = e.cooldown_until.and_then(MonoMs::left).or_else(|| {
+            let wait = e.cooldown_until().and_then(MonoMs::left).or_else(|| {
                 e.refreshed_at
                     .and_then(|t| (t + self.inner.settings.min_interval).left())
             });
@@ -319,8 +315,9 @@ impl Tokens {
         kind: Launch,
     ) -> Flight {
         let (publisher, flight) = single_flight::channel();
-        e.flight = Some(flight.clone());
-        e.late = false;
+        let rare = e.rare_mut();
+        rare.flight = Some(flight.clone());
+        rare.late = false;
         let task = FlightTask {
             tokens: self.clone(),
             provider,
@@ -348,7 +345,7 @@ impl Tokens {
         let event;
         let mut health = None;
         let outcome = {
-            let Some(mut e) = map.get_mut(&*task.account) else {
+            let Some(mut e) = map.get_mut(task.account.as_bytes()) else {
                 return FlightResult::Err(RefreshError::transient(
                     "the account was removed during the refresh",
                 ));
@@ -365,8 +362,10 @@ impl Tokens {
                     )),
                 };
             }
-            e.flight = None;
-            e.late = false;
+            e.clear_rare(|r| {
+                r.flight = None;
+                r.late = false;
+            });
             match result {
                 Ok(next) => {
                     // The refresher checked this; a hand-written refresher might not have.
@@ -374,12 +373,14 @@ impl Tokens {
                     else {
                         let err =
                             RefreshError::transient("refreshed token is not a valid header value");
-                        e.last_error = Some(Box::new(err.clone()));
+                        e.rare_mut().last_error = Some(err.clone());
                         bump(&counters.refresh_transient_error);
                         return FlightResult::Err(err);
                     };
-                    let rotated = next.refresh_token != e.refresh_token;
-                    e.refresh_token = next.refresh_token;
+                    let rotated = !e.refresh_token.is(&next.refresh_token);
+                    if rotated {
+                        e.refresh_token = CachedSecret::new(&next.refresh_token);
+                    }
                     let expires = next
                         .expires_at
                         .and_then(|t| timestamp_to_system_time(t as i64))
@@ -391,13 +392,15 @@ impl Tokens {
                     e.ahead_at = self
                         .ahead_at(e.expires_at)
                         .max(now + self.inner.settings.min_interval);
-                    e.cooldown_until = None;
-                    e.failed_cycles = 0;
+                    e.clear_rare(|r| {
+                        r.cooldown_until = None;
+                        r.failed_cycles = 0;
+                        r.last_error = None;
+                    });
                     e.refreshed_at = Some(MonoMs::now());
                     e.header = Some(header.clone());
                     e.generation = next.generation.max(e.generation + 1);
-                    e.last_refresh_at = Some(now);
-                    e.last_error = None;
+                    e.last_refresh_at = Some(UnixSecs::of(now));
                     if std::mem::take(&mut e.episode) {
                         health = Some(HealthChange::Recovered);
                     }
@@ -417,7 +420,7 @@ impl Tokens {
                     } else {
                         bump(&counters.refresh_success);
                         event = RefreshOutcome::Refreshed {
-                            refresh_token: e.refresh_token.clone(),
+                            refresh_token: next.refresh_token,
                             rotated,
                             expires_at: e.expiry_known.then_some(e.expires_at.time()),
                         };
@@ -428,7 +431,7 @@ impl Tokens {
                     }
                 }
                 Err(err) => {
-                    e.last_error = Some(Box::new(err.clone()));
+                    e.rare_mut().last_error = Some(err.clone());
                     if err.is_rejected() {
                         e.needs_reauth = true;
                         e.episode = true;
@@ -450,9 +453,11 @@ impl Tokens {
                             reason: err.to_string(),
                         };
                     } else {
-                        e.failed_cycles = e.failed_cycles.saturating_add(1);
-                        let cooldown = cooldown_for(&err, e.failed_cycles);
-                        e.cooldown_until = Some(MonoMs::now() + cooldown);
+                        let rare = e.rare_mut();
+                        rare.failed_cycles = rare.failed_cycles.saturating_add(1);
+                        let failed_cycles = rare.failed_cycles;
+                        let cooldown = cooldown_for(&err, failed_cycles);
+                        rare.cooldown_until = Some(MonoMs::now() + cooldown);
                         let mut retry_in = cooldown;
                         if task.kind == Launch::Ahead {
                             retry_in = retry_in.max(
@@ -462,7 +467,7 @@ impl Tokens {
                         }
                         e.ahead_at = e.ahead_at.max(now + retry_in);
                         tracing::warn!(%provider, account = &*task.account, ?cooldown,
-                            failed_cycles = e.failed_cycles, "refresh cycle failed; account in cooldown");
+                            failed_cycles, "refresh cycle failed; account in cooldown");
                         if !std::mem::replace(&mut e.episode, true) {
                             health = Some(HealthChange::Failing);
                         }

@@ -28,7 +28,7 @@ impl Tokens {
     ) -> Result<Option<Lease>, Error> {
         let now = UnixMs::coarse();
         let (lease, ahead) = {
-            let Some(e) = self.inner.maps[idx(provider)].get(account) else {
+            let Some(e) = self.inner.maps[idx(provider)].get(account.as_bytes()) else {
                 return Err(Error::unknown_account(provider, account));
             };
             if e.needs_reauth {
@@ -36,7 +36,7 @@ impl Tokens {
             }
             match &e.header {
                 Some(h) if now + self.inner.settings.skew < e.expires_at => {
-                    let ahead = now >= e.ahead_at && e.flight.is_none();
+                    let ahead = now >= e.ahead_at && e.flight().is_none();
                     (
                         Lease {
                             header: h.clone(),
@@ -170,7 +170,7 @@ impl Tokens {
         stale: &Secret,
     ) -> Result<Secret, Error> {
         let held = {
-            let Some(e) = self.inner.maps[idx(provider)].get(account) else {
+            let Some(e) = self.inner.maps[idx(provider)].get(account.as_bytes()) else {
                 return Err(Error::unknown_account(provider, account));
             };
             let holds_stale = e

@@ -75,15 +75,35 @@
 //!
 //! `mod.rs` holds the handle and the account API (insert, save, restore, list, refresh now);
 //! `builder` the settings and their defaults; `entry` one account's state and how new states
-//! are applied; `lease` handing tokens to requests (on a coarse `clock`); `flight` the refresh of one account (the
-//! decision, the task, applying its result); `stats` the counters; `events` the announcements;
-//! `index` the sorted ids for paged listings; `store` the durable and shared stores.
+//! are applied; `id` the maps' key; `lease` handing tokens to requests (on a coarse `clock`);
+//! `flight` the refresh of one account (the decision, the task, applying its result); `stats`
+//! the counters; `events` the announcements; `index` the sorted ids for paged listings, kept
+//! in an `id_set`; `store` the durable and shared stores.
+//!
+//! # Memory per account
+//!
+//! Issue 11 asks for at most 512 bytes per cached account at a million accounts (access token
+//! 181 B, refresh token 100 B, id 12 B; `examples/memory_per_account.rs`). The layout, as
+//! allocated (glibc: size + 8 rounded up to 16): the `Bearer …` header value, 208 (its bytes
+//! must be one `Bytes` so that a request's clone stays a reference count); the entry, 112
+//! (rare state boxed apart, see `entry`); the refresh token, 112 (a `Box<str>`, no reference
+//! counts); the id, inline in the key (`id`); the map slot of 32 bytes at the tables' load of
+//! ~0.48, ~69; the index, ~19 (`id_set`). 522 measured. What is left above 512 is the table:
+//! `DashMap` keeps the key apart from the value, so the id cannot move into the entry and the
+//! slot cannot shrink to a pointer (8 bytes, ~19 per account), which takes a hash table of our
+//! own. One was built (commit da6d7d0: sharded `RwLock<HashSet<Box<Entry>>>`, 502 bytes) and
+//! reverted: it made the request path 4–6% slower for reasons not yet found, and the request
+//! path comes first. Decided against meanwhile: squeezing the id into 16 bytes (inline up to 15),
+//! which fits this benchmark's 12-byte ids but costs ids of 16 to 22 bytes (many e-mail
+//! addresses, Google's 21-digit subject ids) ~60 bytes more each.
 
 mod builder;
 mod clock;
 mod entry;
 mod events;
 mod flight;
+mod id;
+mod id_set;
 mod index;
 mod lease;
 mod stats;
@@ -102,6 +122,7 @@ pub use stats::ProviderStats;
 
 use entry::{info, Entry, Origin};
 use flight::{Fallback, Trigger};
+use id::Id;
 use stats::Counters;
 
 use crate::error::Error;
@@ -111,10 +132,11 @@ use crate::token::{fingerprint, TokenSeed};
 use store::{Store, StoredAccount};
 
 struct Inner {
-    /// The accounts, per provider. Entries are boxed: the maps' power-of-two tables then hold
-    /// 24-byte slots (key and pointer) instead of whole entries, which at a million accounts
-    /// halves the memory the tables' spare capacity costs.
-    maps: [DashMap<Arc<str>, Box<Entry>, foldhash::fast::RandomState>; 2],
+    /// The accounts, per provider, searched with the id's bytes (see [`Id`]). Entries are
+    /// boxed: the maps' power-of-two tables then hold 32-byte slots (an inline id and a
+    /// pointer) instead of whole entries, which at a million accounts halves the memory the
+    /// tables' spare capacity costs.
+    maps: [DashMap<Id, Box<Entry>, foldhash::fast::RandomState>; 2],
     /// The maps' ids, sorted, for paged listings; changed only under the map's entry guard.
     index: index::Index,
     counters: [Counters; 2],
@@ -188,8 +210,8 @@ impl Tokens {
         account: impl Into<Arc<str>>,
         seed: TokenSeed,
     ) -> bool {
-        let account = account.into();
-        let state = self.state_from_seed(provider, &account, seed, None);
+        let account = Id::from(account.into());
+        let state = self.state_from_seed(provider, account.as_str(), seed, None);
         self.set_state(account, state, Origin::Local)
     }
 
@@ -215,8 +237,8 @@ impl Tokens {
         seed: TokenSeed,
     ) -> Result<bool, Error> {
         let fp = self.inner.maps[idx(provider)]
-            .get(account)
-            .and_then(|e| e.seed_fingerprint.as_deref().map(String::from));
+            .get(account.as_bytes())
+            .and_then(|e| e.seed_fingerprint().map(String::from));
         let state = self.state_from_seed(provider, account, seed, fp);
         if let Some(store) = &self.inner.store {
             store
@@ -224,7 +246,7 @@ impl Tokens {
                 .await
                 .map_err(|e| Error::store(provider, account, &e))?;
         }
-        Ok(self.set_state(Arc::from(account), state, Origin::Local))
+        Ok(self.set_state(Id::from(account), state, Origin::Local))
     }
 
     /// Deletes an account: from the store first (when there is one), then from the cache like
@@ -270,7 +292,7 @@ impl Tokens {
             for (p, a, seed) in seeds {
                 let fp = fingerprint(&seed.refresh_token);
                 let state = self.state_from_seed(p, &a, seed, Some(fp));
-                self.set_state(Arc::from(a.as_str()), state, Origin::Local);
+                self.set_state(Id::from(a.as_str()), state, Origin::Local);
             }
             return Ok(());
         };
@@ -293,7 +315,7 @@ impl Tokens {
             match stored.remove(&(p, a.clone())) {
                 Some(s) if s.seed_fingerprint.as_deref() == Some(fp.as_str()) => {
                     tracing::debug!(provider = %p, account = %a, generation = s.generation, "stored tokens kept");
-                    self.set_state(Arc::from(a.as_str()), s, Origin::Store);
+                    self.set_state(Id::from(a.as_str()), s, Origin::Store);
                 }
                 previous => {
                     let mut state = self.state_from_seed(p, &a, seed, Some(fp));
@@ -302,12 +324,12 @@ impl Tokens {
                         .save(state.clone())
                         .await
                         .map_err(|e| Error::store(p, &a, &e))?;
-                    self.set_state(Arc::from(a.as_str()), state, Origin::Store);
+                    self.set_state(Id::from(a.as_str()), state, Origin::Store);
                 }
             }
         }
         for (_, s) in stored {
-            self.set_state(Arc::from(s.account.as_str()), s, Origin::Store);
+            self.set_state(Id::from(s.account.as_str()), s, Origin::Store);
         }
         Ok(())
     }
@@ -367,8 +389,8 @@ impl Tokens {
     /// ```
     pub fn get(&self, provider: Provider, account: &str) -> Option<AccountInfo> {
         self.inner.maps[idx(provider)]
-            .get(account)
-            .map(|e| info(provider, e.key(), e.value()))
+            .get(account.as_bytes())
+            .map(|e| info(provider, e.key().as_str(), e.value()))
     }
 
     /// Subscribes to refresh events. Every subscriber receives every event after subscribing.
