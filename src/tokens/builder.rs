@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
-
 use super::{Inner, Tokens};
 use crate::refresh::{Refresher, RetryPolicy};
 use crate::tokens::store::Store;
@@ -102,10 +100,7 @@ impl TokensBuilder {
         let tokens = Tokens {
             inner: Arc::new(Inner {
                 store: self.store,
-                maps: [
-                    DashMap::with_hasher(Default::default()),
-                    DashMap::with_hasher(Default::default()),
-                ],
+                maps: [Default::default(), Default::default()],
                 index: Default::default(),
                 counters: Default::default(),
                 refresher: self.refresher,

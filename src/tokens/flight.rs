@@ -91,7 +91,7 @@ impl FlightTask {
                 (self.provider, self.account.clone(), self.generation);
             let tx = tx.clone();
             move |err: RefreshError| {
-                if let Some(mut e) = tokens.inner.maps[idx(provider)].get_mut(account.as_bytes()) {
+                if let Some(mut e) = tokens.inner.maps[idx(provider)].get_mut(&account) {
                     if e.generation == generation && e.flight().is_some() {
                         e.rare_mut().late = true;
                     }
@@ -191,7 +191,7 @@ impl Tokens {
                 // A transient failure while the token is still valid (only within `skew`)
                 // does not stop the request: it goes out with the current token.
                 if fallback == Fallback::CurrentToken && !err.is_rejected() {
-                    if let Some(e) = self.inner.maps[idx(provider)].get(account.as_bytes()) {
+                    if let Some(e) = self.inner.maps[idx(provider)].read(account).get(account) {
                         if let (Some(h), false) = (&e.header, e.needs_reauth) {
                             if UnixMs::now() < e.expires_at {
                                 return Ok(Lease {
@@ -204,7 +204,8 @@ impl Tokens {
                 }
                 let mut error = Error::from_refresh(provider, account, &err);
                 if let Some(left) = self.inner.maps[idx(provider)]
-                    .get(account.as_bytes())
+                    .read(account)
+                    .get(account)
                     .and_then(|e| e.cooldown_until().and_then(MonoMs::left))
                 {
                     error = error.retry_after_at_least(left);
@@ -228,7 +229,7 @@ impl Tokens {
             Trigger::Forced => (None, true),
         };
         let map = &self.inner.maps[idx(provider)];
-        let Some(mut e) = map.get_mut(account.as_bytes()) else {
+        let Some(mut e) = map.get_mut(account) else {
             return Err(Error::unknown_account(provider, account));
         };
         if e.needs_reauth {
@@ -283,7 +284,7 @@ impl Tokens {
     /// Starts a background refresh for `generation` unless one runs, the generation moved on,
     /// or the account is in cooldown or within `min_interval` of its last refresh.
     pub(super) fn start_ahead(&self, provider: Provider, account: &str, generation: u64) {
-        if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(account.as_bytes()) {
+        if let Some(mut e) = self.inner.maps[idx(provider)].get_mut(account) {
             let now = UnixMs::now();
             if e.flight().is_some()
                 || e.generation != generation
@@ -345,7 +346,7 @@ impl Tokens {
         let event;
         let mut health = None;
         let outcome = {
-            let Some(mut e) = map.get_mut(task.account.as_bytes()) else {
+            let Some(mut e) = map.get_mut(&task.account) else {
                 return FlightResult::Err(RefreshError::transient(
                     "the account was removed during the refresh",
                 ));

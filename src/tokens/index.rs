@@ -16,16 +16,13 @@
 //!
 //! [`Tokens::list_page`]: super::Tokens::list_page
 
-use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use dashmap::DashMap;
-
 use crate::provider::Provider;
 
-use super::id::Id;
 use super::id_set::IdSet;
+use super::table::Table;
 use super::{idx, AccountInfo, Tokens};
 
 /// One provider's ids, in byte order.
@@ -104,21 +101,9 @@ impl Index {
 
 /// Removes `account` from `map` and `index` together, under the map's entry guard (so a
 /// concurrent insert of the same id cannot slip between the two). Returns whether it existed.
-pub(super) fn remove<V, S>(
-    map: &DashMap<Id, V, S>,
-    index: &Index,
-    provider: Provider,
-    account: &str,
-) -> bool
-where
-    S: BuildHasher + Clone,
-{
-    // `remove_if` runs its predicate with the shard's write lock held.
-    map.remove_if(account.as_bytes(), |id, _| {
-        index.remove(provider, id.as_str());
-        true
-    })
-    .is_some()
+pub(super) fn remove(map: &Table, index: &Index, provider: Provider, account: &str) -> bool {
+    // `remove_with` runs its closure with the shard's write lock held.
+    map.remove_with(account, |e| index.remove(provider, e.id.as_str()))
 }
 
 /// One page of the account listing ([`Tokens::list_page`]).
@@ -221,10 +206,7 @@ mod tests {
 
     /// The index's ids and the map's keys, per provider, as sorted sets.
     fn both(t: &Tokens, p: Provider) -> (BTreeSet<String>, BTreeSet<String>) {
-        let map = t.inner.maps[idx(p)]
-            .iter()
-            .map(|e| e.key().as_str().to_string())
-            .collect();
+        let map = t.inner.maps[idx(p)].ids().into_iter().collect();
         let index = t
             .page_ids(Some((p, "")), usize::MAX)
             .ids

@@ -28,11 +28,12 @@ impl Tokens {
     ) -> Result<Option<Lease>, Error> {
         let now = UnixMs::coarse();
         let (lease, ahead) = {
-            let Some(e) = self.inner.maps[idx(provider)].get(account.as_bytes()) else {
+            let shard = self.inner.maps[idx(provider)].read(account);
+            let Some(e) = shard.get(account) else {
                 return Err(Error::unknown_account(provider, account));
             };
             if e.needs_reauth {
-                return Err(rejected_error(provider, account, &e));
+                return Err(rejected_error(provider, account, e));
             }
             match &e.header {
                 Some(h) if now + self.inner.settings.skew < e.expires_at => {
@@ -47,7 +48,7 @@ impl Tokens {
                 }
                 // Refreshed less than `min_interval` ago and it came back (nearly) expired:
                 // used as returned, no proactive refresh until the interval has passed.
-                Some(h) if self.within_min_interval(&e) => {
+                Some(h) if self.within_min_interval(e) => {
                     return Ok(Some(Lease {
                         header: h.clone(),
                         generation: e.generation,
@@ -170,7 +171,8 @@ impl Tokens {
         stale: &Secret,
     ) -> Result<Secret, Error> {
         let held = {
-            let Some(e) = self.inner.maps[idx(provider)].get(account.as_bytes()) else {
+            let shard = self.inner.maps[idx(provider)].read(account);
+            let Some(e) = shard.get(account) else {
                 return Err(Error::unknown_account(provider, account));
             };
             let holds_stale = e

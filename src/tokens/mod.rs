@@ -1,7 +1,7 @@
 //! Where tokens live and how refreshes are coalesced.
 //!
 //! [`Tokens`] is a cheap-to-clone handle on one cache shared by every layer and task that uses
-//! it: one `DashMap` per provider from account id to the account's entry. An entry holds the
+//! it: one sharded table per provider of the accounts' entries, keyed by account id. An entry holds the
 //! current access token (with its `Authorization` header value built once), the refresh token,
 //! the expiry, a **generation** counter that grows whenever the access token changes, and —
 //! while a refresh runs — the shared handle of that refresh (the *flight*).
@@ -75,7 +75,8 @@
 //!
 //! `mod.rs` holds the handle and the account API (insert, save, restore, list, refresh now);
 //! `builder` the settings and their defaults; `entry` one account's state and how new states
-//! are applied; `id` the maps' key; `lease` handing tokens to requests (on a coarse `clock`);
+//! are applied; `table` the sharded set of entries per provider; `id` the entries' key; `lease`
+//! handing tokens to requests (on a coarse `clock`);
 //! `flight` the refresh of one account (the decision, the task, applying its result); `stats`
 //! the counters; `events` the announcements; `index` the sorted ids for paged listings, kept
 //! in an `id_set`; `store` the durable and shared stores.
@@ -85,17 +86,14 @@
 //! Issue 11 asks for at most 512 bytes per cached account at a million accounts (access token
 //! 181 B, refresh token 100 B, id 12 B; `examples/memory_per_account.rs`). The layout, as
 //! allocated (glibc: size + 8 rounded up to 16): the `Bearer …` header value, 208 (its bytes
-//! must be one `Bytes` so that a request's clone stays a reference count); the entry, 112
-//! (rare state boxed apart, see `entry`); the refresh token, 112 (a `Box<str>`, no reference
-//! counts); the id, inline in the key (`id`); the map slot of 32 bytes at the tables' load of
-//! ~0.48, ~69; the index, ~19 (`id_set`). 522 measured. What is left above 512 is the table:
-//! `DashMap` keeps the key apart from the value, so the id cannot move into the entry and the
-//! slot cannot shrink to a pointer (8 bytes, ~19 per account), which takes a hash table of our
-//! own. One was built (commit da6d7d0: sharded `RwLock<HashSet<Box<Entry>>>`, 502 bytes) and
-//! reverted: it made the request path 4–6% slower for reasons not yet found, and the request
-//! path comes first. Decided against meanwhile: squeezing the id into 16 bytes (inline up to 15),
-//! which fits this benchmark's 12-byte ids but costs ids of 16 to 22 bytes (many e-mail
-//! addresses, Google's 21-digit subject ids) ~60 bytes more each.
+//! must be one `Bytes` so that a request's clone stays a reference count); the entry with its
+//! id inline, 144 (rare state boxed apart, see `entry`; ids up to 22 bytes inline, see `id`);
+//! the refresh token, 112 (a `Box<str>`, no reference counts); the table's 8-byte slot at a
+//! load of ~0.48, ~19 (`table`, a `HashSet` of boxed entries: a `DashMap` keeps the key apart
+//! from the value, 32-byte slots, ~69); the index, ~19 (`id_set`). 504 measured. Decided
+//! against: squeezing the id into 16 bytes (inline up to 15), which fits this benchmark's
+//! 12-byte ids but costs ids of 16 to 22 bytes (many e-mail addresses, Google's 21-digit
+//! subject ids) ~60 bytes more each.
 
 mod builder;
 mod clock;
@@ -108,10 +106,9 @@ mod index;
 mod lease;
 mod stats;
 pub mod store;
+mod table;
 
 use std::sync::Arc;
-
-use dashmap::DashMap;
 
 pub use builder::TokensBuilder;
 pub use entry::AccountInfo;
@@ -120,7 +117,7 @@ pub use index::AccountPage;
 pub(crate) use lease::Lease;
 pub use stats::ProviderStats;
 
-use entry::{info, Entry, Origin};
+use entry::{info, Origin};
 use flight::{Fallback, Trigger};
 use id::Id;
 use stats::Counters;
@@ -132,11 +129,9 @@ use crate::token::{fingerprint, TokenSeed};
 use store::{Store, StoredAccount};
 
 struct Inner {
-    /// The accounts, per provider, searched with the id's bytes (see [`Id`]). Entries are
-    /// boxed: the maps' power-of-two tables then hold 32-byte slots (an inline id and a
-    /// pointer) instead of whole entries, which at a million accounts halves the memory the
-    /// tables' spare capacity costs.
-    maps: [DashMap<Id, Box<Entry>, foldhash::fast::RandomState>; 2],
+    /// The accounts, per provider: sharded sets of boxed entries, each holding its id (see
+    /// `table`), so the power-of-two tables hold 8-byte slots, not whole entries.
+    maps: [table::Table; 2],
     /// The maps' ids, sorted, for paged listings; changed only under the map's entry guard.
     index: index::Index,
     counters: [Counters; 2],
@@ -237,7 +232,8 @@ impl Tokens {
         seed: TokenSeed,
     ) -> Result<bool, Error> {
         let fp = self.inner.maps[idx(provider)]
-            .get(account.as_bytes())
+            .read(account)
+            .get(account)
             .and_then(|e| e.seed_fingerprint().map(String::from));
         let state = self.state_from_seed(provider, account, seed, fp);
         if let Some(store) = &self.inner.store {
@@ -389,8 +385,9 @@ impl Tokens {
     /// ```
     pub fn get(&self, provider: Provider, account: &str) -> Option<AccountInfo> {
         self.inner.maps[idx(provider)]
-            .get(account.as_bytes())
-            .map(|e| info(provider, e.key().as_str(), e.value()))
+            .read(account)
+            .get(account)
+            .map(|e| info(provider, e.id.as_str(), e))
     }
 
     /// Subscribes to refresh events. Every subscriber receives every event after subscribing.
