@@ -45,33 +45,32 @@ impl Id {
     }
 }
 
-impl From<Arc<str>> for Id {
-    fn from(s: Arc<str>) -> Id {
-        if s.len() <= INLINE {
+impl Id {
+    /// `s` kept inline, when it fits.
+    fn inline(s: &str) -> Option<Id> {
+        (s.len() <= INLINE).then(|| {
             let mut bytes = [0; INLINE];
             bytes[..s.len()].copy_from_slice(s.as_bytes());
             Id::Inline {
                 len: s.len() as u8,
                 bytes,
             }
-        } else {
-            Id::Shared(s)
+        })
+    }
+}
+
+impl From<Arc<str>> for Id {
+    fn from(s: Arc<str>) -> Id {
+        match Id::inline(&s) {
+            Some(id) => id,
+            None => Id::Shared(s),
         }
     }
 }
 
 impl From<&str> for Id {
     fn from(s: &str) -> Id {
-        if s.len() <= INLINE {
-            let mut bytes = [0; INLINE];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            Id::Inline {
-                len: s.len() as u8,
-                bytes,
-            }
-        } else {
-            Id::Shared(Arc::from(s))
-        }
+        Id::inline(s).unwrap_or_else(|| Id::Shared(Arc::from(s)))
     }
 }
 

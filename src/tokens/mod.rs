@@ -90,7 +90,7 @@
 //! id inline, 144 (rare state boxed apart, see `entry`; ids up to 22 bytes inline, see `id`);
 //! the refresh token, 112 (a `Box<str>`, no reference counts); the table's 8-byte slot at a
 //! load of ~0.48, ~19 (`table`, a `HashSet` of boxed entries: a `DashMap` keeps the key apart
-//! from the value, 32-byte slots, ~69); the index, ~19 (`id_set`). 504 measured. Decided
+//! from the value, 32-byte slots, ~69); the index, ~19 (`id_set`). 501 measured. Decided
 //! against: squeezing the id into 16 bytes (inline up to 15), which fits this benchmark's
 //! 12-byte ids but costs ids of 16 to 22 bytes (many e-mail addresses, Google's 21-digit
 //! subject ids) ~60 bytes more each.
