@@ -1,6 +1,8 @@
-//! The sidecar's upstream side (SPEC 4.2 `[upstream]`, 4.3, 4.4): the pooled hyper-util client
-//! (rustls, HTTP/1.1 and HTTP/2 by ALPN) and [`Upstream`], the service the
-//! [`RefreshLayer`](crate::RefreshLayer) wraps, which bounds every attempt:
+//! The sidecar's upstream side (SPEC 4.2 `[upstream]`, 4.3, 4.4): the clients — for plain
+//! `http` upstreams the proxy's own HTTP/1.1 [`pool`] (per worker, see its docs for why), for
+//! `https` ones the pooled hyper-util client (rustls, HTTP/1.1 and HTTP/2 by ALPN) — and
+//! [`Upstream`], the service the [`RefreshLayer`](crate::RefreshLayer) wraps, which bounds every
+//! attempt:
 //!
 //! - **connect**: TCP connect plus TLS handshake within `connect_timeout` ([`ConnectTimeout`]),
 //!   else the attempt fails (`502 upstream_unavailable`);
@@ -31,11 +33,14 @@ use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::rt::TokioExecutor;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+pub mod pool;
+
+use self::pool::{Pool, PoolError, PoolFuture, PooledBody};
 use super::timeouts::{BodyError, IdleTimeout, ProxyTimeouts};
 use crate::layer::ReplayBody;
 use crate::BoxError;
@@ -50,11 +55,15 @@ pub type UpstreamConnector = ConnectTimeout<HttpsConnector>;
 pub type CallerBody = IdleTimeout<Incoming>;
 
 /// An upstream's response body as the proxy streams it back: bounded by
-/// `upstream.body_idle_timeout`.
-pub type UpstreamBody = IdleTimeout<Incoming>;
+/// `upstream.body_idle_timeout`; a pooled plain-http connection goes back to its [`Pool`] when
+/// it ends.
+pub type UpstreamBody = IdleTimeout<PooledBody<AttemptedBody>>;
 
-/// The pooled upstream client.
-pub type UpstreamClient = Client<UpstreamConnector, AttemptBody<ReplayBody<CallerBody>>>;
+/// A caller's body as one upstream attempt sends it.
+pub type AttemptedBody = AttemptBody<ReplayBody<CallerBody>>;
+
+/// The pooled upstream client of `https` upstreams.
+pub type UpstreamClient = LegacyClient<UpstreamConnector, AttemptedBody>;
 
 /// Builds the upstream client: rustls with the platform's roots (honouring `SSL_CERT_FILE`),
 /// HTTP/1.1 and HTTP/2 negotiated by ALPN, pooled connections, connects bounded by
@@ -78,7 +87,7 @@ pub fn upstream_client(timeouts: &ProxyTimeouts) -> UpstreamClient {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+    LegacyClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .build(ConnectTimeout::new(https, timeouts.connect))
@@ -170,9 +179,12 @@ pub enum UpstreamError {
     /// (`408 request_timeout`) or its framing was malformed (`400 bad_request`).
     #[error("the request body failed: {0}")]
     RequestBody(#[source] BodyError),
-    /// Connect, TLS or protocol failure (`502 upstream_unavailable`).
+    /// Connect, TLS or protocol failure of an `https` upstream (`502 upstream_unavailable`).
     #[error(transparent)]
     Client(hyper_util::client::legacy::Error),
+    /// Connect or protocol failure of a plain `http` upstream (`502 upstream_unavailable`).
+    #[error(transparent)]
+    Pool(PoolError),
 }
 
 /// The upstream client as the layer's inner service, with the bounds of the module docs.
@@ -189,6 +201,7 @@ pub enum UpstreamError {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     clients: Arc<[UpstreamClient]>,
+    plain: Pool<AttemptedBody>,
     response_timeout: Duration,
     body_idle_timeout: Duration,
 }
@@ -208,6 +221,7 @@ impl Upstream {
             clients: (0..pools.max(1))
                 .map(|_| upstream_client(timeouts))
                 .collect(),
+            plain: Pool::new(pools, timeouts.connect),
             response_timeout: timeouts.response,
             body_idle_timeout: timeouts.body_idle,
         }
@@ -234,8 +248,13 @@ impl tower::Service<Request<ReplayBody<CallerBody>>> for Upstream {
             inner: body,
             attempt: attempt.clone(),
         });
+        let inner = if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            Client::Pooled(self.plain.request(req))
+        } else {
+            Client::Https(self.client().request(req))
+        };
         ResponseFuture {
-            inner: self.client().request(req),
+            inner,
             sleep: tokio::time::sleep(self.response_timeout),
             attempt,
             response_timeout: self.response_timeout,
@@ -329,13 +348,33 @@ where
 pin_project! {
     /// The response future of [`Upstream`]: the client's, bounded by `response_timeout`.
     pub struct ResponseFuture {
-        #[pin]
-        inner: hyper_util::client::legacy::ResponseFuture,
+        inner: Client,
         #[pin]
         sleep: Sleep,
         attempt: Option<Arc<Attempt>>,
         response_timeout: Duration,
         body_idle_timeout: Duration,
+    }
+}
+
+/// The request in one of the two clients (both futures are boxed: `Unpin`).
+enum Client {
+    Pooled(PoolFuture<AttemptedBody>),
+    Https(hyper_util::client::legacy::ResponseFuture),
+}
+
+impl Client {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<PooledBody<AttemptedBody>>, UpstreamError>> {
+        match self {
+            Client::Pooled(f) => Pin::new(f).poll(cx).map_err(UpstreamError::Pool),
+            Client::Https(f) => Pin::new(f).poll(cx).map(|r| {
+                r.map(|resp| resp.map(PooledBody::unpooled))
+                    .map_err(UpstreamError::Client)
+            }),
+        }
     }
 }
 
@@ -361,7 +400,7 @@ impl Future for ResponseFuture {
                 Err(e) => Err(
                     match this.attempt.as_ref().and_then(|a| a.body_error.get()) {
                         Some(body) => UpstreamError::RequestBody(body.clone()),
-                        None => UpstreamError::Client(e),
+                        None => e,
                     },
                 ),
             });
