@@ -256,8 +256,11 @@ impl UpstreamLimits {
     /// new or later than the one known is kept and, when shared, published.
     pub fn observe(&self, account: &str, status: StatusCode, headers: &HeaderMap) {
         let t = &self.table;
-        let now = now_ms();
-        let Some(l) = learn(t.provider, status, headers, now) else {
+        let mut now = 0;
+        let Some(l) = rules::learn_at(t.provider, status, headers, || {
+            now = now_ms();
+            now
+        }) else {
             return;
         };
         let limit = Limit {

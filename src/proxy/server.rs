@@ -21,6 +21,7 @@
 //! inside JSON bodies, unless the route says `rewrite_body = false` ([`super::json_rewrite`]) —
 //! but only when the request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,8 +50,9 @@ pub use super::upstream::{upstream_client, Upstream, UpstreamClient, UpstreamCon
 
 /// The body of the proxy's responses: the upstream's, streamed (and bounded by
 /// `upstream.body_idle_timeout`) — as it came, or with its JSON URLs rewritten
-/// ([`RewriteBody`]) — or one the proxy made.
-pub type ProxyBody = Either<Either<UpstreamBody, RewriteBody<UpstreamBody>>, Full<Bytes>>;
+/// ([`RewriteBody`]) — or one the proxy made. The rewriting body is boxed: it is five times
+/// the size of the others, and every response is moved several times on its way out.
+pub type ProxyBody = Either<Either<UpstreamBody, Pin<Box<RewriteBody<UpstreamBody>>>>, Full<Bytes>>;
 
 /// The header naming the account of a request.
 pub static X_OAUTH_ACCOUNT: HeaderName = HeaderName::from_static("x-oauth-account");
@@ -349,7 +351,10 @@ impl Proxy {
         match JsonRewrite::new(route, host).filter(|_| rewrite_body) {
             Some(rewrite) => {
                 let resp = rewrite_json_body(resp, rewrite).await;
-                (label, resp.map(|b| Either::Left(Either::Right(b))))
+                (
+                    label,
+                    resp.map(|b| Either::Left(Either::Right(Box::pin(b)))),
+                )
             }
             None => (label, resp.map(|b| Either::Left(Either::Left(b)))),
         }
@@ -488,6 +493,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes the headers a `Connection` value names (other than the fixed hop-by-hop ones, which
 /// [`strip_hop_by_hop`] removes itself). A name that is no valid header name names nothing.
 fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
+    // The usual value of an HTTP/1.1 upstream's answer names a fixed one, removed anyway.
+    if connection.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+        return;
+    }
     let Ok(listed) = connection.to_str() else {
         return;
     };

@@ -152,21 +152,36 @@ pub fn learn(
     headers: &HeaderMap,
     now_ms: u64,
 ) -> Option<Learned> {
+    learn_at(provider, status, headers, || now_ms)
+}
+
+/// [`learn`], reading the clock (`now_ms`) only for an answer that can carry a limit: most
+/// answers are neither a limiting status nor (GitHub) `x-ratelimit-remaining: 0`.
+pub(crate) fn learn_at(
+    provider: Provider,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now_ms: impl FnOnce() -> u64,
+) -> Option<Learned> {
     let limited_status = match provider {
         Provider::GitHub => {
             status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS
         }
         Provider::Google => status == StatusCode::TOO_MANY_REQUESTS,
     };
+    let exhausted = provider == Provider::GitHub
+        && headers.get(&REMAINING).map(|v| v.as_bytes().trim_ascii()) == Some(b"0");
+    if !(limited_status || exhausted) {
+        return None;
+    }
+    let now_ms = now_ms();
     let secondary = limited_status
         .then(|| headers.get(&RETRY_AFTER))
         .flatten()
         .and_then(|v| retry_after(v, now_ms))
         .map(|wait| (Scope::Upstream, wait));
     let primary = || {
-        if provider != Provider::GitHub
-            || headers.get(&REMAINING).map(|v| v.as_bytes().trim_ascii()) != Some(b"0")
-        {
+        if !exhausted {
             return None;
         }
         let resource = match headers.get(&RESOURCE) {
