@@ -31,12 +31,15 @@ enum Mode {
 #[derive(Default)]
 struct Seen {
     connections: usize,
+    /// Connections the client closed.
+    closed: usize,
     heads: Vec<String>,
 }
 
 struct Upstream {
     addr: std::net::SocketAddr,
     seen: Arc<Mutex<Seen>>,
+    closed: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
@@ -44,14 +47,21 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let s = seen.clone();
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let (s, c) = (seen.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 s.lock().unwrap().connections += 1;
-                tokio::spawn(serve(stream, mode, s.clone()));
+                let (s, c) = (s.clone(), c.clone());
+                tokio::spawn(async move {
+                    if serve(stream, mode, s.clone()).await {
+                        s.lock().unwrap().closed += 1;
+                        c.notify_one();
+                    }
+                });
             }
         });
-        Upstream { addr, seen }
+        Upstream { addr, seen, closed }
     }
 
     fn uri(&self, path: &str) -> String {
@@ -67,7 +77,8 @@ impl Upstream {
     }
 }
 
-async fn serve(mut stream: TcpStream, mode: Mode, seen: Arc<Mutex<Seen>>) {
+/// Serves one connection; whether it ended because the client closed it.
+async fn serve(mut stream: TcpStream, mode: Mode, seen: Arc<Mutex<Seen>>) -> bool {
     let mut buf = Vec::new();
     let mut answered = 0;
     loop {
@@ -78,7 +89,8 @@ async fn serve(mut stream: TcpStream, mode: Mode, seen: Arc<Mutex<Seen>>) {
             }
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return true,
+                Err(_) => return false,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
@@ -88,7 +100,7 @@ async fn serve(mut stream: TcpStream, mode: Mode, seen: Arc<Mutex<Seen>>) {
             .heads
             .push(String::from_utf8_lossy(&head).into_owned());
         if matches!(mode, Mode::SecondUnanswered) && answered == 1 {
-            return;
+            return false;
         }
         let response: Vec<u8> = match mode {
             Mode::LargeBody => {
@@ -99,11 +111,11 @@ async fn serve(mut stream: TcpStream, mode: Mode, seen: Arc<Mutex<Seen>>) {
             _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
         };
         if stream.write_all(&response).await.is_err() {
-            return;
+            return false;
         }
         answered += 1;
         if matches!(mode, Mode::CloseAfterAnswer) {
-            return;
+            return false;
         }
     }
 }
@@ -283,4 +295,22 @@ async fn a_refused_connect_and_a_uri_without_authority_are_clear_errors() {
     let err = send(&pool, get("/relative")).await.unwrap_err();
     assert!(matches!(err, PoolError::NoAuthority), "{err:?}");
     assert_eq!(err.to_string(), "the upstream URI has no authority");
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout_without_any_traffic() {
+    let up = Upstream::start(Mode::KeepAlive).await;
+    // The reaper runs every max(idle timeout, 1 s).
+    let pool: Pool<Body> = Pool::with_idle_timeout(1, BOUND, Duration::from_millis(200));
+    send(&pool, get(&up.uri("/x"))).await.unwrap();
+    assert_eq!(pool.idle(0), 1);
+    assert_eq!(up.seen.lock().unwrap().closed, 0);
+    tokio::time::timeout(BOUND, up.closed.notified())
+        .await
+        .expect("the reaper closes the idle connection");
+    assert_eq!(up.seen.lock().unwrap().closed, 1);
+    assert_eq!(pool.idle(0), 0);
+    // The pool still works: a new connection.
+    send(&pool, get(&up.uri("/x"))).await.unwrap();
+    assert_eq!(up.connections(), 2);
 }

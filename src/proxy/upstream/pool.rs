@@ -21,6 +21,10 @@
 //!   is ready, waiting at most `idle_timeout`. A response body dropped before its end, or
 //!   failed, takes its connection with it (hyper closes it). At most 256 idle connections are
 //!   kept per worker and authority.
+//! - **Reaping**: each worker's first connection starts a task on that worker that closes its
+//!   connections idle for `idle_timeout`, every `idle_timeout` (at least a second), so idle
+//!   connections do not outlive the bound when no request comes to expire them. It ends with
+//!   the pool.
 //! - **Retry**: a request that a reused connection refused before writing any of it (the
 //!   connection closed while idle; hyper hands the request back) is sent again on another
 //!   connection, at most twice on reused ones, then once on a new one — never a request that was
@@ -33,7 +37,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -98,6 +103,8 @@ struct Shared<B> {
     /// Per worker ([`workers::current`](crate::proxy::workers::current)): its authorities and
     /// their idle connections. Only that worker's thread takes the lock on the request path.
     workers: Box<[Mutex<Vec<Host<B>>>]>,
+    /// Per worker: whether its reaper task runs (started with its first connection).
+    reaping: Box<[AtomicBool]>,
     connector: ConnectTimeout<HttpConnector>,
     idle_timeout: Duration,
 }
@@ -166,6 +173,9 @@ where
                 workers: (0..workers.max(1))
                     .map(|_| Mutex::new(Vec::new()))
                     .collect(),
+                reaping: (0..workers.max(1))
+                    .map(|_| AtomicBool::new(false))
+                    .collect(),
                 connector: ConnectTimeout::new(http, connect_timeout),
                 idle_timeout,
             }),
@@ -190,7 +200,7 @@ where
                 let reused = pooled.is_some();
                 let mut tx = match pooled {
                     Some(tx) => tx,
-                    None => shared.connect(&authority).await?,
+                    None => Shared::connect(&shared, worker, &authority).await?,
                 };
                 match tx.try_send_request(req).await {
                     Ok(resp) => {
@@ -306,15 +316,23 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// A new connection to `authority`, its connection task spawned on the calling runtime.
-    async fn connect(&self, authority: &Authority) -> Result<http1::SendRequest<B>, PoolError> {
+    /// A new connection to `authority`, its connection task spawned on the calling runtime
+    /// (and, with the worker's first connection, the worker's reaper).
+    async fn connect(
+        this: &Arc<Self>,
+        worker: usize,
+        authority: &Authority,
+    ) -> Result<http1::SendRequest<B>, PoolError> {
+        if !this.reaping[worker].swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(this), worker));
+        }
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(authority.clone())
             .path_and_query("/")
             .build()
             .map_err(|e| PoolError::Connect(e.into()))?;
-        let io = self
+        let io = this
             .connector
             .clone()
             .oneshot(uri)
@@ -329,6 +347,26 @@ where
             }
         });
         Ok(tx)
+    }
+}
+
+/// Closes worker `worker`'s connections idle for `idle_timeout` (and forgets closed ones),
+/// every `idle_timeout` (at least a second), until the pool is dropped: idle connections are
+/// closed in time even when no request comes to expire them.
+async fn reap<B>(pool: Weak<Shared<B>>, worker: usize) {
+    let every = match pool.upgrade() {
+        Some(shared) => shared.idle_timeout.max(Duration::from_secs(1)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shared) = pool.upgrade() else { return };
+        let now = Instant::now();
+        for host in shared.lock(worker).iter_mut() {
+            host.idle.retain(|i| {
+                !i.tx.is_closed() && now.saturating_duration_since(i.since) < shared.idle_timeout
+            });
+        }
     }
 }
 
