@@ -41,7 +41,7 @@ pin_project! {
     enum State<F, R> {
         Sent { #[pin] fut: F },
         Slow { fut: BoxFuture<Result<R, Error>> },
-        Failed { err: Option<Error> },
+        Failed { err: Option<Box<Error>> },
     }
 }
 
@@ -205,7 +205,9 @@ where
 
     pub(crate) fn failed(err: Error) -> Self {
         ResponseFuture {
-            state: State::Failed { err: Some(err) },
+            state: State::Failed {
+                err: Some(Box::new(err)),
+            },
             retry: None,
         }
     }
@@ -286,7 +288,7 @@ where
                 }
                 StateProj::Slow { fut } => return fut.as_mut().poll(cx),
                 StateProj::Failed { err } => {
-                    return Poll::Ready(Err(err.take().expect("polled after completion")))
+                    return Poll::Ready(Err(*err.take().expect("polled after completion")))
                 }
             }
         }
