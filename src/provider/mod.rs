@@ -184,6 +184,13 @@ impl Account {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether `self` and `other` name the same account: clones of one `Account` are told
+    /// without comparing their ids (the layer's default account, on every request).
+    #[inline]
+    pub(crate) fn same(&self, other: &Account) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
 }
 
 impl fmt::Display for Account {
