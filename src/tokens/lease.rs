@@ -31,9 +31,15 @@ pub(crate) struct Lease {
 ///
 /// A memo holding another account is replaced when its lease went stale, or after a few
 /// lookups in a row for other accounts (a service shared by many accounts would otherwise pay
-/// for replacing it on every request).
+/// for replacing it on every request). Nothing is memoised by a service's first call: a
+/// service cloned for each request (`svc.clone().oneshot(req)`, the sidecar) would pay for a
+/// memo it never reads.
 #[derive(Clone, Default)]
-pub(crate) struct LeaseMemo(Option<Memo>);
+pub(crate) struct LeaseMemo {
+    memo: Option<Memo>,
+    /// Whether a call went through this memo (its service's, or the one it was cloned from).
+    used: bool,
+}
 
 #[derive(Clone)]
 struct Memo {
@@ -53,7 +59,7 @@ const MEMO_PATIENCE: u8 = 4;
 impl std::fmt::Debug for LeaseMemo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.
-        match &self.0 {
+        match &self.memo {
             Some(m) => f
                 .debug_struct("LeaseMemo")
                 .field("provider", &m.provider)
@@ -90,7 +96,7 @@ impl Tokens {
         let now = UnixMs::coarse();
         // Loaded before the lookup: a write after it moves the epoch past what is memoised.
         let epoch = self.inner.maps[idx(provider)].epoch();
-        let mine = match &mut memo.0 {
+        let mine = match &mut memo.memo {
             Some(m) if m.provider == provider && m.account.same(account) => {
                 if m.epoch == epoch && now < m.until {
                     m.misses = 0;
@@ -102,12 +108,14 @@ impl Tokens {
                 m.misses += 1;
                 false
             }
-            _ => true,
+            Some(_) => true,
+            // The first call memoises nothing (see above).
+            None => std::mem::replace(&mut memo.used, true),
         };
         let (lease, until) = self.look_up(provider, account.as_str(), now)?;
         match (&lease, until) {
             (Some(l), Some(until)) if mine => {
-                memo.0 = Some(Memo {
+                memo.memo = Some(Memo {
                     provider,
                     account: account.clone(),
                     lease: l.clone(),
@@ -117,7 +125,7 @@ impl Tokens {
                 });
             }
             // What the memo held is no longer what a lookup finds.
-            _ if mine => memo.0 = None,
+            _ if mine => memo.memo = None,
             _ => {}
         }
         Ok(lease)
@@ -388,9 +396,13 @@ mod tests {
         let alice = Account::new("alice");
         let mut memo = LeaseMemo::default();
         seed(&tokens, "alice", "a1", 3600);
-        let lease = tokens.try_lease_memo(Provider::Google, &alice, &mut memo);
-        assert_eq!(header(lease.unwrap()), "Bearer a1");
-        let m = memo.0.as_ref().expect("memoised");
+        for memoised in [false, true] {
+            let lease = tokens.try_lease_memo(Provider::Google, &alice, &mut memo);
+            assert_eq!(header(lease.unwrap()), "Bearer a1");
+            // Not by the first call: a service cloned per request would never read it.
+            assert_eq!(memo.memo.is_some(), memoised);
+        }
+        let m = memo.memo.as_ref().expect("memoised");
         // The refresh-ahead start (300 s before expiry, jittered by up to 30 s later) comes
         // before `skew` (60 s) before the expiry.
         let expires = UnixMs::now() + Duration::from_secs(3600);
@@ -400,7 +412,7 @@ mod tests {
         seed(&tokens, "alice", "a2", 200);
         let lease = tokens.try_lease_memo(Provider::Google, &alice, &mut memo);
         assert_eq!(header(lease.unwrap()), "Bearer a2");
-        assert!(memo.0.is_none());
+        assert!(memo.memo.is_none());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while calls.load(Ordering::SeqCst) == 0 {
             assert!(std::time::Instant::now() < deadline, "no refresh-ahead");
@@ -410,7 +422,7 @@ mod tests {
         seed(&tokens, "alice", "a3", 30);
         let lease = tokens.try_lease_memo(Provider::Google, &alice, &mut memo);
         assert!(lease.unwrap().is_none());
-        assert!(memo.0.is_none());
+        assert!(memo.memo.is_none());
     }
 
     #[test]
@@ -424,17 +436,19 @@ mod tests {
             header(tokens.try_lease_memo(Provider::Google, who, memo).unwrap())
         };
         assert_eq!(lease(&alice, &mut memo), "Bearer a");
+        assert!(memo.memo.is_none());
+        assert_eq!(lease(&alice, &mut memo), "Bearer a");
         for _ in 0..MEMO_PATIENCE {
             assert_eq!(lease(&bob, &mut memo), "Bearer b");
-            assert_eq!(memo.0.as_ref().unwrap().account.as_str(), "alice");
+            assert_eq!(memo.memo.as_ref().unwrap().account.as_str(), "alice");
         }
         // Still answered right from the memo, which a hit keeps patient.
         assert_eq!(lease(&alice, &mut memo), "Bearer a");
-        assert_eq!(memo.0.as_ref().unwrap().misses, 0);
+        assert_eq!(memo.memo.as_ref().unwrap().misses, 0);
         for _ in 0..=MEMO_PATIENCE {
             assert_eq!(lease(&bob, &mut memo), "Bearer b");
         }
-        assert_eq!(memo.0.as_ref().unwrap().account.as_str(), "bob");
+        assert_eq!(memo.memo.as_ref().unwrap().account.as_str(), "bob");
         assert_eq!(lease(&bob, &mut memo), "Bearer b");
         // The other provider's account of the same name is another account.
         tokens.insert(
@@ -459,10 +473,11 @@ mod tests {
         seed(&tokens, "carol", "c", 3600);
         let lease = |memo: &mut LeaseMemo| tokens.try_lease_memo(Provider::Google, &alice, memo);
         assert_eq!(header(lease(&mut memo).unwrap()), "Bearer a1");
-        let epoch = memo.0.as_ref().unwrap().epoch;
+        assert_eq!(header(lease(&mut memo).unwrap()), "Bearer a1");
+        let epoch = memo.memo.as_ref().unwrap().epoch;
         // Another account's write moves the epoch too: a lookup, the same answer.
         assert!(tokens.remove(Provider::Google, "carol"));
         assert_eq!(header(lease(&mut memo).unwrap()), "Bearer a1");
-        assert!(memo.0.as_ref().unwrap().epoch > epoch);
+        assert!(memo.memo.as_ref().unwrap().epoch > epoch);
     }
 }
