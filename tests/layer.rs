@@ -19,7 +19,7 @@ use oauth_refresh_proxy::{
 };
 use support::*;
 use tower::util::BoxCloneService;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 type Svc = BoxCloneService<Request<TestBody>, Response<Incoming>, Error>;
 
@@ -28,6 +28,10 @@ struct Setup {
     api: std::net::SocketAddr,
     tokens: Tokens,
     svc: Svc,
+    /// One long-lived instance of `svc`, as an application that keeps its client calls it:
+    /// [`Setup::send`] goes through it, so its lease memo is reused from request to request
+    /// (a clone per request, `svc.clone().oneshot(..)`, starts from an empty one).
+    kept: Arc<tokio::sync::Mutex<Svc>>,
     provider: Provider,
 }
 
@@ -61,11 +65,13 @@ async fn setup_with(
             req
         })
         .service(svc);
+    let svc = BoxCloneService::new(svc);
     Setup {
         realm,
         api,
         tokens,
-        svc: BoxCloneService::new(svc),
+        kept: Arc::new(tokio::sync::Mutex::new(svc.clone())),
+        svc,
         provider,
     }
 }
@@ -96,7 +102,13 @@ impl Setup {
             .uri(self.url(path))
             .body(body)
             .unwrap();
-        self.svc.clone().oneshot(req).await
+        // Called under the lock, awaited outside it: concurrent sends overlap as they would.
+        let fut = {
+            let mut svc = self.kept.lock().await;
+            svc.ready().await?;
+            svc.call(req)
+        };
+        fut.await
     }
 
     async fn get_ok(&self, path: &str) -> serde_json::Value {
@@ -792,4 +804,97 @@ fn the_fakes_answer_with_the_shared_fixture_shapes() {
             assert_eq!(ours, v.as_str(), "{file}: {k}");
         }
     }
+}
+
+/// A kept service reuses its last lease from request to request (issue 11), but never past a
+/// change of the account: new tokens put, a forced refresh (rotated, with GitHub), a 401's
+/// refresh, a removal, a rejected refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_service_sees_every_change_of_its_account() {
+    for provider in [Provider::Google, Provider::GitHub] {
+        let s = setup("memo", provider).await;
+        let last = |s: &Setup| s.realm.seen().last().unwrap().authorization.clone();
+        let (_, first) = s.seed(3600);
+        for _ in 0..3 {
+            s.get_ok("/a").await;
+            assert_eq!(last(&s), bearer(&first));
+        }
+        // New tokens put by the application.
+        let (_, second) = s.seed(3600);
+        s.get_ok("/a").await;
+        assert_eq!(last(&s), bearer(&second));
+        // A forced refresh (GitHub rotates both tokens): its token from the next request on.
+        let before = s.tokens.get(provider, "alice").unwrap().generation;
+        let info = s.tokens.refresh_now(provider, "alice").await.unwrap();
+        assert!(info.generation > before);
+        s.get_ok("/a").await;
+        let third = last(&s).unwrap();
+        assert_ne!(Some(third.clone()), bearer(&second));
+        assert_eq!(s.realm.backend_calls.get(), 1);
+        // A 401 refreshes and replays; the next request goes out with the new token at once.
+        s.realm
+            .revoke_access(third.strip_prefix("Bearer ").unwrap());
+        s.get_ok("/a").await;
+        let fourth = last(&s);
+        assert_ne!(fourth.as_deref(), Some(third.as_str()));
+        s.get_ok("/a").await;
+        assert_eq!(last(&s), fourth);
+        assert_eq!(s.realm.backend_calls.get(), 2);
+        let unauthorized = s.realm.seen().iter().filter(|x| x.status == 401).count();
+        assert_eq!(unauthorized, 1);
+        // Removed: unknown at once.
+        assert!(s.tokens.remove(provider, "alice"));
+        let err = s.send("GET", "/a", empty()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownAccount);
+        // Put back, then its refresh token rejected while handling a 401: from then on the
+        // account fails fast, its last lease never reused.
+        let (refresh, fifth) = s.seed(3600);
+        s.get_ok("/a").await;
+        assert_eq!(last(&s), bearer(&fifth));
+        s.realm.revoke_refresh(&refresh);
+        s.realm.revoke_access(&fifth);
+        let resp = s.send("GET", "/a", empty()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let api_calls = s.realm.api_calls.get();
+        for _ in 0..3 {
+            let err = s.send("GET", "/a", empty()).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::RefreshRejected);
+        }
+        assert_eq!(s.realm.api_calls.get(), api_calls);
+        s.finish();
+    }
+}
+
+/// A kept service sending for several accounts (each request's `Account` extension) hands each
+/// its own token, whichever it sent for last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_service_shared_by_accounts_sends_each_its_own_token() {
+    let s = setup("memo-accounts", Provider::Google).await;
+    let (_, alice) = s.seed(3600);
+    let (_, bob) = seed_account(&s.tokens, &s.realm, Provider::Google, "bob", 3600);
+    let order = [
+        "alice", "bob", "bob", "alice", "alice", "alice", "alice", "alice", "alice",
+    ];
+    let order = order
+        .iter()
+        .chain(["bob"; 8].iter())
+        .chain(["alice", "bob"].iter());
+    for (i, who) in order.enumerate() {
+        let mut req = Request::get(s.url("/a")).body(empty()).unwrap();
+        req.extensions_mut().insert(Account::new(*who));
+        let fut = {
+            let mut svc = s.kept.lock().await;
+            svc.ready().await.unwrap();
+            svc.call(req)
+        };
+        assert_eq!(fut.await.unwrap().status(), StatusCode::OK);
+        let expected = if *who == "alice" { &alice } else { &bob };
+        let seen = s.realm.seen();
+        assert_eq!(
+            seen[i].authorization,
+            bearer(expected),
+            "request {i} for {who}"
+        );
+    }
+    s.finish();
 }

@@ -33,7 +33,8 @@ use http_body::{Body, Frame, SizeHint};
 pub struct ReplayBody<B> {
     inner: Option<Pin<Box<B>>>,
     tape: Option<Arc<Mutex<Tape>>>,
-    replay: Option<Replay>,
+    /// Boxed: only a replay has one, and every request moves the body a few times.
+    replay: Option<Box<Replay>>,
 }
 
 impl<B> std::fmt::Debug for ReplayBody<B> {
@@ -107,10 +108,10 @@ impl Recording {
                 Some(ReplayBody {
                     inner: None,
                     tape: None,
-                    replay: Some(Replay {
+                    replay: Some(Box::new(Replay {
                         chunks: tape.chunks.iter().cloned().collect(),
                         trailers: tape.trailers.clone(),
-                    }),
+                    })),
                 })
             }
         }

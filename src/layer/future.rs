@@ -10,7 +10,8 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Service, ServiceExt};
 
-use super::body::{Recording, ReplayBody};
+pub(crate) use super::body::Recording;
+use super::body::ReplayBody;
 use super::Config;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::provider::{Account, Provider};
@@ -41,7 +42,7 @@ pin_project! {
     enum State<F, R> {
         Sent { #[pin] fut: F },
         Slow { fut: BoxFuture<Result<R, Error>> },
-        Failed { err: Option<Error> },
+        Failed { err: Option<Box<Error>> },
     }
 }
 
@@ -61,7 +62,13 @@ impl SavedRequest {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
+            // A request without headers (once the caller's `Authorization` is removed) is
+            // common: an empty map is made for less than a clone of one costs.
+            headers: if parts.headers.is_empty() {
+                http::HeaderMap::new()
+            } else {
+                parts.headers.clone()
+            },
             extensions: parts.extensions.clone(),
         }
     }
@@ -86,6 +93,17 @@ pub(crate) enum AccountOf {
     Named(Account),
 }
 
+impl AccountOf {
+    /// The account; `config` is the layer's, which names the default account.
+    #[inline(always)]
+    pub(crate) fn of<'a>(&'a self, config: &'a Config) -> &'a Account {
+        match self {
+            AccountOf::Named(a) => a,
+            AccountOf::Default => config.default_account_ref(),
+        }
+    }
+}
+
 impl From<Account> for AccountOf {
     fn from(account: Account) -> Self {
         AccountOf::Named(account)
@@ -108,16 +126,7 @@ pub(crate) struct Retry<S, B> {
 impl<S, B> Retry<S, B> {
     /// The request's account.
     pub(crate) fn account(&self) -> &Account {
-        match &self.account {
-            AccountOf::Named(a) => a,
-            // `AccountOf::Default` is chosen only when the layer has a default account, and a
-            // layer's config never changes once built.
-            AccountOf::Default => self
-                .config
-                .default_account
-                .as_ref()
-                .expect("AccountOf::Default is used only with a default account"),
-        }
+        self.account.of(&self.config)
     }
 
     fn tokens(&self) -> &Tokens {
@@ -205,7 +214,9 @@ where
 
     pub(crate) fn failed(err: Error) -> Self {
         ResponseFuture {
-            state: State::Failed { err: Some(err) },
+            state: State::Failed {
+                err: Some(Box::new(err)),
+            },
             retry: None,
         }
     }
@@ -219,32 +230,64 @@ where
     B: http_body::Body + Send + 'static,
     ResB: Send + 'static,
 {
-    /// Sends now with `lease`, or — without one — waits for a refresh on the slow path.
+    /// Sends the request now with `lease`, or — without one — waits for a refresh on the slow
+    /// path; either way ready to refresh and replay on a 401.
     ///
-    /// Inlined into the layer's `call`, so that the future is built in place rather than moved
-    /// through a call (the retry state is a few hundred bytes).
+    /// Inlined into the layer's `call`, and the future built in one expression, so that it is
+    /// built in place rather than moved through calls (the retry state is a few hundred bytes).
     #[inline(always)]
-    pub(crate) fn authenticated(
-        mut retry: Retry<S, B>,
-        mut req: Request<ReplayBody<B>>,
+    pub(crate) fn send(
+        mut svc: S,
+        config: &Arc<Config>,
+        provider: Provider,
+        account: AccountOf,
+        mut parts: http::request::Parts,
+        body: B,
         lease: Option<Lease>,
     ) -> Self {
+        // The caller's own `Authorization` never goes out (nor is it replayed).
+        if !parts.headers.is_empty() {
+            parts.headers.remove(AUTHORIZATION);
+        }
+        let saved = SavedRequest::new(&parts);
+        let (body, recording) = ReplayBody::recorded(body, config.max_replay_body);
         match lease {
             Some(lease) => {
-                retry.generation = lease.generation;
-                req.headers_mut().insert(AUTHORIZATION, lease.header);
-                let fut = retry.svc.call(req);
+                parts.headers.insert(AUTHORIZATION, lease.header);
+                let fut = svc.call(Request::from_parts(parts, body));
                 ResponseFuture {
                     state: State::Sent { fut },
-                    retry: Some(retry),
+                    retry: Some(Retry {
+                        svc,
+                        config: config.clone(),
+                        provider,
+                        account,
+                        generation: lease.generation,
+                        saved,
+                        recording,
+                        _body: std::marker::PhantomData,
+                    }),
                 }
             }
-            None => ResponseFuture {
-                state: State::Slow {
-                    fut: Box::pin(retry.send_after_refresh(req)),
-                },
-                retry: None,
-            },
+            None => {
+                let retry = Retry {
+                    svc,
+                    config: config.clone(),
+                    provider,
+                    account,
+                    generation: 0,
+                    saved,
+                    recording,
+                    _body: std::marker::PhantomData,
+                };
+                let req = Request::from_parts(parts, body);
+                ResponseFuture {
+                    state: State::Slow {
+                        fut: Box::pin(retry.send_after_refresh(req)),
+                    },
+                    retry: None,
+                }
+            }
         }
     }
 }
@@ -286,7 +329,7 @@ where
                 }
                 StateProj::Slow { fut } => return fut.as_mut().poll(cx),
                 StateProj::Failed { err } => {
-                    return Poll::Ready(Err(err.take().expect("polled after completion")))
+                    return Poll::Ready(Err(*err.take().expect("polled after completion")))
                 }
             }
         }

@@ -49,7 +49,6 @@ mod future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use http_body::Body;
 use tower::{Layer, Service};
@@ -60,7 +59,7 @@ pub use self::future::ResponseFuture;
 
 use crate::error::{BoxError, Error};
 use crate::provider::{Account, HostMap, HostPattern, Provider};
-use crate::tokens::Tokens;
+use crate::tokens::{LeaseMemo, Tokens};
 
 mod body;
 
@@ -94,22 +93,30 @@ pub struct RefreshLayer {
 pub(crate) struct Config {
     pub(crate) tokens: Tokens,
     pub(crate) default_account: Option<Account>,
-    max_replay_body: usize,
+    pub(crate) max_replay_body: usize,
     hosts: HostMap,
 }
 
 impl Config {
+    /// The default account. `AccountOf::Default` is chosen only when the layer has one, and a
+    /// layer's config never changes once built.
+    pub(crate) fn default_account_ref(&self) -> &Account {
+        self.default_account
+            .as_ref()
+            .expect("AccountOf::Default is used only with a default account")
+    }
+
     /// The provider of a request by its host: the URI's authority (as stored, not re-parsed:
     /// this runs on every request), else the `Host` header's.
-    fn provider_of<B>(&self, req: &Request<B>) -> Option<Provider> {
-        match req.uri().authority() {
+    fn provider_of(&self, req: &http::request::Parts) -> Option<Provider> {
+        match req.uri.authority() {
             // Without mappings the scheme's default port is never looked at.
             Some(a) if self.hosts.is_empty() => Provider::from_host(a.as_str()),
             Some(a) => self
                 .hosts
-                .provider(a.as_str(), default_port(req.uri().scheme_str())),
+                .provider(a.as_str(), default_port(req.uri.scheme_str())),
             None => {
-                let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+                let host = req.headers.get(http::header::HOST)?.to_str().ok()?;
                 self.hosts.provider(host, None)
             }
         }
@@ -237,6 +244,7 @@ impl<S> Layer<S> for RefreshLayer {
         Refresh {
             inner,
             config: self.config.clone(),
+            memo: LeaseMemo::default(),
         }
     }
 }
@@ -257,6 +265,8 @@ impl<S> Layer<S> for RefreshLayer {
 pub struct Refresh<S> {
     inner: S,
     config: Arc<Config>,
+    /// The last lease this service was handed, reused while the cache has not changed.
+    memo: LeaseMemo,
 }
 
 impl<S> Refresh<S> {
@@ -312,18 +322,21 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let provider = req
-            .extensions()
+        // Taken apart once, here: each move of a request costs a copy of its ~250 bytes.
+        let (parts, body) = req.into_parts();
+        let provider = parts
+            .extensions
             .get::<Provider>()
             .copied()
-            .or_else(|| self.config.provider_of(&req));
+            .or_else(|| self.config.provider_of(&parts));
         let Some(provider) = provider else {
             let mut svc = self.take_ready_inner();
-            return ResponseFuture::passthrough(svc.call(req.map(ReplayBody::new)));
+            let req = Request::from_parts(parts, ReplayBody::new(body));
+            return ResponseFuture::passthrough(svc.call(req));
         };
         // The layer's default account is named by the shared config: no reference count is
         // taken per request for it.
-        let account = match req.extensions().get::<Account>() {
+        let account = match parts.extensions.get::<Account>() {
             Some(a) => AccountOf::Named(a.clone()),
             None if self.config.default_account.is_some() => AccountOf::Default,
             None => {
@@ -332,7 +345,7 @@ where
                 return ResponseFuture::failed(Error::account_required(Some(provider)));
             }
         };
-        self.call_for(req, provider, account)
+        self.send(parts, body, provider, account)
     }
 }
 
@@ -356,30 +369,40 @@ impl<S: Clone> Refresh<S> {
         B: Body + Send + 'static,
         ResB: Send + 'static,
     {
-        let svc = self.take_ready_inner();
-        let (mut parts, body) = req.into_parts();
-        parts.headers.remove(AUTHORIZATION);
-        let (body, recording) = ReplayBody::recorded(body, self.config.max_replay_body);
-        let saved = future::SavedRequest::new(&parts);
-        let req = Request::from_parts(parts, body);
-        let retry = future::Retry {
-            svc,
-            config: self.config.clone(),
+        let (parts, body) = req.into_parts();
+        self.send(parts, body, provider, account.into())
+    }
+
+    /// [`Refresh::call_for`], the request taken apart.
+    #[inline(always)]
+    fn send<B, ResB>(
+        &mut self,
+        parts: http::request::Parts,
+        body: B,
+        provider: Provider,
+        account: AccountOf,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        ResB: Send + 'static,
+    {
+        let lease = match self.config.tokens.try_lease_memo(
             provider,
-            account: account.into(),
-            generation: 0,
-            saved,
-            recording,
-            _body: std::marker::PhantomData,
+            account.of(&self.config),
+            &mut self.memo,
+        ) {
+            Ok(lease) => lease,
+            Err(e) => {
+                // Nothing is sent, but the instance that said ready is used up like any call's.
+                drop(self.take_ready_inner());
+                return ResponseFuture::failed(e);
+            }
         };
-        match self
-            .config
-            .tokens
-            .try_lease(provider, retry.account().as_str())
-        {
-            Err(e) => ResponseFuture::failed(e),
-            Ok(lease) => ResponseFuture::authenticated(retry, req, lease),
-        }
+        let svc = self.take_ready_inner();
+        ResponseFuture::send(svc, &self.config, provider, account, parts, body, lease)
     }
 
     /// The inner service that was polled ready, leaving a clone in its place (tower's rule:
@@ -396,6 +419,7 @@ mod tests {
     use std::sync::Mutex;
 
     use bytes::Bytes;
+    use http::header::AUTHORIZATION;
     use http_body_util::Empty;
     use tower::ServiceExt;
 

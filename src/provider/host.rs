@@ -226,10 +226,10 @@ impl HostMap {
     /// `https`), used when the authority names none. An exact host beats a wildcard, a longer
     /// wildcard domain a shorter one, and any mapping the default hosts. Allocates nothing.
     pub(crate) fn provider(&self, authority: &str, default_port: Option<u16>) -> Option<Provider> {
-        let (host, port) = split_authority(authority);
         if self.rules.is_empty() {
-            return Provider::of_default_host(host);
+            return Provider::from_host(authority);
         }
+        let (host, port) = split_authority(authority);
         let port = port.or(default_port);
         let mut best: Option<(usize, Provider)> = None;
         for (pattern, provider) in &self.rules {

@@ -59,7 +59,27 @@ impl Provider {
     /// assert_eq!(Provider::from_host("[::1]:443"), None);
     /// ```
     pub fn from_host(host: &str) -> Option<Provider> {
-        Provider::of_default_host(split_authority(host).0)
+        Provider::of_written_host(host)
+            .or_else(|| Provider::of_default_host(split_authority(host).0))
+    }
+
+    /// The provider of an authority written the usual way — a lower-case default host, no
+    /// port — found without splitting it (the layer asks on every request); `None` when it is
+    /// not written so, even if [`Provider::from_host`] finds one.
+    ///
+    /// An authority ending in `.googleapis.com` has a host ending in it, whatever userinfo or
+    /// malformed port precedes it: the host is what follows the last `@`, and a port would have
+    /// to be all digits. The host is Google's unless it is nothing but `.googleapis.com`, that
+    /// is unless the byte before the suffix is missing or an `@`.
+    #[inline]
+    fn of_written_host(authority: &str) -> Option<Provider> {
+        const GOOGLE: &[u8] = b".googleapis.com";
+        let a = authority.as_bytes();
+        match a.len().checked_sub(GOOGLE.len() + 1) {
+            Some(before) if a.ends_with(GOOGLE) && a[before] != b'@' => Some(Provider::Google),
+            _ if a == b"api.github.com" || a == b"uploads.github.com" => Some(Provider::GitHub),
+            _ => None,
+        }
     }
 
     /// The provider of a bare host (no userinfo, no port, no trailing dot) among the defaults.
@@ -164,6 +184,13 @@ impl Account {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether `self` and `other` name the same account: clones of one `Account` are told
+    /// without comparing their ids (the layer's default account, on every request).
+    #[inline]
+    pub(crate) fn same(&self, other: &Account) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
 }
 
 impl fmt::Display for Account {
@@ -174,7 +201,57 @@ impl fmt::Display for Account {
 
 #[cfg(test)]
 mod split_tests {
-    use super::split_authority;
+    use super::{split_authority, Provider};
+
+    #[test]
+    fn the_written_form_shortcut_agrees_with_the_full_split() {
+        let hosts = [
+            "www.googleapis.com",
+            "googleapis.com",
+            ".googleapis.com",
+            "x.googleapis.com",
+            "@.googleapis.com",
+            "u@.googleapis.com",
+            "u@x.googleapis.com",
+            "u:p@x.googleapis.com",
+            "a@b@x.googleapis.com",
+            "a@b:.googleapis.com",
+            "x:.googleapis.com",
+            "x:y.googleapis.com",
+            "x.googleapis.com:443",
+            "x.googleapis.com:",
+            "x.googleapis.com.",
+            "X.GoogleAPIs.com",
+            "evilgoogleapis.com",
+            "x.googleapis.com.evil",
+            "api.github.com",
+            "uploads.github.com",
+            "API.GITHUB.COM",
+            "api.github.com:443",
+            "u@api.github.com",
+            "api.github.com.",
+            "github.com",
+            "[::1]:443",
+            "",
+            "@",
+            ":",
+        ];
+        for host in hosts {
+            let full = Provider::of_default_host(split_authority(host).0);
+            assert_eq!(Provider::from_host(host), full, "{host:?}");
+            if let Some(p) = Provider::of_written_host(host) {
+                assert_eq!(Some(p), full, "{host:?}");
+            }
+        }
+        assert_eq!(
+            Provider::of_written_host("www.googleapis.com"),
+            Some(Provider::Google)
+        );
+        assert_eq!(
+            Provider::of_written_host("api.github.com"),
+            Some(Provider::GitHub)
+        );
+    }
 
     #[test]
     fn authorities() {

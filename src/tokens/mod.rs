@@ -114,7 +114,7 @@ pub use builder::TokensBuilder;
 pub use entry::AccountInfo;
 pub use events::{Events, HealthChange, RefreshEvent, RefreshOutcome};
 pub use index::AccountPage;
-pub(crate) use lease::Lease;
+pub(crate) use lease::{Lease, LeaseMemo};
 pub use stats::ProviderStats;
 
 use entry::{info, Origin};
