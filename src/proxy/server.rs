@@ -22,7 +22,8 @@
 //! but only when the request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,7 +31,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 use super::auth::bearer_matches;
 use super::config::{Config, RateLimitMode};
@@ -72,7 +73,12 @@ pub struct Proxy {
     /// Per route (in the router's order): its metrics and its default account, resolved once.
     per_route: Vec<RouteState>,
     unrouted: RouteMetrics,
-    client: Refresh<Upstream>,
+    /// Per serving worker ([`workers::current`](super::workers::current)), the layer-wrapped
+    /// upstream its requests go through. One long-lived service per worker keeps the layer's
+    /// lease memo between requests (a clone per request would start empty every time); its
+    /// lock is only taken by that worker's thread on the request path, for the synchronous
+    /// `call`.
+    clients: Box<[Mutex<Refresh<Upstream>>]>,
     client_token: Option<Secret>,
     metrics: Arc<Metrics>,
     refresh_api: Option<RefreshApi>,
@@ -118,7 +124,12 @@ impl Proxy {
             router,
             per_route,
             unrouted: metrics.route(""),
-            client: layer.layer(Upstream::with_pools(&timeouts, config.server.workers)),
+            clients: {
+                let upstream = Upstream::with_pools(&timeouts, config.server.workers);
+                (0..config.server.workers.max(1))
+                    .map(|_| Mutex::new(layer.layer(upstream.clone())))
+                    .collect()
+            },
             client_token: config.client_token.clone(),
             metrics,
             refresh_api: None,
@@ -299,10 +310,28 @@ impl Proxy {
 
         let sent = Instant::now();
         // The route decided the provider and the account: the layer takes them as they are.
-        let mut client = self.client.clone();
-        let result = match client.ready().await {
-            Ok(client) => client.call_for(out, route.provider, account.clone()).await,
-            Err(e) => Err(e),
+        let worker = super::workers::current() % self.clients.len();
+        let called = {
+            let mut client = self.clients[worker]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match client.poll_ready(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(Ok(())) => {
+                    Called::Now(client.call_for(out, route.provider, account.clone()))
+                }
+                Poll::Ready(Err(e)) => Called::Failed(e),
+                // The upstream service has no back-pressure of its own: not taken, but if it
+                // ever is, readiness is awaited on a clone, outside the lock.
+                Poll::Pending => Called::Later(out, client.clone()),
+            }
+        };
+        let result = match called {
+            Called::Now(call) => call.await,
+            Called::Failed(e) => Err(e),
+            Called::Later(out, mut client) => match client.ready().await {
+                Ok(client) => client.call_for(out, route.provider, account.clone()).await,
+                Err(e) => Err(e),
+            },
         };
         state.metrics.observe_upstream(sent.elapsed().as_secs_f64());
         let mut resp = match result {
@@ -401,6 +430,16 @@ async fn rewrite_json_body(
 
 fn own_response(code: Code, msg: &str) -> Response<ProxyBody> {
     error_response(code, msg, None, None).map(Either::Right)
+}
+
+/// Where the upstream call of a request stands once its worker's service was asked.
+enum Called<F, R, S> {
+    /// Called: the response future.
+    Now(F),
+    /// The service failed before the call.
+    Failed(crate::Error),
+    /// The service was not ready: the request and a clone of the service, to wait on.
+    Later(R, S),
 }
 
 /// What a request is counted under in `orp_requests_total`.
