@@ -189,6 +189,22 @@ async fn a_host_already_set_is_kept_and_a_bare_authority_gets_the_root_path() {
 }
 
 #[tokio::test]
+async fn the_host_made_from_the_uri_never_carries_its_userinfo() {
+    let up = Upstream::start(Mode::KeepAlive).await;
+    let pool = pool();
+    let uri = format!("http://user:secret-pw@{}/x", up.addr);
+    send(&pool, get(&uri)).await.unwrap();
+    let head = up.heads().remove(0);
+    assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head:?}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("host: {}\r\n", up.addr)),
+        "{head:?}"
+    );
+    assert!(!head.contains("secret-pw"), "{head:?}");
+}
+
+#[tokio::test]
 async fn concurrent_requests_open_one_connection_each_and_all_are_kept() {
     let up = Upstream::start(Mode::KeepAlive).await;
     let pool = pool();

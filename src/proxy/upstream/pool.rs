@@ -22,16 +22,20 @@
 //!   failed, takes its connection with it (hyper closes it). At most 256 idle connections are
 //!   kept per worker and authority.
 //! - **Reaping**: each worker's first connection starts a task on that worker that closes its
-//!   connections idle for `idle_timeout`, every `idle_timeout` (at least a second), so idle
-//!   connections do not outlive the bound when no request comes to expire them. It ends with
-//!   the pool.
+//!   connections idle for `idle_timeout`, every half `idle_timeout` (at least 500 ms apart),
+//!   so an idle connection is closed at most half the timeout late even when no request comes
+//!   to expire it (checkout never hands out one idle for the whole timeout). It ends with the
+//!   pool, or with its runtime; the worker's next connection then starts another.
 //! - **Retry**: a request that a reused connection refused before writing any of it (the
 //!   connection closed while idle; hyper hands the request back) is sent again on another
 //!   connection, at most twice on reused ones, then once on a new one — never a request that was
 //!   written, so a request is never sent twice.
 //!
-//! The request is sent in origin form (`/path?query`) with a `Host` header (the authority,
-//! without the scheme's default port) when it has none, as HTTP/1.1. `https` upstreams keep
+//! The request is sent in origin form (`/path?query`) with a `Host` header (the authority's host
+//! and port, without userinfo or the scheme's default port) when it has none, as HTTP/1.1 (an
+//! HTTP/1.0 request as HTTP/1.0). Connections are served with upgrades enabled, as hyper-util's
+//! client does (the sidecar strips `Upgrade`, so it never asks for one); an upgraded connection
+//! is never ready again and never returns to the pool. `https` upstreams keep
 //! hyper-util's client ([`super::upstream_client`]): they may negotiate HTTP/2 by ALPN, and their
 //! TLS costs more per request than its pool.
 
@@ -342,7 +346,7 @@ where
             .await
             .map_err(|e| PoolError::Connect(e.into()))?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
@@ -351,16 +355,22 @@ where
 }
 
 /// Closes worker `worker`'s connections idle for `idle_timeout` (and forgets closed ones),
-/// every `idle_timeout` (at least a second), until the pool is dropped: idle connections are
-/// closed in time even when no request comes to expire them.
+/// every half `idle_timeout` (at least every 500 ms), until the pool is dropped: idle
+/// connections are closed at most half the timeout late even when no request comes to expire
+/// them.
 async fn reap<B>(pool: Weak<Shared<B>>, worker: usize) {
-    let every = match pool.upgrade() {
-        Some(shared) => shared.idle_timeout.max(Duration::from_secs(1)),
+    // Clears the worker's flag however the task ends (the pool dropped, or its runtime shut
+    // down with it), so that the next connection on that worker starts a reaper again.
+    let guard = Reaping { pool, worker };
+    let every = match guard.pool.upgrade() {
+        Some(shared) => (shared.idle_timeout / 2).max(Duration::from_millis(500)),
         None => return,
     };
     loop {
         tokio::time::sleep(every).await;
-        let Some(shared) = pool.upgrade() else { return };
+        let Some(shared) = guard.pool.upgrade() else {
+            return;
+        };
         let now = Instant::now();
         for host in shared.lock(worker).iter_mut() {
             host.idle.retain(|i| {
@@ -370,8 +380,23 @@ async fn reap<B>(pool: Weak<Shared<B>>, worker: usize) {
     }
 }
 
-/// Makes `req`'s URI origin-form, gives it a `Host` (from the authority) when it has none and
-/// makes it HTTP/1.1; returns the authority, `None` when there was none.
+/// A worker's reaper, running: see [`reap`].
+struct Reaping<B> {
+    pool: Weak<Shared<B>>,
+    worker: usize,
+}
+
+impl<B> Drop for Reaping<B> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.pool.upgrade() {
+            shared.reaping[self.worker].store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Makes `req`'s URI origin-form, gives it a `Host` (the authority's host, and its port unless
+/// 80) when it has none, and sends anything but an HTTP/1.0 request as HTTP/1.1 (a plain
+/// `http` upstream is spoken to in HTTP/1); returns the authority, `None` when there was none.
 fn origin_form<B>(req: &mut Request<B>) -> Option<Authority> {
     let parts = std::mem::take(req.uri_mut()).into_parts();
     let authority = parts.authority?;
@@ -383,9 +408,10 @@ fn origin_form<B>(req: &mut Request<B>) -> Option<Authority> {
     );
     *req.uri_mut() = Uri::from_parts(origin).unwrap_or_default();
     if !req.headers().contains_key(header::HOST) {
+        // From the host and port only: never the URI's userinfo.
         let host = match authority.port_u16() {
-            Some(80) => HeaderValue::from_str(authority.host()),
-            _ => HeaderValue::from_str(authority.as_str()),
+            None | Some(80) => HeaderValue::from_str(authority.host()),
+            Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
         };
         if let Ok(host) = host {
             req.headers_mut().insert(header::HOST, host);
