@@ -26,6 +26,8 @@ enum Mode {
     SecondUnanswered,
     /// Answers with a 256 KiB body, keeps the connection.
     LargeBody,
+    /// Answers with a 100-byte body, keeps the connection.
+    SmallBody,
 }
 
 #[derive(Default)]
@@ -106,6 +108,11 @@ async fn serve(mut stream: TcpStream, mode: Mode, seen: Arc<Mutex<Seen>>) -> boo
             Mode::LargeBody => {
                 let mut r = b"HTTP/1.1 200 OK\r\ncontent-length: 262144\r\n\r\n".to_vec();
                 r.resize(r.len() + 262_144, b'x');
+                r
+            }
+            Mode::SmallBody => {
+                let mut r = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 100\r\n\r\n".to_vec();
+                r.resize(r.len() + 100, b'x');
                 r
             }
             _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
@@ -279,6 +286,30 @@ async fn a_response_body_dropped_before_its_end_takes_its_connection_with_it() {
     assert_eq!((status, body.len()), (200, 262_144));
     assert_eq!(up.connections(), 2);
     assert_eq!(pool.idle(0), 1, "read to its end, it is kept");
+}
+
+#[tokio::test]
+async fn a_small_answer_dropped_unread_gives_its_connection_back() {
+    let up = Upstream::start(Mode::SmallBody).await;
+    let pool = pool();
+    // As the layer drops a 401 to replay the request.
+    let resp = tokio::time::timeout(BOUND, pool.request(get(&up.uri("/x"))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    drop(resp);
+    // hyper reads the 100 bytes already there and the connection comes back, on this thread.
+    tokio::time::timeout(BOUND, async {
+        while pool.idle(0) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the connection is returned");
+    let (status, body) = send(&pool, get(&up.uri("/y"))).await.unwrap();
+    assert_eq!((status, body.len()), (401, 100));
+    assert_eq!(up.connections(), 1);
 }
 
 #[tokio::test]

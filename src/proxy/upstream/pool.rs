@@ -18,9 +18,11 @@
 //!   response without a body: by then hyper has finished the exchange on the same thread and the
 //!   connection is ready, so it goes straight back. One that is not ready yet (its request body
 //!   still going out after an early answer) is handed to a small task that returns it once it
-//!   is ready, waiting at most `idle_timeout`. A response body dropped before its end, or
-//!   failed, takes its connection with it (hyper closes it). At most 256 idle connections are
-//!   kept per worker and authority.
+//!   is ready, waiting at most `idle_timeout`. A response body dropped before its end is
+//!   treated the same: hyper reads the rest when it has already arrived (a small answer, a 401
+//!   the layer drops to replay) and the connection comes back, else hyper closes it. A failed
+//!   body takes its connection with it. At most 256 idle connections are kept per worker and
+//!   authority.
 //! - **Reaping**: each worker's first connection starts a task on that worker that closes its
 //!   connections idle for `idle_timeout`, every half `idle_timeout` (at least 500 ms apart),
 //!   so an idle connection is closed at most half the timeout late even when no request comes
@@ -476,12 +478,12 @@ pin_project! {
         B: 'static,
     {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(checkin) = this.checkin.take() {
-                // Dropped at its end (hyper stops polling a body whose length is reached).
-                if this.inner.is_end_stream() {
-                    checkin.put();
-                }
+            // Dropped at its end (hyper's server stops polling a body whose length is reached),
+            // or before: hyper then reads what is left if it has already arrived (a small
+            // answer, the layer dropping a 401 to replay) and the connection becomes ready,
+            // else closes it; `put` waits, bounded, for either.
+            if let Some(checkin) = this.project().checkin.take() {
+                checkin.put();
             }
         }
     }
