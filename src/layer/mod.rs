@@ -350,11 +350,11 @@ where
 }
 
 impl<S: Clone> Refresh<S> {
-    /// [`Service::call`] for a request whose provider and account are decided: by the layer's
-    /// own rules (the extensions, the host mapping, the default account) when called as a
-    /// service, or by the sidecar's router, which calls this directly so they are not decided
-    /// twice. Sends `req` with `account`'s token of `provider`, ready to refresh and replay on
-    /// a 401.
+    /// [`Service::call`] for a request whose provider and account are decided, by the
+    /// sidecar's router, which calls this directly so they are not decided twice (the service
+    /// decides them by the layer's own rules, then sends as this does). Sends `req` with
+    /// `account`'s token of `provider`, ready to refresh and replay on a 401.
+    #[cfg(feature = "sidecar")]
     #[inline(always)]
     pub(crate) fn call_for<B, ResB>(
         &mut self,
