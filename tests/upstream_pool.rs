@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use oauth_refresh_proxy::proxy::upstream::pool::{Pool, PoolError};
+use oauth_refresh_proxy::proxy::upstream::pool::{Pool, PoolError, PooledBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -137,6 +137,14 @@ fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Empty::new()).unwrap()
 }
 
+/// Sends a GET to `uri` and returns the response as it came, its body unread.
+async fn head(pool: &Pool<Body>, uri: &str) -> http::Response<PooledBody<Body>> {
+    tokio::time::timeout(BOUND, pool.request(get(uri)))
+        .await
+        .expect("bounded")
+        .unwrap()
+}
+
 /// Sends `req` and reads the whole response body: (status, body).
 async fn send(pool: &Pool<Body>, req: Request<Body>) -> Result<(u16, Bytes), PoolError> {
     tokio::time::timeout(BOUND, async {
@@ -218,10 +226,7 @@ async fn concurrent_requests_open_one_connection_each_and_all_are_kept() {
     // Hold all four responses before reading any body: four connections at once.
     let mut held = Vec::new();
     for _ in 0..4 {
-        let resp = tokio::time::timeout(BOUND, pool.request(get(&up.uri("/x"))))
-            .await
-            .unwrap()
-            .unwrap();
+        let resp = head(&pool, &up.uri("/x")).await;
         held.push(resp);
     }
     assert_eq!(up.connections(), 4);
@@ -269,10 +274,7 @@ async fn a_request_written_to_a_connection_that_then_fails_is_not_sent_again() {
 async fn a_response_body_dropped_before_its_end_takes_its_connection_with_it() {
     let up = Upstream::start(Mode::LargeBody).await;
     let pool = pool();
-    let resp = tokio::time::timeout(BOUND, pool.request(get(&up.uri("/big"))))
-        .await
-        .unwrap()
-        .unwrap();
+    let resp = head(&pool, &up.uri("/big")).await;
     let mut body = resp.into_body();
     let first = tokio::time::timeout(BOUND, body.frame()).await.unwrap();
     assert!(first.unwrap().unwrap().is_data());
@@ -293,10 +295,7 @@ async fn a_small_answer_dropped_unread_gives_its_connection_back() {
     let up = Upstream::start(Mode::SmallBody).await;
     let pool = pool();
     // As the layer drops a 401 to replay the request.
-    let resp = tokio::time::timeout(BOUND, pool.request(get(&up.uri("/x"))))
-        .await
-        .unwrap()
-        .unwrap();
+    let resp = head(&pool, &up.uri("/x")).await;
     assert_eq!(resp.status(), 401);
     drop(resp);
     // hyper reads the 100 bytes already there and the connection comes back, on this thread.

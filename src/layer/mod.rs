@@ -345,20 +345,21 @@ where
                 return ResponseFuture::failed(Error::account_required(Some(provider)));
             }
         };
-        self.send(parts, body, provider, account)
+        self.call_for(parts, body, provider, account)
     }
 }
 
 impl<S: Clone> Refresh<S> {
-    /// [`Service::call`] for a request whose provider and account are decided, by the
-    /// sidecar's router, which calls this directly so they are not decided twice (the service
-    /// decides them by the layer's own rules, then sends as this does). Sends `req` with
-    /// `account`'s token of `provider`, ready to refresh and replay on a 401.
-    #[cfg(feature = "sidecar")]
+    /// [`Service::call`] for a request, taken apart, whose provider and account are decided:
+    /// by the layer's own rules when called as a service, or by the sidecar's router, which
+    /// calls this directly so they are not decided twice (and the request is not put together
+    /// only to be taken apart again). Sends it with `account`'s token of `provider`, ready to
+    /// refresh and replay on a 401.
     #[inline(always)]
     pub(crate) fn call_for<B, ResB>(
         &mut self,
-        req: Request<B>,
+        parts: http::request::Parts,
+        body: B,
         provider: Provider,
         account: impl Into<AccountOf>,
     ) -> ResponseFuture<S, B>
@@ -369,26 +370,7 @@ impl<S: Clone> Refresh<S> {
         B: Body + Send + 'static,
         ResB: Send + 'static,
     {
-        let (parts, body) = req.into_parts();
-        self.send(parts, body, provider, account.into())
-    }
-
-    /// [`Refresh::call_for`], the request taken apart.
-    #[inline(always)]
-    fn send<B, ResB>(
-        &mut self,
-        parts: http::request::Parts,
-        body: B,
-        provider: Provider,
-        account: AccountOf,
-    ) -> ResponseFuture<S, B>
-    where
-        S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Send + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        ResB: Send + 'static,
-    {
+        let account = account.into();
         let lease = match self.config.tokens.try_lease_memo(
             provider,
             account.of(&self.config),

@@ -306,7 +306,6 @@ impl Proxy {
         }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        let out = Request::from_parts(parts, body);
 
         let sent = Instant::now();
         // The route decided the provider and the account: the layer takes them as they are.
@@ -317,19 +316,23 @@ impl Proxy {
                 .unwrap_or_else(PoisonError::into_inner);
             match client.poll_ready(&mut Context::from_waker(Waker::noop())) {
                 Poll::Ready(Ok(())) => {
-                    Called::Now(client.call_for(out, route.provider, account.clone()))
+                    Called::Now(client.call_for(parts, body, route.provider, account.clone()))
                 }
                 Poll::Ready(Err(e)) => Called::Failed(e),
                 // The upstream service has no back-pressure of its own: not taken, but if it
                 // ever is, readiness is awaited on a clone, outside the lock.
-                Poll::Pending => Called::Later(out, client.clone()),
+                Poll::Pending => Called::Later((parts, body), client.clone()),
             }
         };
         let result = match called {
             Called::Now(call) => call.await,
             Called::Failed(e) => Err(e),
-            Called::Later(out, mut client) => match client.ready().await {
-                Ok(client) => client.call_for(out, route.provider, account.clone()).await,
+            Called::Later((parts, body), mut client) => match client.ready().await {
+                Ok(client) => {
+                    client
+                        .call_for(parts, body, route.provider, account.clone())
+                        .await
+                }
                 Err(e) => Err(e),
             },
         };
@@ -438,7 +441,8 @@ enum Called<F, R, S> {
     Now(F),
     /// The service failed before the call.
     Failed(crate::Error),
-    /// The service was not ready: the request and a clone of the service, to wait on.
+    /// The service was not ready: the request (taken apart) and a clone of the service, to
+    /// wait on.
     Later(R, S),
 }
 
