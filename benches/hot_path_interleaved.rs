@@ -7,7 +7,12 @@
 //!
 //! For instruction counts (callgrind), `HOT_PATH_ONLY=bare|auth|layer` runs only that variant
 //! (GET then POST, no loopback part): the difference of two runs' totals divided by the
-//! requests is what a variant adds per request, free of the machine's noise.
+//! requests is what a variant adds per request, free of the machine's noise. With
+//! `HOT_PATH_STREAM=1` its POST body is the streamed one (below) instead of `Full`.
+//!
+//! POST runs twice: with a `Full<Bytes>` body (whole in memory, as hyper-util's client is
+//! usually fed) and with the same kilobyte as a streamed body (`StreamBody`, one frame, as the
+//! sidecar's `Incoming` or a reqwest body arrives), which the layer records while it streams.
 
 mod common;
 
@@ -16,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
 use oauth_refresh_proxy::refresh::{BoxFuture, Refreshed, Refresher};
 use oauth_refresh_proxy::{Provider, RefreshError, RefreshLayer, Secret, TokenSeed, Tokens};
 use tower::{Layer, Service, ServiceExt};
@@ -35,10 +41,27 @@ impl Refresher for Unused {
     }
 }
 
-/// ns per request of `iters` calls of `svc`.
-fn run<S>(svc: &mut S, body: &Bytes, iters: u32) -> f64
+/// A streamed request body: the same bytes, one frame, not whole in memory.
+type Streamed = StreamBody<
+    futures_util::stream::Iter<
+        std::option::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>,
+    >,
+>;
+
+fn streamed(body: &Bytes) -> Streamed {
+    StreamBody::new(futures_util::stream::iter(Some(Ok(Frame::data(
+        body.clone(),
+    )))))
+}
+
+fn full(body: &Bytes) -> Full<Bytes> {
+    Full::new(body.clone())
+}
+
+/// ns per request of `iters` calls of `svc`, each request's body made by `make`.
+fn run<S, B>(svc: &mut S, body: &Bytes, make: fn(&Bytes) -> B, iters: u32) -> f64
 where
-    S: Service<Request<Full<Bytes>>>,
+    S: Service<Request<B>>,
     S::Error: std::fmt::Debug,
 {
     let method = if body.is_empty() { "GET" } else { "POST" };
@@ -47,12 +70,44 @@ where
         let req = Request::builder()
             .method(method)
             .uri(URI)
-            .body(Full::new(body.clone()))
+            .body(make(body))
             .unwrap();
-        now(ServiceExt::<Request<Full<Bytes>>>::ready(svc)).unwrap();
+        now(ServiceExt::<Request<B>>::ready(svc)).unwrap();
         black_box(now(svc.call(req)).unwrap());
     }
     started.elapsed().as_nanos() as f64 / iters as f64
+}
+
+/// The three variants alternated, `rounds` times; prints their medians and the ratio.
+fn interleaved<B>(
+    name: &str,
+    tokens: &Tokens,
+    body: &Bytes,
+    make: fn(&Bytes) -> B,
+    rounds: usize,
+    iters: u32,
+) where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut bare = Immediate;
+    let mut auth = tower_http::auth::AddAuthorizationLayer::bearer("seeded").layer(Immediate);
+    let mut layer = RefreshLayer::new(tokens.clone())
+        .default_account("alice")
+        .layer(Immediate);
+    let (mut b, mut a, mut l) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        b.push(run(&mut bare, body, make, iters));
+        a.push(run(&mut auth, body, make, iters));
+        l.push(run(&mut layer, body, make, iters));
+    }
+    let (b, a, l) = (median(b), median(a), median(l));
+    let (added_auth, added_layer) = (a - b, l - b);
+    println!(
+        "{name:<10} {b:>8.1} {a:>18.1} {l:>14.1} {added_layer:>11.1} ns {:>22.1}",
+        added_layer / added_auth.max(1.0)
+    );
+    println!("{:<10} AddAuthorization adds {added_auth:.1} ns", "");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -90,47 +145,34 @@ fn main() {
         "ratio vs AddAuthorization"
     );
     if let Ok(only) = std::env::var("HOT_PATH_ONLY") {
-        for body in [Bytes::new(), Bytes::from(vec![7u8; 1024])] {
-            let layer = RefreshLayer::new(tokens.clone()).default_account("alice");
-            for _ in 0..rounds {
-                match only.as_str() {
-                    "bare" => run(&mut Immediate, &body, iters),
-                    "auth" => run(
-                        &mut tower_http::auth::AddAuthorizationLayer::bearer("seeded")
-                            .layer(Immediate),
-                        &body,
-                        iters,
-                    ),
-                    "layer" => run(&mut layer.layer(Immediate), &body, iters),
-                    other => panic!("HOT_PATH_ONLY={other}: expected bare, auth or layer"),
-                };
-            }
+        let stream = std::env::var_os("HOT_PATH_STREAM").is_some();
+        let layer = RefreshLayer::new(tokens.clone()).default_account("alice");
+        let auth = tower_http::auth::AddAuthorizationLayer::bearer("seeded");
+        let kib = Bytes::from(vec![7u8; 1024]);
+        for _ in 0..rounds {
+            match only.as_str() {
+                "bare" => run(&mut Immediate, &Bytes::new(), full, iters),
+                "auth" => run(&mut auth.layer(Immediate), &Bytes::new(), full, iters),
+                "layer" => run(&mut layer.layer(Immediate), &Bytes::new(), full, iters),
+                other => panic!("HOT_PATH_ONLY={other}: expected bare, auth or layer"),
+            };
+        }
+        for _ in 0..rounds {
+            match (only.as_str(), stream) {
+                ("bare", false) => run(&mut Immediate, &kib, full, iters),
+                ("bare", true) => run(&mut Immediate, &kib, streamed, iters),
+                ("auth", false) => run(&mut auth.layer(Immediate), &kib, full, iters),
+                ("auth", true) => run(&mut auth.layer(Immediate), &kib, streamed, iters),
+                ("layer", false) => run(&mut layer.layer(Immediate), &kib, full, iters),
+                (_, _) => run(&mut layer.layer(Immediate), &kib, streamed, iters),
+            };
         }
         return;
     }
-    for (name, body) in [
-        ("GET", Bytes::new()),
-        ("POST 1KiB", Bytes::from(vec![7u8; 1024])),
-    ] {
-        let mut bare = Immediate;
-        let mut auth = tower_http::auth::AddAuthorizationLayer::bearer("seeded").layer(Immediate);
-        let mut layer = RefreshLayer::new(tokens.clone())
-            .default_account("alice")
-            .layer(Immediate);
-        let (mut b, mut a, mut l) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            b.push(run(&mut bare, &body, iters));
-            a.push(run(&mut auth, &body, iters));
-            l.push(run(&mut layer, &body, iters));
-        }
-        let (b, a, l) = (median(b), median(a), median(l));
-        let (added_auth, added_layer) = (a - b, l - b);
-        println!(
-            "{name:<10} {b:>8.1} {a:>18.1} {l:>14.1} {added_layer:>11.1} ns {:>22.1}",
-            added_layer / added_auth.max(1.0)
-        );
-        println!("{:<10} AddAuthorization adds {added_auth:.1} ns", "");
-    }
+    let kib = Bytes::from(vec![7u8; 1024]);
+    interleaved("GET", &tokens, &Bytes::new(), full, rounds, iters);
+    interleaved("POST 1KiB", &tokens, &kib, full, rounds, iters);
+    interleaved("STREAM 1KiB", &tokens, &kib, streamed, rounds, iters);
     drop(_guard);
     loopback(rounds.min(15), 2_000);
 }
