@@ -498,6 +498,54 @@ mod whole_tests {
         }
     }
 
+    /// Data chunks, then trailers.
+    struct WithTrailers(VecDeque<Frame<Bytes>>);
+
+    impl Body for WithTrailers {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    #[test]
+    fn trailers_are_recorded_and_replayed_and_an_unfinished_body_is_not() {
+        rt().block_on(async {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+            let frames = || {
+                WithTrailers(
+                    [
+                        Frame::data(Bytes::from_static(b"one")),
+                        Frame::data(Bytes::from_static(b"two")),
+                        Frame::trailers(trailers.clone()),
+                    ]
+                    .into(),
+                )
+            };
+            let (body, rec) = ReplayBody::recorded(frames(), 100);
+            let sent = body.collect().await.unwrap();
+            assert_eq!(sent.trailers(), Some(&trailers));
+            let again = rec
+                .replay::<WithTrailers>()
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            assert_eq!(again.trailers(), Some(&trailers));
+            assert_eq!(again.to_bytes(), "onetwo");
+            // Dropped before its end: nothing to replay.
+            let (mut body, rec) = ReplayBody::recorded(frames(), 100);
+            body.frame().await.unwrap().unwrap();
+            drop(body);
+            assert!(rec.replay::<WithTrailers>().is_none());
+        });
+    }
+
     #[test]
     fn a_chunk_after_the_promised_end_makes_the_body_not_replayable() {
         rt().block_on(async {
