@@ -7,7 +7,8 @@
 //! 1. replaces any `Authorization` header with the account's cached token (marked sensitive),
 //!    refreshing first when the token is missing, expired or within `skew`;
 //! 2. wraps the body in a [`ReplayBody`] that records up to `max_replay_body` bytes as the inner
-//!    service streams it;
+//!    service streams it (a body already whole in memory, `Full<Bytes>` or `String`, is kept as
+//!    it is);
 //! 3. on a **401** (only 401: a 403 or 404 never refreshes), refreshes — or, when the cache
 //!    already holds a newer token generation than the request carried, takes that one — and
 //!    replays the request once with the same method, URI, headers and the byte-identical body.
@@ -521,6 +522,56 @@ mod tests {
         req.extensions_mut().insert(Provider::Google);
         let seen = authorization_seen(layer(), req).await;
         assert_eq!(seen.as_deref(), Some("Bearer google-fresh"));
+    }
+
+    #[tokio::test]
+    async fn a_401_replays_the_same_request_with_a_body_whole_in_memory() {
+        use http_body_util::{BodyExt, Full};
+        type Seen = (String, String, Option<String>, Option<String>, Bytes);
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let inner = tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+            let record = record.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let header = |name| {
+                    parts
+                        .headers
+                        .get(name)
+                        .map(|v: &http::HeaderValue| v.to_str().unwrap().to_string())
+                };
+                let mut seen = record.lock().unwrap();
+                seen.push((
+                    parts.method.to_string(),
+                    parts.uri.to_string(),
+                    header(AUTHORIZATION),
+                    header(http::header::CONTENT_TYPE),
+                    body,
+                ));
+                let status = if seen.len() == 1 { 401 } else { 200 };
+                let mut resp = Response::new(());
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let uri = "https://www.googleapis.com/upload/drive/v3/files?uploadType=media";
+        let req = Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(AUTHORIZATION, "Bearer caller")
+            .body(Full::new(Bytes::from_static(b"{\"name\":\"a\"}")))
+            .unwrap();
+        let resp = layer().layer(inner).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        let (first, again) = (&seen[0], &seen[1]);
+        assert_eq!(first.0, "POST");
+        assert_eq!(first.1, uri);
+        assert_eq!(first.2.as_deref(), Some("Bearer google-fresh"));
+        assert_eq!(first.3.as_deref(), Some("application/json"));
+        assert_eq!(&first.4[..], b"{\"name\":\"a\"}");
+        assert_eq!(first, again);
     }
 
     #[test]
