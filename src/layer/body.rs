@@ -376,22 +376,39 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full};
 
-    /// A body of the given chunks, with no size hint (like a chunked upload).
-    struct Chunks(VecDeque<Bytes>);
+    /// A body of the given frames, with no size hint (like a chunked upload); `lying` ones say
+    /// they are at their end with one frame left, then send it.
+    struct Frames {
+        frames: VecDeque<Frame<Bytes>>,
+        lying: bool,
+    }
 
-    impl Body for Chunks {
+    impl Body for Frames {
         type Data = Bytes;
         type Error = std::convert::Infallible;
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+            Poll::Ready(self.frames.pop_front().map(Ok))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.lying && self.frames.len() <= 1
         }
     }
 
-    fn chunks(n: usize, size: usize) -> Chunks {
-        Chunks((0..n).map(|i| Bytes::from(vec![i as u8; size])).collect())
+    fn frames(frames: impl IntoIterator<Item = Frame<Bytes>>, lying: bool) -> Frames {
+        Frames {
+            frames: frames.into_iter().collect(),
+            lying,
+        }
+    }
+
+    fn chunks(n: usize, size: usize) -> Frames {
+        frames(
+            (0..n).map(|i| Frame::data(Bytes::from(vec![i as u8; size]))),
+            false,
+        )
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -404,9 +421,9 @@ mod tests {
     fn records_and_replays_identically() {
         rt().block_on(async {
             let (body, rec) = ReplayBody::recorded(chunks(10, 100), 1000);
-            assert!(rec.replay::<Chunks>().is_none(), "not read yet");
+            assert!(rec.replay::<Frames>().is_none(), "not read yet");
             let first = body.collect().await.unwrap().to_bytes();
-            let again = rec.replay::<Chunks>().unwrap();
+            let again = rec.replay::<Frames>().unwrap();
             assert_eq!(again.size_hint().exact(), Some(1000));
             assert_eq!(again.collect().await.unwrap().to_bytes(), first);
         });
@@ -417,7 +434,7 @@ mod tests {
         rt().block_on(async {
             let (body, rec) = ReplayBody::recorded(chunks(11, 100), 1000);
             assert_eq!(body.collect().await.unwrap().to_bytes().len(), 1100);
-            assert!(rec.replay::<Chunks>().is_none());
+            assert!(rec.replay::<Frames>().is_none());
             let (_, rec) = ReplayBody::recorded(Full::new(Bytes::from(vec![0u8; 1001])), 1000);
             assert!(matches!(rec, Recording::TooLarge));
         });
@@ -436,18 +453,6 @@ mod tests {
             let again = rec.replay::<Full<Bytes>>().unwrap();
             assert_eq!(again.collect().await.unwrap().to_bytes(), "abc");
         });
-    }
-}
-
-#[cfg(test)]
-mod whole_tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
     }
 
     #[test]
@@ -481,81 +486,48 @@ mod whole_tests {
         });
     }
 
-    /// Breaks its promise: says it is at its end after the first chunk, then sends another.
-    struct Lying(VecDeque<Bytes>);
-
-    impl Body for Lying {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
-        }
-        fn is_end_stream(&self) -> bool {
-            self.0.len() <= 1
-        }
-    }
-
-    /// Data chunks, then trailers.
-    struct WithTrailers(VecDeque<Frame<Bytes>>);
-
-    impl Body for WithTrailers {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-    }
-
     #[test]
     fn trailers_are_recorded_and_replayed_and_an_unfinished_body_is_not() {
         rt().block_on(async {
             let mut trailers = HeaderMap::new();
             trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
-            let frames = || {
-                WithTrailers(
+            let make = || {
+                frames(
                     [
                         Frame::data(Bytes::from_static(b"one")),
                         Frame::data(Bytes::from_static(b"two")),
                         Frame::trailers(trailers.clone()),
-                    ]
-                    .into(),
+                    ],
+                    false,
                 )
             };
-            let (body, rec) = ReplayBody::recorded(frames(), 100);
+            let (body, rec) = ReplayBody::recorded(make(), 100);
             let sent = body.collect().await.unwrap();
             assert_eq!(sent.trailers(), Some(&trailers));
-            let again = rec
-                .replay::<WithTrailers>()
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
+            let again = rec.replay::<Frames>().unwrap().collect().await.unwrap();
             assert_eq!(again.trailers(), Some(&trailers));
             assert_eq!(again.to_bytes(), "onetwo");
             // Dropped before its end: nothing to replay.
-            let (mut body, rec) = ReplayBody::recorded(frames(), 100);
+            let (mut body, rec) = ReplayBody::recorded(make(), 100);
             body.frame().await.unwrap().unwrap();
             drop(body);
-            assert!(rec.replay::<WithTrailers>().is_none());
+            assert!(rec.replay::<Frames>().is_none());
         });
     }
 
     #[test]
     fn a_chunk_after_the_promised_end_makes_the_body_not_replayable() {
         rt().block_on(async {
-            let chunks = [&b"a"[..], b"b", b"c"].map(Bytes::from_static).into();
-            let (mut body, rec) = ReplayBody::recorded(Lying(chunks), 100);
+            let lying = frames(
+                [&b"a"[..], b"b", b"c"].map(|c| Frame::data(Bytes::from_static(c))),
+                true,
+            );
+            let (mut body, rec) = ReplayBody::recorded(lying, 100);
             body.frame().await.unwrap().unwrap();
             body.frame().await.unwrap().unwrap();
             // The end as announced: published, replayable.
             assert_eq!(
-                rec.replay::<Lying>()
+                rec.replay::<Frames>()
                     .unwrap()
                     .collect()
                     .await
@@ -564,7 +536,7 @@ mod whole_tests {
                 "ab"
             );
             body.frame().await.unwrap().unwrap();
-            assert!(rec.replay::<Lying>().is_none());
+            assert!(rec.replay::<Frames>().is_none());
         });
     }
 }
