@@ -187,8 +187,9 @@ impl Recording {
     }
 }
 
-/// The bytes of a body that is whole in memory, taken without polling it: `Full<Bytes>` (one
-/// chunk, then the end) and `String`. `None` for any other body.
+/// The bytes of a body that is whole in memory, taken at once without waiting: `Full<Bytes>`
+/// (polled once with no waker: its one chunk is ready, then the end) and `String`. `None` for
+/// any other body.
 fn whole<B: Body + 'static>(body: &mut B) -> Option<Bytes> {
     let body: &mut dyn Any = body;
     if let Some(full) = body.downcast_mut::<Full<Bytes>>() {
