@@ -319,11 +319,12 @@ where
     /// Sends the request now with `lease`, or — without one — waits for a refresh on the slow
     /// path; either way ready to refresh and replay on a 401.
     ///
-    /// Inlined into the layer's `call`, and the future built in one expression, so that it is
-    /// built in place rather than moved through calls (the retry state is a few hundred bytes).
+    /// Inlined into the layer's `call`, so that the future is built in place rather than moved
+    /// through calls (the retry state is a few hundred bytes); the retry state is built once,
+    /// for both paths.
     #[inline(always)]
     pub(crate) fn send(
-        mut svc: S,
+        svc: S,
         config: &Arc<Config>,
         provider: Provider,
         account: AccountOf,
@@ -337,43 +338,32 @@ where
         }
         let saved = SavedRequest::new(&parts);
         let (body, recording) = ReplayBody::recorded(body, config.max_replay_body);
+        let mut retry = Retry {
+            svc,
+            config: config.clone(),
+            provider,
+            account,
+            generation: 0,
+            saved,
+            recording,
+            _body: std::marker::PhantomData,
+        };
         match lease {
             Some(lease) => {
+                retry.generation = lease.generation;
                 parts.headers.insert(AUTHORIZATION, lease.header);
-                let fut = svc.call(Request::from_parts(parts, body));
+                let fut = retry.svc.call(Request::from_parts(parts, body));
                 ResponseFuture {
                     state: State::Sent { fut },
-                    retry: Some(Retry {
-                        svc,
-                        config: config.clone(),
-                        provider,
-                        account,
-                        generation: lease.generation,
-                        saved,
-                        recording,
-                        _body: std::marker::PhantomData,
-                    }),
+                    retry: Some(retry),
                 }
             }
-            None => {
-                let retry = Retry {
-                    svc,
-                    config: config.clone(),
-                    provider,
-                    account,
-                    generation: 0,
-                    saved,
-                    recording,
-                    _body: std::marker::PhantomData,
-                };
-                let req = Request::from_parts(parts, body);
-                ResponseFuture {
-                    state: State::Slow {
-                        fut: Box::pin(retry.send_after_refresh(req)),
-                    },
-                    retry: None,
-                }
-            }
+            None => ResponseFuture {
+                state: State::Slow {
+                    fut: Box::pin(retry.send_after_refresh(Request::from_parts(parts, body))),
+                },
+                retry: None,
+            },
         }
     }
 }
