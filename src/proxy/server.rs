@@ -21,9 +21,10 @@
 //! inside JSON bodies, unless the route says `rewrite_body = false` ([`super::json_rewrite`]) —
 //! but only when the request's `Host` is a plain `host[:port]` ([`rewrite_authority`]).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -151,10 +152,31 @@ impl Proxy {
         self
     }
 
-    /// Handles one request from a caller.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let (label, resp) = self.route(req).await;
+    /// Handles one request from a caller: routes it at once (the inbound rules, the route,
+    /// the account, the upstream call) and returns the future of its response.
+    ///
+    /// The future is written out by hand rather than as nested `async fn`s: hyper keeps it
+    /// for every request and moves it on its way in, and an `async fn` reserves room for
+    /// every local of every branch (3.4 KiB here, moved four times per request). This one
+    /// holds the layer's response future and what the answer's rewriting needs; the rare
+    /// paths (the served refresh API, a JSON body rewritten, a service not ready) are boxed.
+    pub fn handle(self: &Arc<Self>, req: Request<Incoming>) -> ResponseFuture {
+        // Read for the debug line only.
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
+        ResponseFuture {
+            state: self.route(req),
+            proxy: self.clone(),
+            started,
+        }
+    }
+
+    /// Counts `resp` under `label` (and logs it at debug level).
+    fn finish(
+        &self,
+        label: Label,
+        resp: Response<ProxyBody>,
+        started: Option<Instant>,
+    ) -> Response<ProxyBody> {
         let status = resp.status().as_u16();
         match &label {
             Label::Route(i) => self.per_route[*i].metrics.observe_request(status),
@@ -167,67 +189,71 @@ impl Proxy {
                 Label::Unrouted => "",
                 Label::Other(name) => name.as_str(),
             };
-            tracing::debug!(route, status, elapsed = ?started.elapsed(), "proxied");
+            let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+            tracing::debug!(route, status, ?elapsed, "proxied");
         }
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>) -> (Label, Response<ProxyBody>) {
-        let own = own_response;
+    /// Everything up to the upstream call, synchronously: the answer when the proxy answers
+    /// itself, else the call under way.
+    fn route(self: &Arc<Self>, req: Request<Incoming>) -> State {
+        let own = |label, code, msg| State::answered(label, own_response(code, msg));
         // An upstream echoing TRACE would hand the injected token back to the caller.
         if req.method() == Method::TRACE {
-            return (
+            return own(
                 Label::Unrouted,
-                own(
-                    Code::MethodNotAllowed,
-                    "TRACE is not supported: it would echo the injected credentials",
-                ),
+                Code::MethodNotAllowed,
+                "TRACE is not supported: it would echo the injected credentials",
             );
         }
         if req.method() == Method::CONNECT {
-            return (
+            return own(
                 Label::Unrouted,
-                own(
-                    Code::MethodNotAllowed,
-                    "CONNECT is not supported: this is not a forward proxy",
-                ),
+                Code::MethodNotAllowed,
+                "CONNECT is not supported: this is not a forward proxy",
             );
         }
         // HTTP/1 absolute-form (`GET http://host/x`) is a forward-proxy request: refused.
         // (HTTP/2 requests always carry :authority, which is the proxy's own.)
         if req.version() < Version::HTTP_2 && req.uri().authority().is_some() {
-            return (
+            return own(
                 Label::Unrouted,
-                own(
-                    Code::BadRequest,
-                    "absolute-form request targets are not supported: send the path only",
-                ),
+                Code::BadRequest,
+                "absolute-form request targets are not supported: send the path only",
             );
         }
         // The served refresh API has its own bearer: client_token does not apply (SPEC 4.9).
-        if let Some(api) = &self.refresh_api {
-            if let Some(label) = refresh_api::route_label(req.uri().path()) {
-                return (
-                    Label::Other(label),
-                    api.handle(req).await.map(Either::Right),
-                );
-            }
+        if let Some(label) = self
+            .refresh_api
+            .as_ref()
+            .and_then(|_| refresh_api::route_label(req.uri().path()))
+        {
+            let proxy = self.clone();
+            return State::Boxed {
+                fut: Box::pin(async move {
+                    let api = proxy.refresh_api.as_ref().expect("checked above");
+                    (
+                        Label::Other(label),
+                        api.handle(req).await.map(Either::Right),
+                    )
+                }),
+            };
         }
         if let Some(expected) = &self.client_token {
             if !bearer_matches(expected, req.headers(), &header::PROXY_AUTHORIZATION) {
-                return (
+                return own(
                     Label::Unrouted,
-                    own(
-                        Code::Unauthorized,
-                        "send Proxy-Authorization: Bearer <client_token>",
-                    ),
+                    Code::Unauthorized,
+                    "send Proxy-Authorization: Bearer <client_token>",
                 );
             }
         }
         let Some((index, rest)) = self.router.find_index(req.uri().path()) else {
-            return (
+            return own(
                 Label::Unrouted,
-                own(Code::UnknownRoute, "no route matches this path"),
+                Code::UnknownRoute,
+                "no route matches this path",
             );
         };
         let route = &self.router.routes()[index];
@@ -237,12 +263,10 @@ impl Proxy {
             Some(v) => match v.to_str() {
                 Ok(s) if !s.trim().is_empty() => Some(Account::new(s.trim())),
                 _ => {
-                    return (
+                    return own(
                         label,
-                        own(
-                            Code::AccountRequired,
-                            "x-oauth-account must be a non-empty ASCII account id",
-                        ),
+                        Code::AccountRequired,
+                        "x-oauth-account must be a non-empty ASCII account id",
                     );
                 }
             },
@@ -255,7 +279,7 @@ impl Proxy {
                 Some(route.provider),
                 None,
             );
-            return (label, resp.map(Either::Right));
+            return State::answered(label, resp.map(Either::Right));
         };
         // Nothing is sent while the upstream is known to refuse this account (SPEC 4.10).
         let resource = Resource::of_path(rest);
@@ -269,17 +293,15 @@ impl Proxy {
                     "rate limited: request not forwarded"
                 );
                 let resp = blocked.response(route.provider, account.as_str());
-                return (label, resp.map(Either::Right));
+                return State::answered(label, resp.map(Either::Right));
             }
         }
-        let uri = match upstream_uri(route, rest, req.uri().query()) {
-            Ok(u) => u,
-            Err(_) => {
-                return (
-                    label,
-                    own(Code::BadRequest, "the request path cannot be forwarded"),
-                )
-            }
+        let Ok(uri) = upstream_uri(route, rest, req.uri().query()) else {
+            return own(
+                label,
+                Code::BadRequest,
+                "the request path cannot be forwarded",
+            );
         };
         // Kept as a header value (a reference-count increment); read (and checked to be a
         // plain `host[:port]`) only when a response carries Location or Link.
@@ -289,8 +311,14 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
 
-        let method = req.method().clone();
         let (mut parts, body) = req.into_parts();
+        let after = After {
+            index,
+            method: parts.method.clone(),
+            account,
+            proxy_host,
+            sent: Instant::now(),
+        };
         // The caller's body fails with a BodyError when it stalls or its framing is bad: the
         // upstream attempt is aborted and the answer is 408 or 400 (errors::from_error).
         let body = IdleTimeout::new(body, self.body_read_timeout);
@@ -307,36 +335,52 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
 
-        let sent = Instant::now();
         // The route decided the provider and the account: the layer takes them as they are.
         let worker = super::workers::current() % self.clients.len();
-        let called = {
-            let mut client = self.clients[worker]
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match client.poll_ready(&mut Context::from_waker(Waker::noop())) {
-                Poll::Ready(Ok(())) => {
-                    Called::Now(client.call_for(parts, body, route.provider, account.clone()))
-                }
-                Poll::Ready(Err(e)) => Called::Failed(e),
-                // The upstream service has no back-pressure of its own: not taken, but if it
-                // ever is, readiness is awaited on a clone, outside the lock.
-                Poll::Pending => Called::Later((parts, body), client.clone()),
-            }
-        };
-        let result = match called {
-            Called::Now(call) => call.await,
-            Called::Failed(e) => Err(e),
-            Called::Later((parts, body), mut client) => match client.ready().await {
-                Ok(client) => {
-                    client
-                        .call_for(parts, body, route.provider, account.clone())
-                        .await
-                }
-                Err(e) => Err(e),
+        let mut client = self.clients[worker]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match client.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => State::Upstream {
+                fut: client.call_for(parts, body, route.provider, after.account.clone()),
+                after: Some(after),
             },
-        };
-        state.metrics.observe_upstream(sent.elapsed().as_secs_f64());
+            Poll::Ready(Err(e)) => self.answer(after, Err(e)).into_state(),
+            // The upstream service has no back-pressure of its own: not taken, but if it ever
+            // is, readiness is awaited on a clone, outside the lock.
+            Poll::Pending => {
+                let mut client = client.clone();
+                let proxy = self.clone();
+                State::Boxed {
+                    fut: Box::pin(async move {
+                        let provider = proxy.router.routes()[after.index].provider;
+                        let result = match client.ready().await {
+                            Ok(client) => {
+                                client
+                                    .call_for(parts, body, provider, after.account.clone())
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        match proxy.answer(after, result) {
+                            Answer::Now(label, resp) => (label, resp),
+                            Answer::Later(fut) => fut.await,
+                        }
+                    }),
+                }
+            }
+        }
+    }
+
+    /// What the caller gets for the upstream's `result`: the answer, its headers rewritten
+    /// for the proxy, or the rewriting of its JSON body under way.
+    fn answer(&self, after: After, result: Result<Response<UpstreamBody>, crate::Error>) -> Answer {
+        let route = &self.router.routes()[after.index];
+        let state = &self.per_route[after.index];
+        let label = Label::Route(after.index);
+        state
+            .metrics
+            .observe_upstream(after.sent.elapsed().as_secs_f64());
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
@@ -351,45 +395,152 @@ impl Proxy {
                     }
                     _ => tracing::warn!(route = %route.prefix, error = %e, "request failed"),
                 }
-                return (label, resp.map(Either::Right));
+                return Answer::Now(label, resp.map(Either::Right));
             }
         };
         state
             .limits
-            .observe(account.as_str(), resp.status(), resp.headers());
+            .observe(after.account.as_str(), resp.status(), resp.headers());
+        let present = scan(resp.headers());
         // A message framed by Transfer-Encoding ignores its Content-Length (RFC 9112 §6.3);
         // forwarding that Content-Length would cut the re-framed body short.
-        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        if present & FOUND_TRANSFER_ENCODING != 0 {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
-        strip_hop_by_hop(resp.headers_mut());
-        let h = resp.headers();
-        let rewrite_headers = h.contains_key(header::LOCATION) || h.contains_key(header::LINK);
-        let rewrite_body =
-            route.rewrite_body && json_rewrite::applies(&method, resp.status(), resp.headers());
+        strip_found(resp.headers_mut(), present);
+        // (Found before the strip: a `Connection` naming them removed them; the rewriting
+        // then finds nothing to rewrite.)
+        let rewrite_headers = present & (FOUND_LOCATION | FOUND_LINK) != 0;
+        let rewrite_body = route.rewrite_body
+            && json_rewrite::applies(&after.method, resp.status(), resp.headers());
+        let as_is = |resp: Response<UpstreamBody>| resp.map(|b| Either::Left(Either::Left(b)));
         if !(rewrite_headers || rewrite_body) {
-            return (label, resp.map(|b| Either::Left(Either::Left(b))));
+            return Answer::Now(label, as_is(resp));
         }
-        let Some(host) = proxy_host
+        let Some(host) = after
+            .proxy_host
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .and_then(rewrite_authority)
         else {
-            return (label, resp.map(|b| Either::Left(Either::Left(b))));
+            return Answer::Now(label, as_is(resp));
         };
         if rewrite_headers {
             rewrite_location_and_link(resp.headers_mut(), route, host);
         }
         match JsonRewrite::new(route, host).filter(|_| rewrite_body) {
-            Some(rewrite) => {
+            Some(rewrite) => Answer::Later(Box::pin(async move {
                 let resp = rewrite_json_body(resp, rewrite).await;
                 (
                     label,
                     resp.map(|b| Either::Left(Either::Right(Box::pin(b)))),
                 )
-            }
-            None => (label, resp.map(|b| Either::Left(Either::Left(b)))),
+            })),
+            None => Answer::Now(label, as_is(resp)),
         }
+    }
+}
+
+/// A boxed future of an answer and the label it is counted under.
+type BoxedAnswer = Pin<Box<dyn Future<Output = (Label, Response<ProxyBody>)> + Send>>;
+
+/// What a routed request needs once its upstream answered.
+struct After {
+    /// The route's index in the router.
+    index: usize,
+    method: Method,
+    account: Account,
+    /// The request's `Host`, for rewriting URLs back to the proxy.
+    proxy_host: Option<HeaderValue>,
+    /// When the upstream call started (`orp_upstream_duration_seconds`).
+    sent: Instant,
+}
+
+/// An upstream answer as [`Proxy::answer`] made it for the caller.
+// `Now` is the common case, returned once and at once: boxing it would allocate per request.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    Now(Label, Response<ProxyBody>),
+    /// Its JSON body's rewriting waits for the body's first frame.
+    Later(BoxedAnswer),
+}
+
+impl Answer {
+    fn into_state(self) -> State {
+        match self {
+            Answer::Now(label, resp) => State::answered(label, resp),
+            Answer::Later(fut) => State::Boxed { fut },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Proxy::handle`].
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+        proxy: Arc<Proxy>,
+        started: Option<Instant>,
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State {
+        /// The upstream call, through the layer.
+        Upstream {
+            #[pin]
+            fut: crate::layer::ResponseFuture<Upstream, super::upstream::CallerBody>,
+            after: Option<After>,
+        },
+        /// A rare path, boxed: the served refresh API, a JSON body rewritten, a service that
+        /// was not ready.
+        Boxed { fut: BoxedAnswer },
+        /// The proxy's own answer (taken when polled).
+        Answered { answer: Option<(Label, Response<ProxyBody>)> },
+    }
+}
+
+impl State {
+    fn answered(label: Label, resp: Response<ProxyBody>) -> Self {
+        State::Answered {
+            answer: Some((label, resp)),
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Response<ProxyBody>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let (label, resp) = loop {
+            match this.state.as_mut().project() {
+                StateProj::Upstream { fut, after } => {
+                    let result = ready!(fut.poll(cx));
+                    let after = after
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    match this.proxy.answer(after, result) {
+                        Answer::Now(label, resp) => break (label, resp),
+                        Answer::Later(fut) => this.state.set(State::Boxed { fut }),
+                    }
+                }
+                StateProj::Boxed { fut } => break ready!(fut.as_mut().poll(cx)),
+                StateProj::Answered { answer } => {
+                    break answer
+                        .take()
+                        .expect("ResponseFuture polled after completion")
+                }
+            }
+        };
+        Poll::Ready(this.proxy.finish(label, resp, *this.started))
     }
 }
 
@@ -433,17 +584,6 @@ async fn rewrite_json_body(
 
 fn own_response(code: Code, msg: &str) -> Response<ProxyBody> {
     error_response(code, msg, None, None).map(Either::Right)
-}
-
-/// Where the upstream call of a request stands once its worker's service was asked.
-enum Called<F, R, S> {
-    /// Called: the response future.
-    Now(F),
-    /// The service failed before the call.
-    Failed(crate::Error),
-    /// The service was not ready: the request (taken apart) and a clone of the service, to
-    /// wait on.
-    Later(R, S),
 }
 
 /// What a request is counted under in `orp_requests_total`.
@@ -497,19 +637,44 @@ fn is_listed_hop_by_hop(name: &str) -> bool {
         .any(|&i| HOP_BY_HOP[i].as_str().eq_ignore_ascii_case(name))
 }
 
-/// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and those `Connection` names).
-///
-/// This runs twice per proxied request, so it allocates nothing: one pass over the names
-/// present notes which fixed hop-by-hop names are there (most requests carry none: done), then
-/// the names `Connection` lists are removed one by one, then the fixed names found.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u8;
+/// [`scan`]'s bit for `Location`.
+const FOUND_LOCATION: u16 = 1 << 8;
+/// [`scan`]'s bit for `Link`.
+const FOUND_LINK: u16 = 1 << 9;
+/// [`scan`]'s bit for `Transfer-Encoding`.
+const FOUND_TRANSFER_ENCODING: u16 = 1 << 6; // HOP_BY_HOP[6]
+
+/// One pass over `headers`' names: bit `i` set when `HOP_BY_HOP[i]` is there, and
+/// [`FOUND_LOCATION`], [`FOUND_LINK`] for those (what an answer's handling looks for, found in the same
+/// pass instead of a lookup each).
+fn scan(headers: &HeaderMap) -> u16 {
+    let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            present |= 1 << i;
+        match name.as_str().len() {
+            8 if *name == header::LOCATION => present |= FOUND_LOCATION,
+            4 if *name == header::LINK => present |= FOUND_LINK,
+            _ => {
+                if let Some(i) = hop_by_hop_index(name) {
+                    present |= 1 << i;
+                }
+            }
         }
     }
-    if present == 0 {
+    present
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and those `Connection` names).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_found(headers, scan(headers));
+}
+
+/// Removes the hop-by-hop headers [`scan`] found (`present`) and the names `Connection` lists.
+///
+/// This runs twice per proxied request, so it allocates nothing: most messages carry none of
+/// them (done), else the names `Connection` lists are removed one by one, then the fixed names
+/// found.
+fn strip_found(headers: &mut HeaderMap, present: u16) {
+    if present & 0xff == 0 {
         return;
     }
     if present & 1 != 0 {
@@ -687,6 +852,35 @@ mod tests {
         );
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), ["date"]);
+    }
+
+    #[test]
+    fn one_scan_finds_hop_by_hop_location_and_link() {
+        assert_eq!(HOP_BY_HOP[6], header::TRANSFER_ENCODING);
+        assert_eq!(scan(&headers(&[("date", "x"), ("content-length", "1")])), 0);
+        assert_eq!(
+            scan(&headers(&[("transfer-encoding", "chunked"), ("date", "x")])),
+            FOUND_TRANSFER_ENCODING
+        );
+        assert_eq!(
+            scan(&headers(&[
+                ("location", "/a"),
+                ("link", "<x>"),
+                ("te", "t")
+            ])),
+            FOUND_LOCATION | FOUND_LINK | 1 << 4
+        );
+        // Names of the same lengths are not taken for them.
+        assert_eq!(scan(&headers(&[("x-locate", "1"), ("lynx", "2")])), 0);
+        // What was found is what is stripped; Location and Link stay.
+        let mut h = headers(&[
+            ("location", "/a"),
+            ("keep-alive", "timeout=5"),
+            ("link", "<x>"),
+        ]);
+        let found = scan(&h);
+        strip_found(&mut h, found);
+        assert_eq!(names(&h), ["link", "location"]);
     }
 
     #[test]

@@ -390,10 +390,7 @@ impl Sidecar {
         let workers = Some(self.workers.clone());
         let proxy_task = tokio::spawn(serve_on(
             proxy_listener,
-            move |req| {
-                let proxy = proxy.clone();
-                async move { proxy.handle(req).await }
-            },
+            move |req| proxy.handle(req),
             self.proxy_limits.clone(),
             self.metrics.connections("proxy"),
             shutdown.clone(),

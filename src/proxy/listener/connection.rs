@@ -283,6 +283,31 @@ pin_project_lite::pin_project! {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A handler's response future that hands its request's [`InFlight`] to the response's
+    /// body. (Written out, not an `async` block: that would keep the handler's future twice,
+    /// and hyper moves this one on every request.)
+    struct InFlightResponse<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F, B> Future for InFlightResponse<F>
+where
+    F: Future<Output = Response<B>>,
+{
+    type Output = Result<Response<InFlightBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = ready!(this.inner.poll(cx));
+        let guard = this.guard.take();
+        Poll::Ready(Ok(resp.map(|inner| InFlightBody { inner, guard })))
+    }
+}
+
 impl<B: http_body::Body> http_body::Body for InFlightBody<B> {
     type Data = B::Data;
     type Error = B::Error;
@@ -401,13 +426,9 @@ impl Connection {
                 // Counted when hyper hands the request over, in the same poll that read its
                 // head: the watchdog never sees a received request as nothing in flight.
                 let guard = activity.start(req.version());
-                let response = handler(req);
-                async move {
-                    let resp = response.await;
-                    Ok::<_, Infallible>(resp.map(|inner| InFlightBody {
-                        inner,
-                        guard: Some(guard),
-                    }))
+                InFlightResponse {
+                    inner: handler(req),
+                    guard: Some(guard),
                 }
             })
         };
