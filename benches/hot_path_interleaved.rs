@@ -8,11 +8,14 @@
 //! For instruction counts (callgrind), `HOT_PATH_ONLY=bare|auth|layer` runs only that variant
 //! (GET then POST, no loopback part): the difference of two runs' totals divided by the
 //! requests is what a variant adds per request, free of the machine's noise. With
-//! `HOT_PATH_STREAM=1` its POST body is the streamed one (below) instead of `Full`.
+//! `HOT_PATH_STREAM=1` its POST body is the streamed one (below) instead of `Full`, and with
+//! `HOT_PATH_HEADERS=1` every request carries [`CLIENT_HEADERS`].
 //!
 //! POST runs twice: with a `Full<Bytes>` body (whole in memory, as hyper-util's client is
 //! usually fed) and with the same kilobyte as a streamed body (`StreamBody`, one frame, as the
 //! sidecar's `Incoming` or a reqwest body arrives), which the layer records while it streams.
+//! GET runs twice too: bare, and with the four headers a GitHub client typically sends
+//! ([`CLIENT_HEADERS`]), which the layer keeps for a replay.
 
 mod common;
 
@@ -58,8 +61,23 @@ fn full(body: &Bytes) -> Full<Bytes> {
     Full::new(body.clone())
 }
 
-/// ns per request of `iters` calls of `svc`, each request's body made by `make`.
-fn run<S, B>(svc: &mut S, body: &Bytes, make: fn(&Bytes) -> B, iters: u32) -> f64
+/// The headers of a typical GitHub client's request (octocrab's, give or take).
+const CLIENT_HEADERS: [(&str, &str); 4] = [
+    ("user-agent", "octocrab/0.44"),
+    ("accept", "application/vnd.github+json"),
+    ("x-github-api-version", "2022-11-28"),
+    ("accept-encoding", "gzip"),
+];
+
+/// ns per request of `iters` calls of `svc`, each request's body made by `make`, each carrying
+/// `headers`.
+fn run<S, B>(
+    svc: &mut S,
+    body: &Bytes,
+    make: fn(&Bytes) -> B,
+    iters: u32,
+    headers: &[(&'static str, &'static str)],
+) -> f64
 where
     S: Service<Request<B>>,
     S::Error: std::fmt::Debug,
@@ -67,11 +85,14 @@ where
     let method = if body.is_empty() { "GET" } else { "POST" };
     let started = Instant::now();
     for _ in 0..iters {
-        let req = Request::builder()
-            .method(method)
-            .uri(URI)
-            .body(make(body))
-            .unwrap();
+        let mut req = Request::builder();
+        for &(name, value) in headers {
+            req = req.header(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            );
+        }
+        let req = req.method(method).uri(URI).body(make(body)).unwrap();
         now(ServiceExt::<Request<B>>::ready(svc)).unwrap();
         black_box(now(svc.call(req)).unwrap());
     }
@@ -84,6 +105,7 @@ fn interleaved<B>(
     tokens: &Tokens,
     body: &Bytes,
     make: fn(&Bytes) -> B,
+    headers: &[(&'static str, &'static str)],
     rounds: usize,
     iters: u32,
 ) where
@@ -97,9 +119,9 @@ fn interleaved<B>(
         .layer(Immediate);
     let (mut b, mut a, mut l) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        b.push(run(&mut bare, body, make, iters));
-        a.push(run(&mut auth, body, make, iters));
-        l.push(run(&mut layer, body, make, iters));
+        b.push(run(&mut bare, body, make, iters, headers));
+        a.push(run(&mut auth, body, make, iters, headers));
+        l.push(run(&mut layer, body, make, iters, headers));
     }
     let (b, a, l) = (median(b), median(a), median(l));
     let (added_auth, added_layer) = (a - b, l - b);
@@ -146,33 +168,41 @@ fn main() {
     );
     if let Ok(only) = std::env::var("HOT_PATH_ONLY") {
         let stream = std::env::var_os("HOT_PATH_STREAM").is_some();
+        let h: &[_] = if std::env::var_os("HOT_PATH_HEADERS").is_some() {
+            &CLIENT_HEADERS
+        } else {
+            &[]
+        };
         let layer = RefreshLayer::new(tokens.clone()).default_account("alice");
         let auth = tower_http::auth::AddAuthorizationLayer::bearer("seeded");
         let kib = Bytes::from(vec![7u8; 1024]);
         for _ in 0..rounds {
             match only.as_str() {
-                "bare" => run(&mut Immediate, &Bytes::new(), full, iters),
-                "auth" => run(&mut auth.layer(Immediate), &Bytes::new(), full, iters),
-                "layer" => run(&mut layer.layer(Immediate), &Bytes::new(), full, iters),
+                "bare" => run(&mut Immediate, &Bytes::new(), full, iters, h),
+                "auth" => run(&mut auth.layer(Immediate), &Bytes::new(), full, iters, h),
+                "layer" => run(&mut layer.layer(Immediate), &Bytes::new(), full, iters, h),
                 other => panic!("HOT_PATH_ONLY={other}: expected bare, auth or layer"),
             };
         }
         for _ in 0..rounds {
             match (only.as_str(), stream) {
-                ("bare", false) => run(&mut Immediate, &kib, full, iters),
-                ("bare", true) => run(&mut Immediate, &kib, streamed, iters),
-                ("auth", false) => run(&mut auth.layer(Immediate), &kib, full, iters),
-                ("auth", true) => run(&mut auth.layer(Immediate), &kib, streamed, iters),
-                ("layer", false) => run(&mut layer.layer(Immediate), &kib, full, iters),
-                (_, _) => run(&mut layer.layer(Immediate), &kib, streamed, iters),
+                ("bare", false) => run(&mut Immediate, &kib, full, iters, h),
+                ("bare", true) => run(&mut Immediate, &kib, streamed, iters, h),
+                ("auth", false) => run(&mut auth.layer(Immediate), &kib, full, iters, h),
+                ("auth", true) => run(&mut auth.layer(Immediate), &kib, streamed, iters, h),
+                ("layer", false) => run(&mut layer.layer(Immediate), &kib, full, iters, h),
+                (_, _) => run(&mut layer.layer(Immediate), &kib, streamed, iters, h),
             };
         }
         return;
     }
     let kib = Bytes::from(vec![7u8; 1024]);
-    interleaved("GET", &tokens, &Bytes::new(), full, rounds, iters);
-    interleaved("POST 1KiB", &tokens, &kib, full, rounds, iters);
-    interleaved("STREAM 1KiB", &tokens, &kib, streamed, rounds, iters);
+    let none: &[_] = &[];
+    interleaved("GET", &tokens, &Bytes::new(), full, none, rounds, iters);
+    let h = &CLIENT_HEADERS;
+    interleaved("GET 4 hdrs", &tokens, &Bytes::new(), full, h, rounds, iters);
+    interleaved("POST 1KiB", &tokens, &kib, full, none, rounds, iters);
+    interleaved("STREAM 1KiB", &tokens, &kib, streamed, none, rounds, iters);
     drop(_guard);
     loopback(rounds.min(15), 2_000);
 }

@@ -330,6 +330,48 @@ async fn a_401_refreshes_once_and_replays_the_identical_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_sends_the_callers_headers_again_but_never_their_authorization() {
+    let s = setup("replay-headers", Provider::GitHub).await;
+    let (_, access) = s.seed(3600);
+    s.realm.revoke_access(&access);
+    let req = Request::post(s.url("/upload"))
+        .header("authorization", "Bearer caller-one")
+        .header("x-trace", "a")
+        .header("accept", "application/vnd.github+json")
+        .header("x-trace", "b")
+        .header("authorization", "Bearer caller-two")
+        .header("user-agent", "orp-test")
+        .body(full(b"payload".to_vec()))
+        .unwrap();
+    let resp = s.svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = s.realm.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!((seen[0].status, seen[1].status), (401, 200));
+    assert_eq!(seen[0].authorization, bearer(&access));
+    assert_ne!(seen[1].authorization, bearer(&access));
+    for x in &seen {
+        let auth: Vec<_> = x.headers.get_all("authorization").iter().collect();
+        assert_eq!(auth.len(), 1, "one Authorization, the layer's");
+        assert!(!auth[0].to_str().unwrap().contains("caller"));
+        let trace: Vec<_> = x.headers.get_all("x-trace").iter().collect();
+        assert_eq!(trace, ["a", "b"]);
+        assert_eq!(x.headers["accept"], "application/vnd.github+json");
+        assert_eq!(x.headers["user-agent"], "orp-test");
+    }
+    // Both attempts carry the same headers but Authorization, in the same order.
+    let others = |h: &http::HeaderMap| {
+        h.iter()
+            .filter(|(n, _)| *n != "authorization")
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(others(&seen[0].headers), others(&seen[1].headers));
+    assert_eq!(s.realm.backend_calls.get(), 1);
+    s.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_within_the_cap_is_replayed() {
     let s = setup("chunked", Provider::GitHub).await;
     let (_, access) = s.seed(3600);

@@ -12,6 +12,7 @@ use tower::{Service, ServiceExt};
 
 pub(crate) use super::body::Recording;
 use super::body::ReplayBody;
+use super::saved::SavedRequest;
 use super::Config;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::provider::{Account, Provider};
@@ -43,126 +44,6 @@ pin_project! {
         Sent { #[pin] fut: F },
         Slow { fut: BoxFuture<Result<R, Error>> },
         Failed { err: Option<Box<Error>> },
-    }
-}
-
-/// What the request was, to send it again.
-///
-/// Kept on every request but read only after a 401, so it is built to cost little: the URI
-/// copied inline when it is short (see [`SavedUri`]), no header map when there are no headers.
-pub(crate) struct SavedRequest {
-    method: http::Method,
-    uri: SavedUri,
-    version: http::Version,
-    /// `None`: the request had no headers (common once the caller's `Authorization` is
-    /// removed); neither an empty map is built nor dropped.
-    headers: Option<http::HeaderMap>,
-    extensions: http::Extensions,
-}
-
-/// The longest authority plus path and query copied inline by [`SavedUri`].
-const INLINE_URI: usize = 110;
-
-/// A request's URI, kept for a replay.
-///
-/// A `Uri`'s clone takes a reference count on each of its shared buffers (authority, path) and
-/// its drop releases them: four atomic read-modify-writes per request for a URI that is almost
-/// never read again. An `http`/`https` URI whose authority, path and query fit [`INLINE_URI`]
-/// bytes is copied instead, and parsed again only for a replay (the same text through the same
-/// parser: an equal `Uri`).
-enum SavedUri {
-    Inline {
-        https: bool,
-        /// The authority is `buf[..authority]`, the path and query `buf[authority..len]`.
-        authority: u8,
-        len: u8,
-        buf: [u8; INLINE_URI],
-    },
-    Shared(http::Uri),
-}
-
-impl SavedUri {
-    #[inline(always)]
-    fn new(uri: &http::Uri) -> Self {
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return SavedUri::Shared(uri.clone()),
-        };
-        let (Some(authority), Some(pq)) = (uri.authority(), uri.path_and_query()) else {
-            return SavedUri::Shared(uri.clone());
-        };
-        let (authority, pq) = (authority.as_str().as_bytes(), pq.as_str().as_bytes());
-        let len = authority.len() + pq.len();
-        if authority.is_empty() || len > INLINE_URI {
-            return SavedUri::Shared(uri.clone());
-        }
-        let mut buf = [0u8; INLINE_URI];
-        buf[..authority.len()].copy_from_slice(authority);
-        buf[authority.len()..len].copy_from_slice(pq);
-        SavedUri::Inline {
-            https,
-            authority: authority.len() as u8,
-            len: len as u8,
-            buf,
-        }
-    }
-
-    /// The URI again; `None` only if the copy did not parse, which a copy of a valid URI
-    /// always does (the request is then not replayed rather than sent elsewhere).
-    fn into_uri(self) -> Option<http::Uri> {
-        match self {
-            SavedUri::Shared(uri) => Some(uri),
-            SavedUri::Inline {
-                https,
-                authority,
-                len,
-                buf,
-            } => {
-                let (a, pq) = buf[..len as usize].split_at(authority as usize);
-                let mut parts = http::uri::Parts::default();
-                parts.scheme = Some(if https {
-                    http::uri::Scheme::HTTPS
-                } else {
-                    http::uri::Scheme::HTTP
-                });
-                parts.authority = Some(http::uri::Authority::try_from(a).ok()?);
-                parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).ok()?);
-                http::Uri::from_parts(parts).ok()
-            }
-        }
-    }
-}
-
-impl SavedRequest {
-    #[inline(always)]
-    pub(crate) fn new(parts: &http::request::Parts) -> Self {
-        SavedRequest {
-            method: parts.method.clone(),
-            uri: SavedUri::new(&parts.uri),
-            version: parts.version,
-            headers: if parts.headers.is_empty() {
-                None
-            } else {
-                Some(parts.headers.clone())
-            },
-            extensions: parts.extensions.clone(),
-        }
-    }
-
-    /// The request again, with `body` and the `Authorization` header `auth`; `None` when the
-    /// URI could not be restored (see [`SavedUri::into_uri`]).
-    fn into_request<B>(self, body: B, auth: HeaderValue) -> Option<Request<B>> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri.into_uri()?;
-        *req.version_mut() = self.version;
-        if let Some(headers) = self.headers {
-            *req.headers_mut() = headers;
-        }
-        *req.extensions_mut() = self.extensions;
-        req.headers_mut().insert(AUTHORIZATION, auth);
-        Some(req)
     }
 }
 
@@ -272,7 +153,7 @@ where
         };
         let account = this.account().clone();
         let Some(req) = this.saved.into_request(body, lease.header) else {
-            // Never: the URI was copied from a valid one (see `SavedUri`).
+            // Never: the URI was copied from a valid one (see `saved`).
             tracing::debug!(%provider, account = account.as_str(), "request URI not restorable; returning the 401 after the refresh");
             this.config.tokens.count_replay(provider, false);
             return Ok(resp);
@@ -332,10 +213,8 @@ where
         body: B,
         lease: Option<Lease>,
     ) -> Self {
-        // The caller's own `Authorization` never goes out (nor is it replayed).
-        if !parts.headers.is_empty() {
-            parts.headers.remove(AUTHORIZATION);
-        }
+        // The caller's own `Authorization` never goes out: every path that sends the request
+        // `insert`s the lease's, which replaces all of the caller's; it is not saved either.
         let saved = SavedRequest::new(&parts);
         let (body, recording) = ReplayBody::recorded(body, config.max_replay_body);
         let mut retry = Retry {
@@ -408,49 +287,6 @@ where
                     return Poll::Ready(Err(*err.take().expect("polled after completion")))
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_saved_uri_comes_back_equal_inline_or_shared() {
-        let long = format!(
-            "https://api.github.com/repos/o/r/issues?q={}",
-            "x".repeat(100)
-        );
-        let cases = [
-            "https://www.googleapis.com/drive/v3/files?pageSize=10",
-            "http://127.0.0.1:4000/user",
-            "https://ghe.example.com:8443/api/v3/user/repos?per_page=100&page=2",
-            "https://a.example",
-            "https://a.example?x=1",
-            "https://a.example/p%20q?x=%2F&y",
-            "https://user:pw@a.example/p",
-            "http://[::1]:8080/v1",
-            "HTTPS://A.EXAMPLE/Upper",
-            "/api/v3/user?x=1",
-            "*",
-            "ghe.example.com:443",
-            "ftp://files.example/x",
-            long.as_str(),
-        ];
-        for text in cases {
-            let uri: http::Uri = text.parse().unwrap();
-            let saved = SavedUri::new(&uri);
-            let inline = matches!(saved, SavedUri::Inline { .. });
-            let back = saved.into_uri().unwrap();
-            assert_eq!(back, uri, "{text}");
-            assert_eq!(back.to_string(), uri.to_string(), "{text}");
-            assert_eq!(back.path_and_query(), uri.path_and_query(), "{text}");
-            assert_eq!(back.authority(), uri.authority(), "{text}");
-            assert_eq!(back.scheme_str(), uri.scheme_str(), "{text}");
-            let expect_inline =
-                matches!(uri.scheme_str(), Some("http" | "https")) && text.len() < INLINE_URI;
-            assert_eq!(inline, expect_inline, "{text}");
         }
     }
 }

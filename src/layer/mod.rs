@@ -46,6 +46,7 @@
 //! ```
 
 mod future;
+mod saved;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
