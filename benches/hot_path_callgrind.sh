@@ -8,7 +8,8 @@
 #   bash benches/hot_path_callgrind.sh [BENCH_BINARY]
 #
 # Without an argument the bench is built (release) and its binary used. HOT_PATH_STREAM=1
-# sends the POST body streamed (`StreamBody`) instead of `Full<Bytes>`. Needs valgrind
+# sends the POST body streamed (`StreamBody`) instead of `Full<Bytes>`; HOT_PATH_HEADERS=1 gives
+# every request the four headers of a typical GitHub client (the bench's `CLIENT_HEADERS`). Needs valgrind
 # (installed from Debian's packages when missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,8 @@ total() {
 }
 bare=$(total bare); auth=$(total auth); layer=$(total layer)
 rm -rf "$OUT"
-echo "body: $([ -n "${HOT_PATH_STREAM:-}" ] && echo streamed || echo 'Full<Bytes>')"
+echo "body: $([ -n "${HOT_PATH_STREAM:-}" ] && echo streamed || echo 'Full<Bytes>');" \
+  "headers: $([ -n "${HOT_PATH_HEADERS:-}" ] && echo 'four client headers' || echo none)"
 echo "AddAuthorization adds $(( (auth - bare) / 40000 )) instructions per request"
 echo "the layer adds $(( (layer - bare) / 40000 )) instructions per request"
 awk -v a=$((auth - bare)) -v l=$((layer - bare)) 'BEGIN { printf "ratio %.2f\n", l / a }'

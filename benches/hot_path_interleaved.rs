@@ -167,8 +167,8 @@ fn main() {
         "ratio vs AddAuthorization"
     );
     if let Ok(only) = std::env::var("HOT_PATH_ONLY") {
-        let stream = std::env::var_os("HOT_PATH_STREAM").is_some();
-        let h: &[_] = if std::env::var_os("HOT_PATH_HEADERS").is_some() {
+        let stream = std::env::var_os("HOT_PATH_STREAM").is_some_and(|v| !v.is_empty());
+        let h: &[_] = if std::env::var_os("HOT_PATH_HEADERS").is_some_and(|v| !v.is_empty()) {
             &CLIENT_HEADERS
         } else {
             &[]
