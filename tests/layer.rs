@@ -372,6 +372,26 @@ async fn a_replay_sends_the_callers_headers_again_but_never_their_authorization(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refreshed_before_sending_replaces_every_authorization_the_caller_sent() {
+    let s = setup("proactive-auth", Provider::Google).await;
+    let (_, old) = s.seed(-10);
+    let req = Request::get(s.url("/drive/v3/files"))
+        .header("authorization", "Bearer caller-one")
+        .header("authorization", "Bearer caller-two")
+        .body(empty())
+        .unwrap();
+    let resp = s.svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = s.realm.seen();
+    assert_eq!(seen.len(), 1, "refreshed before sending: no 401 round trip");
+    assert_eq!(seen[0].headers.get_all("authorization").iter().count(), 1);
+    assert_ne!(seen[0].authorization, bearer(&old));
+    assert!(!seen[0].authorization.as_deref().unwrap().contains("caller"));
+    assert_eq!(s.realm.backend_calls.get(), 1);
+    s.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_within_the_cap_is_replayed() {
     let s = setup("chunked", Provider::GitHub).await;
     let (_, access) = s.seed(3600);

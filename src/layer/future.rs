@@ -153,8 +153,8 @@ where
         };
         let account = this.account().clone();
         let Some(req) = this.saved.into_request(body, lease.header) else {
-            // Never: the URI was copied from a valid one (see `saved`).
-            tracing::debug!(%provider, account = account.as_str(), "request URI not restorable; returning the 401 after the refresh");
+            // Never: the URI and headers were copied from valid ones (see `saved`).
+            tracing::debug!(%provider, account = account.as_str(), "request URI or headers not restorable; returning the 401 after the refresh");
             this.config.tokens.count_replay(provider, false);
             return Ok(resp);
         };

@@ -12,8 +12,8 @@ pub(crate) struct SavedRequest {
     method: http::Method,
     uri: SavedUri,
     version: http::Version,
-    /// `None`: the request had no headers but `Authorization` (which a replay sets anew):
-    /// nothing is allocated.
+    /// `None`: the request had no headers but `Authorization` (which a replay sets anew); with
+    /// no headers at all nothing is allocated.
     headers: Option<SavedHeaders>,
     extensions: http::Extensions,
 }
@@ -105,14 +105,15 @@ impl SavedRequest {
     }
 
     /// The request again, with `body` and the `Authorization` header `auth`; `None` when the
-    /// URI could not be restored (see [`SavedUri::into_uri`]).
+    /// URI or the headers could not be restored (see [`SavedUri::into_uri`],
+    /// [`SavedHeaders::into_map`]).
     pub(crate) fn into_request<B>(self, body: B, auth: HeaderValue) -> Option<Request<B>> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri.into_uri()?;
         *req.version_mut() = self.version;
         if let Some(headers) = self.headers {
-            *req.headers_mut() = headers.into_map();
+            *req.headers_mut() = headers.into_map()?;
         }
         *req.extensions_mut() = self.extensions;
         req.headers_mut().insert(AUTHORIZATION, auth);
@@ -146,13 +147,15 @@ impl SavedHeaders {
         (!kept.is_empty()).then_some(SavedHeaders(kept))
     }
 
-    /// The headers again, as a map.
-    pub(crate) fn into_map(self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.0.len());
+    /// The headers again, as a map; `None` only if the map refused them, which it does not: the
+    /// map they came from held the same names. (Sized by the values, which may be more than a
+    /// map can reserve for: then it grows as they come.)
+    pub(crate) fn into_map(self) -> Option<HeaderMap> {
+        let mut map = HeaderMap::try_with_capacity(self.0.len()).unwrap_or_default();
         for (name, value) in self.0 {
-            map.append(name, value);
+            map.try_append(name, value).ok()?;
         }
-        map
+        Some(map)
     }
 }
 
@@ -222,7 +225,7 @@ mod tests {
         let long = "v".repeat(70_000);
         headers.append("x-long", HeaderValue::from_str(&long).unwrap());
 
-        let back = SavedHeaders::new(&headers).unwrap().into_map();
+        let back = SavedHeaders::new(&headers).unwrap().into_map().unwrap();
         // The original's iteration order, Authorization left out.
         let expected: Vec<_> = headers
             .iter()
@@ -240,6 +243,18 @@ mod tests {
         assert!(back.get("cookie").unwrap().is_sensitive());
         assert!(!back.get("accept").unwrap().is_sensitive());
         assert!(!back.contains_key(AUTHORIZATION));
+    }
+
+    #[test]
+    fn more_values_than_a_map_reserves_for_come_back_whole() {
+        // `HeaderMap::with_capacity` panics past 24 576; one name may carry more values.
+        let mut headers = HeaderMap::new();
+        for i in 0..30_000u32 {
+            headers.append("x-many", HeaderValue::from(i));
+        }
+        let back = SavedHeaders::new(&headers).unwrap().into_map().unwrap();
+        assert_eq!(back.get_all("x-many").iter().count(), 30_000);
+        assert_eq!(back.get_all("x-many").iter().next_back().unwrap(), "29999");
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub struct Proxy {
     /// upstream its requests go through. One long-lived service per worker keeps the layer's
     /// lease memo between requests (a clone per request would start empty every time); its
     /// lock is only taken by that worker's thread on the request path, for the synchronous
-    /// `call`.
+    /// `poll_ready` and `call` (or a clone, when it is not ready).
     clients: Box<[Mutex<Refresh<Upstream>>]>,
     client_token: Option<Secret>,
     metrics: Arc<Metrics>,
@@ -345,7 +345,10 @@ impl Proxy {
                 fut: client.call_for(parts, body, route.provider, after.account.clone()),
                 after: Some(after),
             },
-            Poll::Ready(Err(e)) => self.answer(after, Err(e)).into_state(),
+            Poll::Ready(Err(e)) => {
+                drop(client);
+                self.answer(after, Err(e)).into_state()
+            }
             // The upstream service has no back-pressure of its own: not taken, but if it ever
             // is, readiness is awaited on a clone, outside the lock.
             Poll::Pending => {
@@ -527,12 +530,20 @@ impl Future for ResponseFuture {
                     let after = after
                         .take()
                         .expect("ResponseFuture polled after completion");
+                    // The layer's future is done: dropped now, never polled again.
                     match this.proxy.answer(after, result) {
-                        Answer::Now(label, resp) => break (label, resp),
+                        Answer::Now(label, resp) => {
+                            this.state.set(State::Answered { answer: None });
+                            break (label, resp);
+                        }
                         Answer::Later(fut) => this.state.set(State::Boxed { fut }),
                     }
                 }
-                StateProj::Boxed { fut } => break ready!(fut.as_mut().poll(cx)),
+                StateProj::Boxed { fut } => {
+                    let answer = ready!(fut.as_mut().poll(cx));
+                    this.state.set(State::Answered { answer: None });
+                    break answer;
+                }
                 StateProj::Answered { answer } => {
                     break answer
                         .take()
