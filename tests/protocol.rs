@@ -76,8 +76,15 @@ impl RawUpstream {
 
     /// A fake whose n-th connection behaves as `seq[n]` (the last one for all after it).
     async fn start_seq(seq: Vec<Behaviour>) -> RawUpstream {
+        RawUpstream::start_for(|_| seq).await
+    }
+
+    /// [`start_seq`](RawUpstream::start_seq) with the behaviours made from the fake's own
+    /// address (for answers that name it).
+    async fn start_for(make: impl FnOnce(SocketAddr) -> Vec<Behaviour>) -> RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let seq = make(addr);
         let saw = Arc::new(watch::channel(Saw::default()).0);
         let state = saw.clone();
         tokio::spawn(async move {
@@ -925,6 +932,78 @@ async fn a_response_with_transfer_encoding_and_content_length_arrives_whole() {
         assert_ne!(a.header("content-length"), Some("5"));
     }
     assert_eq!(upstream.saw().requests, 2);
+    proxy.assert_no_secret_in_stderr(&t.secrets(&[]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answers_hop_by_hop_headers_are_dropped_and_its_urls_rewritten() {
+    let t = Creds::new("hop");
+    // One answer per connection (each closes): Location and/or Link on the upstream, with
+    // hop-by-hop headers fixed and listed; last, `Connection` listing Location and Link.
+    let upstream = RawUpstream::start_for(|addr| {
+        let answer = |connection: &str, location: bool, link: bool| {
+            let mut head = format!(
+                "HTTP/1.1 302 Found\r\nconnection: {connection}\r\nx-hop: listed\r\n\
+                 keep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nupgrade: h2c\r\n\
+                 x-kept: 1\r\ncontent-length: 0\r\n"
+            );
+            if location {
+                head.push_str(&format!("location: http://{addr}/elsewhere?x=1\r\n"));
+            }
+            if link {
+                head.push_str(&format!(
+                    "link: <http://{addr}/next?page=2>; rel=\"next\"\r\n"
+                ));
+            }
+            head.push_str("\r\n");
+            Behaviour::Answer(Bytes::from(head))
+        };
+        vec![
+            answer("close, X-Hop", true, true),
+            answer("close, X-Hop", true, false),
+            answer("close, X-Hop", false, true),
+            answer("close, location, link", true, true),
+        ]
+    })
+    .await;
+    let cfg = config(
+        &t,
+        "",
+        ONE_SECOND_BOUNDS,
+        &[("/hop", format!("http://{}", upstream.addr))],
+    );
+    let proxy = Proxy::start(&cfg, &[], &[]).await;
+    let p = proxy.proxy_addr();
+    let location = format!("http://{p}/hop/elsewhere?x=1");
+    let link = format!(r#"<http://{p}/hop/next?page=2>; rel="next""#);
+    let client = http1_client();
+
+    for (with_location, with_link) in [(true, true), (true, false), (false, true)] {
+        let a = get(&client, &proxy.url("/hop/start")).await;
+        assert_eq!(a.status, 302);
+        for dropped in ["x-hop", "keep-alive", "proxy-connection", "upgrade"] {
+            assert_eq!(a.header(dropped), None, "{dropped}");
+        }
+        assert_eq!(a.header("x-kept"), Some("1"));
+        let expect = |on: bool, url: &str| on.then(|| url.to_string());
+        assert_eq!(
+            a.header("location").map(str::to_string),
+            expect(with_location, &location)
+        );
+        assert_eq!(
+            a.header("link").map(str::to_string),
+            expect(with_link, &link)
+        );
+    }
+
+    // Listed in Connection, Location and Link are hop-by-hop too: gone, not rewritten.
+    let a = get(&client, &proxy.url("/hop/start")).await;
+    assert_eq!(a.status, 302);
+    assert_eq!(a.header("location"), None);
+    assert_eq!(a.header("link"), None);
+    assert_eq!(a.header("x-hop"), Some("listed"), "not listed this time");
+    assert_eq!(a.header("x-kept"), Some("1"));
+    assert_eq!(upstream.saw().requests, 4);
     proxy.assert_no_secret_in_stderr(&t.secrets(&[]));
 }
 
