@@ -298,6 +298,14 @@ async fn routes_and_accounts_are_resolved_or_refused() {
     assert_eq!(a.status, 400);
     assert_eq!(a.code(), "account_required");
     assert_eq!(a.json()["error"]["provider"], "github");
+    // A blank x-oauth-account names no account (nor the route's default).
+    for blank in ["", "   ", "\t"] {
+        let a = sc
+            .send("GET", "/github/user", &[("x-oauth-account", blank)], "")
+            .await;
+        assert_eq!(a.status, 400, "{blank:?}");
+        assert_eq!(a.code(), "account_required", "{blank:?}");
+    }
 
     let a = sc.get_as("ghost", "/github/user").await;
     assert_eq!(a.status, 404);

@@ -260,8 +260,8 @@ impl Proxy {
         let state = &self.per_route[index];
         let label = Label::Route(index);
         let account = match req.headers().get(&X_OAUTH_ACCOUNT) {
-            Some(v) => match v.to_str() {
-                Ok(s) if !s.trim().is_empty() => Some(Account::new(s.trim())),
+            Some(v) => match v.to_str().map(str::trim) {
+                Ok(s) if !s.is_empty() => Some(Account::new(s)),
                 _ => {
                     return own(
                         label,
