@@ -286,7 +286,7 @@ async fn routes_and_accounts_are_resolved_or_refused() {
     let mut w = World::new("route").await;
     let (_, octo) = w.seed("github", "octo", 3600);
     let (_, bob) = w.seed("google", "bob", 3600);
-    w.seed("google", "alice", 3600);
+    let (_, alice) = w.seed("google", "alice", 3600);
     let sc = w.start(Opts::default()).await;
 
     for path in ["/githubx/user", "/githubx", "/nope", "/", "/GitHub/user"] {
@@ -322,10 +322,20 @@ async fn routes_and_accounts_are_resolved_or_refused() {
     assert_eq!(a.status, 200);
     let a = sc.get_as("octo", "/github/x").await;
     assert_eq!(a.status, 200);
+    // Accounts named in turns and in runs on one route each get their own token.
+    let order = ["alice", "bob", "bob", "alice", "alice", "bob"];
+    for account in order {
+        let a = sc.get_as(account, "/google/x").await;
+        assert_eq!(a.status, 200, "{account}");
+    }
     let seen = w.realm.seen();
-    assert_eq!(seen.len(), 2);
+    assert_eq!(seen.len(), 2 + order.len());
     assert_eq!(seen[0].authorization, bearer(&bob));
     assert_eq!(seen[1].authorization, bearer(&octo));
+    for (x, account) in seen[2..].iter().zip(order) {
+        let token = if account == "alice" { &alice } else { &bob };
+        assert_eq!(x.authorization, bearer(token), "{account}");
+    }
     assert_eq!(w.realm.backend_calls.get(), 0);
     sc.finish(&w.realm);
 }

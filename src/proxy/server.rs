@@ -64,6 +64,9 @@ struct RouteState {
     /// The upstream `Host` of a plain `http` upstream ([`plain_http_host`]).
     upstream_host: Option<HeaderValue>,
     default_account: Option<Account>,
+    /// Per serving worker: the account its requests last named in `x-oauth-account` on this
+    /// route.
+    named: Box<[LastNamed]>,
     limits: UpstreamLimits,
     enforce: bool,
 }
@@ -117,6 +120,9 @@ impl Proxy {
                 metrics: metrics.route(&r.prefix),
                 upstream_host: plain_http_host(r),
                 default_account: r.default_account.as_deref().map(Account::new),
+                named: (0..config.server.workers.max(1))
+                    .map(|_| LastNamed::default())
+                    .collect(),
                 limits: rate_limits.upstream(&r.upstream, r.provider),
                 enforce: r.rate_limit == RateLimitMode::Enforce,
             })
@@ -261,7 +267,10 @@ impl Proxy {
         let label = Label::Route(index);
         let account = match req.headers().get(&X_OAUTH_ACCOUNT) {
             Some(v) => match v.to_str().map(str::trim) {
-                Ok(s) if !s.is_empty() => Some(Account::new(s)),
+                Ok(s) if !s.is_empty() => {
+                    let worker = super::workers::current() % state.named.len();
+                    Some(state.named[worker].account(s))
+                }
                 _ => {
                     return own(
                         label,
@@ -440,6 +449,30 @@ impl Proxy {
                 )
             })),
             None => Answer::Now(label, as_is(resp)),
+        }
+    }
+}
+
+/// The account a worker's requests last named in `x-oauth-account` on one route.
+///
+/// An `Account` is an allocation, and a free when the request ends; a caller usually names the
+/// same account request after request, so the last one named is kept and a reference to it
+/// handed out while the name matches (a new one is made, and kept, when it does not). Only
+/// its worker's thread takes the lock.
+#[derive(Default)]
+struct LastNamed(Mutex<Option<Account>>);
+
+impl LastNamed {
+    /// The account `name`.
+    fn account(&self, name: &str) -> Account {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some(account) if account.as_str() == name => account.clone(),
+            _ => {
+                let account = Account::new(name);
+                *last = Some(account.clone());
+                account
+            }
         }
     }
 }
@@ -863,6 +896,28 @@ mod tests {
         );
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), ["date"]);
+    }
+
+    #[test]
+    fn a_worker_reuses_the_account_named_last() {
+        let last = LastNamed::default();
+        let a = last.account("octo");
+        let b = last.account("octo");
+        assert!(
+            std::ptr::eq(a.as_str(), b.as_str()),
+            "one allocation, shared"
+        );
+        let c = last.account("bob");
+        assert_eq!(c.as_str(), "bob");
+        let d = last.account("octo");
+        assert_eq!(d.as_str(), "octo");
+        assert!(
+            !std::ptr::eq(a.as_str(), d.as_str()),
+            "made again after bob"
+        );
+        assert_eq!(last.account("bob").as_str(), "bob");
+        assert_eq!(last.account("bo").as_str(), "bo");
+        assert_eq!(last.account("bob ").as_str(), "bob ");
     }
 
     #[test]
