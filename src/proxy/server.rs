@@ -265,12 +265,11 @@ impl Proxy {
         let route = &self.router.routes()[index];
         let state = &self.per_route[index];
         let label = Label::Route(index);
+        // The serving worker this runs on: its account slot, then its upstream service.
+        let worker = super::workers::current();
         let account = match req.headers().get(&X_OAUTH_ACCOUNT) {
             Some(v) => match v.to_str().map(str::trim) {
-                Ok(s) if !s.is_empty() => {
-                    let worker = super::workers::current() % state.named.len();
-                    Some(state.named[worker].account(s))
-                }
+                Ok(s) if !s.is_empty() => Some(state.named[worker % state.named.len()].account(s)),
                 _ => {
                     return own(
                         label,
@@ -345,8 +344,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
 
         // The route decided the provider and the account: the layer takes them as they are.
-        let worker = super::workers::current() % self.clients.len();
-        let mut client = self.clients[worker]
+        let mut client = self.clients[worker % self.clients.len()]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match client.poll_ready(&mut Context::from_waker(Waker::noop())) {
