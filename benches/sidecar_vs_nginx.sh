@@ -13,12 +13,19 @@
 # BEFORE=path/to/an/older/oauth-refresh-proxy adds that binary as target `before`, run with the
 # same config (for a before/after in one run). WORKERS=n sets the sidecar's [server] workers.
 #
+# Target `floor` is examples/hyper_floor.rs (FLOOR=path, or built here): the thinnest hyper
+# reverse proxy doing what nginx and HAProxy do here (prefix stripped, Host and a static bearer
+# set), one single-threaded runtime and SO_REUSEPORT listener per core, no pool, no limits. It
+# is not an anchor: it shows how far a proxy built on hyper can go on this machine
+# (BENCHMARKS.md section 12).
+#
 # CALLGRIND=1 instead counts the sidecar's instructions per proxied request (BENCHMARKS.md
 # section 9): the sidecar (`workers = 1`, BIN=path or the release build) under
 # `valgrind --tool=callgrind`, twice: once driven by `wrk -t1 -c4 -d${SECONDS_PER_ROUND}s`
 # after one request, once with the one request and as long idle; the difference divided by
 # the requests wrk got answered, in total and per function (inclusive, top 40). The profiles
-# stay in CALLGRIND_OUT (default /tmp/orp-callgrind).
+# stay in CALLGRIND_OUT (default /tmp/orp-callgrind). CALLGRIND=floor counts the floor's
+# instead (one worker), the same way.
 # Installs nginx, haproxy and wrk from Debian's packages when missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +48,10 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet --bin oauth-refresh-proxy
   BIN=target/release/oauth-refresh-proxy
+fi
+if [ -z "${FLOOR:-}" ]; then
+  cargo build --release --quiet --example hyper_floor
+  FLOOR=target/release/examples/hyper_floor
 fi
 
 WORK=$(mktemp -d)
@@ -163,11 +174,13 @@ if [ -n "${CALLGRIND:-}" ]; then
   # One profile: the sidecar under callgrind, one request, then `load` (wrk or sleep), then stop.
   profile() { # name load...
     local name=$1; shift
+    local cmd=("$BIN" serve --config "$WORK/proxy.toml")
+    [ "$CALLGRIND" = floor ] && cmd=("$FLOOR" 127.0.0.1:0 "127.0.0.1:$UP" 1)
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.out" \
-      "$BIN" serve --config "$WORK/proxy.toml" > "$WORK/$name.log" 2> "$WORK/$name.err" &
+      "${cmd[@]}" > "$WORK/$name.log" 2> "$WORK/$name.err" &
     local pid=$!
-    for _ in $(seq 1 600); do grep -q "proxy listening" "$WORK/$name.log" 2>/dev/null && break; sleep 0.1; done
-    local addr; addr=$(sed -n 's#proxy listening on http://##p' "$WORK/$name.log" | head -1)
+    for _ in $(seq 1 600); do grep -Eq "(proxy|floor) listening" "$WORK/$name.log" 2>/dev/null && break; sleep 0.1; done
+    local addr; addr=$(sed -En 's#(proxy|floor) listening on http://##p' "$WORK/$name.log" | head -1)
     [ -n "$addr" ] || { echo "$name did not start"; cat "$WORK/$name.err"; exit 1; }
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://$addr/github/user")
     [ "$code" = 200 ] || { echo "$name answered $code"; exit 1; }
@@ -224,7 +237,13 @@ start_sidecar() { # name binary
   URL[$1]="http://$addr/github/user"
 }
 start_sidecar sidecar "$BIN"
-TARGETS=(direct nginx1 nginx2 haproxy1 haproxy2 sidecar)
+"$FLOOR" 127.0.0.1:0 "127.0.0.1:$UP" > "$WORK/floor.out" 2> "$WORK/floor.err" &
+PIDS+=($!)
+for _ in $(seq 1 100); do grep -q "floor listening" "$WORK/floor.out" 2>/dev/null && break; sleep 0.1; done
+FLOOR_ADDR=$(sed -n 's#floor listening on http://##p' "$WORK/floor.out" | head -1)
+[ -n "$FLOOR_ADDR" ] || { echo "floor did not start"; cat "$WORK/floor.err"; exit 1; }
+URL[floor]="http://$FLOOR_ADDR/github/user"
+TARGETS=(direct nginx1 nginx2 haproxy1 haproxy2 floor sidecar)
 ANCHORS=(nginx1 nginx2 haproxy1 haproxy2)
 if [ -n "${BEFORE:-}" ]; then
   start_sidecar before "$BEFORE"
