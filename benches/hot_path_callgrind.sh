@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Instructions the layer and tower-http's AddAuthorization add per request, counted by callgrind
 # (BENCHMARKS.md section 1): `hot_path_interleaved` runs each variant alone
-# (HOT_PATH_ONLY=bare|auth|layer, 20 000 GET then 20 000 POST of 1 KiB) under
+# (HOT_PATH_ONLY=bare|auth|layer|floor, 20 000 GET then 20 000 POST of 1 KiB) under
 # `valgrind --tool=callgrind`; a variant's total minus the bare one's, divided by the 40 000
-# requests, is what it adds. Instruction counts do not move with the machine's load.
+# requests, is what it adds. Instruction counts do not move with the machine's load. `floor` is
+# the bench's replay floor: the least a layer able to replay must add (its module docs).
 #
 #   bash benches/hot_path_callgrind.sh [BENCH_BINARY]
 #
@@ -25,10 +26,12 @@ total() {
   HOT_PATH_ONLY=$1 valgrind --tool=callgrind --callgrind-out-file="$OUT/$1.out" "$BIN" 1 20000 > /dev/null 2>&1
   callgrind_annotate "$OUT/$1.out" 2> /dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
 }
-bare=$(total bare); auth=$(total auth); layer=$(total layer)
+bare=$(total bare); auth=$(total auth); layer=$(total layer); floor=$(total floor)
 rm -rf "$OUT"
 echo "body: $([ -n "${HOT_PATH_STREAM:-}" ] && echo streamed || echo 'Full<Bytes>');" \
   "headers: $([ -n "${HOT_PATH_HEADERS:-}" ] && echo 'four client headers' || echo none)"
 echo "AddAuthorization adds $(( (auth - bare) / 40000 )) instructions per request"
 echo "the layer adds $(( (layer - bare) / 40000 )) instructions per request"
 awk -v a=$((auth - bare)) -v l=$((layer - bare)) 'BEGIN { printf "ratio %.2f\n", l / a }'
+echo "the replay floor adds $(( (floor - bare) / 40000 )) instructions per request"
+awk -v a=$((auth - bare)) -v f=$((floor - bare)) 'BEGIN { printf "replay floor ratio %.2f\n", f / a }'

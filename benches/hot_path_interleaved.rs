@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo bench --bench hot_path_interleaved` (optional args: ROUNDS ITERS_PER_ROUND).
 //!
-//! For instruction counts (callgrind), `HOT_PATH_ONLY=bare|auth|layer` runs only that variant
+//! For instruction counts (callgrind), `HOT_PATH_ONLY=bare|auth|layer|floor` runs only that variant
 //! (GET then POST, no loopback part): the difference of two runs' totals divided by the
 //! requests is what a variant adds per request, free of the machine's noise. With
 //! `HOT_PATH_STREAM=1` its POST body is the streamed one (below) instead of `Full`, and with
@@ -16,10 +16,20 @@
 //! sidecar's `Incoming` or a reqwest body arrives), which the layer records while it streams.
 //! GET runs twice too: bare, and with the four headers a GitHub client typically sends
 //! ([`CLIENT_HEADERS`]), which the layer keeps for a replay.
+//!
+//! A fourth variant, the *replay floor* ([`ReplayFloor`], `HOT_PATH_ONLY=floor`), is the least
+//! any layer able to replay a request must add: `AddAuthorization`'s header insert plus a copy
+//! of the request head (method, URI, the headers but `Authorization`) kept in the response
+//! future until it completes. No token lookup, no body recording, no refresh: what the real
+//! layer adds beyond the floor is its own work; what the floor adds beyond `AddAuthorization`
+//! is the price of being able to replay at all (BENCHMARKS.md section 12).
 
 mod common;
 
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -69,6 +79,82 @@ const CLIENT_HEADERS: [(&str, &str); 4] = [
     ("accept-encoding", "gzip"),
 ];
 
+/// The replay floor (module docs): inserts a static bearer and keeps the request head for a
+/// replay that never comes, as cheaply as the head can be kept (the headers as a plain list of
+/// reference-counted pairs).
+#[derive(Clone)]
+struct ReplayFloor<S> {
+    inner: S,
+    header: http::HeaderValue,
+}
+
+/// What [`ReplayFloor`] keeps: enough to send the request head again.
+struct Head {
+    _method: http::Method,
+    _uri: http::Uri,
+    _headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl<S> ReplayFloor<S> {
+    fn new(inner: S) -> Self {
+        ReplayFloor {
+            inner,
+            header: http::HeaderValue::from_static("Bearer seeded"),
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for ReplayFloor<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = FloorFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let headers = req.headers();
+        let mut kept = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            if name != http::header::AUTHORIZATION {
+                kept.push((name.clone(), value.clone()));
+            }
+        }
+        let head = Head {
+            _method: req.method().clone(),
+            _uri: req.uri().clone(),
+            _headers: kept,
+        };
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, self.header.clone());
+        FloorFuture {
+            fut: self.inner.call(req),
+            _head: head,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`ReplayFloor`]'s response future: the inner one, the head kept beside it.
+    struct FloorFuture<F> {
+        #[pin]
+        fut: F,
+        _head: Head,
+    }
+}
+
+impl<F: Future> Future for FloorFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().fut.poll(cx)
+    }
+}
+
 /// ns per request of `iters` calls of `svc`, each request's body made by `make`, each carrying
 /// `headers`.
 fn run<S, B>(
@@ -99,7 +185,7 @@ where
     started.elapsed().as_nanos() as f64 / iters as f64
 }
 
-/// The three variants alternated, `rounds` times; prints their medians and the ratio.
+/// The four variants alternated, `rounds` times; prints their medians and the ratios.
 fn interleaved<B>(
     name: &str,
     tokens: &Tokens,
@@ -117,19 +203,25 @@ fn interleaved<B>(
     let mut layer = RefreshLayer::new(tokens.clone())
         .default_account("alice")
         .layer(Immediate);
-    let (mut b, mut a, mut l) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floor = ReplayFloor::new(Immediate);
+    let (mut b, mut a, mut l, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         b.push(run(&mut bare, body, make, iters, headers));
         a.push(run(&mut auth, body, make, iters, headers));
         l.push(run(&mut layer, body, make, iters, headers));
+        f.push(run(&mut floor, body, make, iters, headers));
     }
-    let (b, a, l) = (median(b), median(a), median(l));
-    let (added_auth, added_layer) = (a - b, l - b);
+    let (b, a, l, f) = (median(b), median(a), median(l), median(f));
+    let (added_auth, added_layer, added_floor) = (a - b, l - b, f - b);
     println!(
         "{name:<10} {b:>8.1} {a:>18.1} {l:>14.1} {added_layer:>11.1} ns {:>22.1}",
         added_layer / added_auth.max(1.0)
     );
-    println!("{:<10} AddAuthorization adds {added_auth:.1} ns", "");
+    println!(
+        "{:<10} AddAuthorization adds {added_auth:.1} ns; the replay floor adds {added_floor:.1} ns ({:.1}x)",
+        "",
+        added_floor / added_auth.max(1.0)
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -181,7 +273,14 @@ fn main() {
                 "bare" => run(&mut Immediate, &Bytes::new(), full, iters, h),
                 "auth" => run(&mut auth.layer(Immediate), &Bytes::new(), full, iters, h),
                 "layer" => run(&mut layer.layer(Immediate), &Bytes::new(), full, iters, h),
-                other => panic!("HOT_PATH_ONLY={other}: expected bare, auth or layer"),
+                "floor" => run(
+                    &mut ReplayFloor::new(Immediate),
+                    &Bytes::new(),
+                    full,
+                    iters,
+                    h,
+                ),
+                other => panic!("HOT_PATH_ONLY={other}: expected bare, auth, layer or floor"),
             };
         }
         for _ in 0..rounds {
@@ -191,6 +290,8 @@ fn main() {
                 ("auth", false) => run(&mut auth.layer(Immediate), &kib, full, iters, h),
                 ("auth", true) => run(&mut auth.layer(Immediate), &kib, streamed, iters, h),
                 ("layer", false) => run(&mut layer.layer(Immediate), &kib, full, iters, h),
+                ("floor", false) => run(&mut ReplayFloor::new(Immediate), &kib, full, iters, h),
+                ("floor", true) => run(&mut ReplayFloor::new(Immediate), &kib, streamed, iters, h),
                 (_, _) => run(&mut layer.layer(Immediate), &kib, streamed, iters, h),
             };
         }
