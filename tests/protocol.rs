@@ -936,6 +936,71 @@ async fn a_response_with_transfer_encoding_and_content_length_arrives_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_is_rewritten_by_what_its_headers_say_after_the_hop_by_hop_ones_go() {
+    let t = Creds::new("jsonhop");
+    // One answer per connection (each closes), the same JSON body naming the upstream, with
+    // different headers: the proxy decides whether to rewrite from one pass over the headers,
+    // except when `Connection` lists other headers, which are gone before it decides.
+    let upstream = RawUpstream::start_for(|addr| {
+        let body = format!(r#"{{"url":"http://{addr}/repos/x"}}"#);
+        let answer = |headers: &str| {
+            Behaviour::Answer(Bytes::from(format!(
+                "HTTP/1.1 200 OK\r\n{headers}content-length: {}\r\n\r\n{body}",
+                body.len()
+            )))
+        };
+        vec![
+            answer("connection: close\r\ncontent-type: application/json\r\n"),
+            answer("connection: close, Content-Type\r\ncontent-type: application/json\r\n"),
+            answer("connection: close\r\ncontent-type: application/json\r\ncontent-encoding: identity\r\n"),
+            answer("connection: close\r\ncontent-type: application/json\r\ncontent-encoding: br\r\n"),
+            answer("connection: close\r\ncontent-type: text/plain\r\ncontent-type: application/json\r\n"),
+            answer("connection: close, content-encoding\r\ncontent-type: application/vnd.github+json\r\ncontent-encoding: br\r\n"),
+            answer("connection: close\r\nx-ratelimit-remaining: 10\r\ncontent-type: application/json; charset=utf-8\r\n"),
+        ]
+    })
+    .await;
+    let cfg = config(
+        &t,
+        "",
+        ONE_SECOND_BOUNDS,
+        &[("/json", format!("http://{}", upstream.addr))],
+    );
+    let proxy = Proxy::start(&cfg, &[], &[]).await;
+    let as_sent = format!(r#"{{"url":"http://{}/repos/x"}}"#, upstream.addr);
+    let rewritten = format!(r#"{{"url":"http://{}/json/repos/x"}}"#, proxy.proxy_addr());
+    let client = http1_client();
+    for (case, expect, content_type) in [
+        ("JSON", &rewritten, Some("application/json")),
+        ("Content-Type listed in Connection", &as_sent, None),
+        ("identity encoding", &rewritten, Some("application/json")),
+        ("br encoding", &as_sent, Some("application/json")),
+        (
+            "the first Content-Type is not JSON",
+            &as_sent,
+            Some("text/plain"),
+        ),
+        (
+            "Content-Encoding listed in Connection",
+            &rewritten,
+            Some("application/vnd.github+json"),
+        ),
+        (
+            "JSON with a charset, GitHub's remaining count",
+            &rewritten,
+            Some("application/json; charset=utf-8"),
+        ),
+    ] {
+        let a = get(&client, &proxy.url("/json/repos/x")).await;
+        assert_eq!(a.status, 200, "{case}");
+        assert_eq!(&a.text(), expect, "{case}");
+        assert_eq!(a.header("content-type"), content_type, "{case}");
+    }
+    assert_eq!(upstream.saw().requests, 7);
+    proxy.assert_no_secret_in_stderr(&t.secrets(&[]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answers_hop_by_hop_headers_are_dropped_and_its_urls_rewritten() {
     let t = Creds::new("hop");
     // One answer per connection (each closes): Location and/or Link on the upstream, with

@@ -75,27 +75,47 @@ const MAX_AUTHORITY: usize = 262;
 /// assert!(!applies(&Method::GET, StatusCode::OK, &h));
 /// ```
 pub fn applies(method: &Method, status: StatusCode, headers: &HeaderMap) -> bool {
-    if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return false;
-    }
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return false;
     };
-    if !is_json_type(ct.as_bytes()) {
-        return false;
-    }
-    headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+    applies_scanned(
+        method,
+        status,
+        is_json_type(ct.as_bytes()),
+        !headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .all(is_identity),
+    )
+}
+
+/// [`applies`] for an answer whose headers were already looked at: `json` when its first
+/// `Content-Type` is JSON ([`is_json_type`]), `encoded` when one of its `Content-Encoding`
+/// values is not `identity` ([`is_identity`]). The sidecar finds both in its one pass over an
+/// answer's headers instead of two lookups.
+pub(crate) fn applies_scanned(
+    method: &Method,
+    status: StatusCode,
+    json: bool,
+    encoded: bool,
+) -> bool {
+    json && !encoded
+        && *method != Method::HEAD
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+}
+
+/// A `Content-Encoding` value that leaves the body as it is.
+pub(crate) fn is_identity(value: &http::HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"identity")
 }
 
 /// `application/json` or `type/subtype+json`, parameters ignored, any case.
-fn is_json_type(value: &[u8]) -> bool {
+pub(crate) fn is_json_type(value: &[u8]) -> bool {
     let essence = value
         .split(|&b| b == b';')
         .next()

@@ -44,6 +44,7 @@ use crate::Provider;
 mod rules;
 pub mod sync;
 
+pub(crate) use rules::is_remaining;
 pub use rules::{learn, now_ms, reset, retry_after, Learned, Resource, Scope, MAX_WAIT};
 
 /// How often (at most) learning a limit also sweeps ended entries out of its upstream's map.
@@ -250,6 +251,21 @@ impl UpstreamLimits {
             now_ms: now,
             headers: l.headers,
         })
+    }
+
+    /// [`observe`](Self::observe) for an answer whose header names were already looked at:
+    /// `remaining` when it carries `x-ratelimit-remaining`. An answer with neither a limiting
+    /// status nor that header (almost every answer) is passed over without a lookup.
+    pub(crate) fn observe_scanned(
+        &self,
+        account: &str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        remaining: bool,
+    ) {
+        if rules::may_learn(self.table.provider, status, remaining) {
+            self.observe(account, status, headers);
+        }
     }
 
     /// Learns from one answer to a request of `account` ([`learn`]'s rules); a limit that is

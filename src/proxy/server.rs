@@ -39,7 +39,7 @@ use super::config::{Config, RateLimitMode};
 use super::errors::{error_response, from_error, Code};
 use super::json_rewrite::{self, JsonRewrite, Prepended, RewriteBody};
 use super::metrics::{Metrics, RouteMetrics};
-use super::rate_limit::{RateLimits, Resource, UpstreamLimits};
+use super::rate_limit::{is_remaining, RateLimits, Resource, UpstreamLimits};
 use super::refresh_api::{self, RefreshApi};
 use super::router::{rewrite_authority, rewrite_link, rewrite_url, upstream_uri, Router};
 use super::timeouts::{IdleTimeout, ProxyTimeouts};
@@ -408,21 +408,34 @@ impl Proxy {
                 return Answer::Now(label, resp.map(Either::Right));
             }
         };
-        state
-            .limits
-            .observe(after.account.as_str(), resp.status(), resp.headers());
         let present = scan(resp.headers());
+        state.limits.observe_scanned(
+            after.account.as_str(),
+            resp.status(),
+            resp.headers(),
+            present & FOUND_RATELIMIT_REMAINING != 0,
+        );
         // A message framed by Transfer-Encoding ignores its Content-Length (RFC 9112 §6.3);
         // forwarding that Content-Length would cut the re-framed body short.
         if present & FOUND_TRANSFER_ENCODING != 0 {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
-        strip_found(resp.headers_mut(), present);
+        let listed_removed = strip_found(resp.headers_mut(), present);
         // (Found before the strip: a `Connection` naming them removed them; the rewriting
         // then finds nothing to rewrite.)
         let rewrite_headers = present & (FOUND_LOCATION | FOUND_LINK) != 0;
         let rewrite_body = route.rewrite_body
-            && json_rewrite::applies(&after.method, resp.status(), resp.headers());
+            && if listed_removed {
+                // `Connection` named headers, maybe `Content-Type`: look at what is left.
+                json_rewrite::applies(&after.method, resp.status(), resp.headers())
+            } else {
+                json_rewrite::applies_scanned(
+                    &after.method,
+                    resp.status(),
+                    present & FOUND_JSON != 0,
+                    present & FOUND_ENCODED != 0,
+                )
+            };
         let as_is = |resp: Response<UpstreamBody>| resp.map(|b| Either::Left(Either::Left(b)));
         if !(rewrite_headers || rewrite_body) {
             return Answer::Now(label, as_is(resp));
@@ -685,16 +698,39 @@ const FOUND_LOCATION: u16 = 1 << 8;
 const FOUND_LINK: u16 = 1 << 9;
 /// [`scan`]'s bit for `Transfer-Encoding`.
 const FOUND_TRANSFER_ENCODING: u16 = 1 << 6; // HOP_BY_HOP[6]
+/// [`scan`]'s bit for a `Content-Type` (its first value decides [`FOUND_JSON`]).
+const FOUND_CONTENT_TYPE: u16 = 1 << 10;
+/// [`scan`]'s bit for a first `Content-Type` that is JSON ([`json_rewrite::is_json_type`]).
+const FOUND_JSON: u16 = 1 << 11;
+/// [`scan`]'s bit for a `Content-Encoding` value other than `identity`.
+const FOUND_ENCODED: u16 = 1 << 12;
+/// [`scan`]'s bit for `x-ratelimit-remaining`.
+const FOUND_RATELIMIT_REMAINING: u16 = 1 << 13;
 
-/// One pass over `headers`' names: bit `i` set when `HOP_BY_HOP[i]` is there, and
-/// [`FOUND_LOCATION`], [`FOUND_LINK`] for those (what an answer's handling looks for, found in the same
-/// pass instead of a lookup each).
+/// One pass over `headers`: bit `i` set when `HOP_BY_HOP[i]` is there, and the `FOUND_*` bits
+/// for what else an answer's handling looks for (`Location`, `Link`, whether the body is JSON
+/// and not encoded, GitHub's `x-ratelimit-remaining`), found in the same pass instead of a
+/// lookup each. Names are told apart by length first: most match none of the lengths.
 fn scan(headers: &HeaderMap) -> u16 {
     let mut present = 0u16;
-    for name in headers.keys() {
+    // Every value, in order: a name with several is visited once per value.
+    for (name, value) in headers {
         match name.as_str().len() {
             8 if *name == header::LOCATION => present |= FOUND_LOCATION,
             4 if *name == header::LINK => present |= FOUND_LINK,
+            12 if *name == header::CONTENT_TYPE => {
+                if present & FOUND_CONTENT_TYPE == 0 && json_rewrite::is_json_type(value.as_bytes())
+                {
+                    present |= FOUND_JSON;
+                }
+                present |= FOUND_CONTENT_TYPE;
+            }
+            16 if *name == header::CONTENT_ENCODING => {
+                if !json_rewrite::is_identity(value) {
+                    present |= FOUND_ENCODED;
+                }
+            }
+            21 if is_remaining(name) => present |= FOUND_RATELIMIT_REMAINING,
             _ => {
                 if let Some(i) = hop_by_hop_index(name) {
                     present |= 1 << i;
@@ -710,25 +746,28 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip_found(headers, scan(headers));
 }
 
-/// Removes the hop-by-hop headers [`scan`] found (`present`) and the names `Connection` lists.
+/// Removes the hop-by-hop headers [`scan`] found (`present`) and the names `Connection` lists;
+/// whether one of those listed names was there (other headers than the fixed hop-by-hop ones
+/// are gone, so what `scan` found of them may no longer hold).
 ///
 /// This runs twice per proxied request, so it allocates nothing: most messages carry none of
 /// them (done), else the names `Connection` lists are removed one by one, then the fixed names
 /// found.
-fn strip_found(headers: &mut HeaderMap, present: u16) {
+fn strip_found(headers: &mut HeaderMap, present: u16) -> bool {
     if present & 0xff == 0 {
-        return;
+        return false;
     }
+    let mut listed_removed = false;
     if present & 1 != 0 {
         if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
             if connection.iter().nth(1).is_none() {
                 let value = connection.remove();
-                remove_listed(headers, &value);
+                listed_removed = remove_listed(headers, &value);
             } else {
                 let all: Vec<HeaderValue> = connection.iter().cloned().collect();
                 connection.remove_entry_mult();
                 for value in &all {
-                    remove_listed(headers, value);
+                    listed_removed |= remove_listed(headers, value);
                 }
             }
         }
@@ -738,23 +777,27 @@ fn strip_found(headers: &mut HeaderMap, present: u16) {
             headers.remove(name);
         }
     }
+    listed_removed
 }
 
 /// Removes the headers a `Connection` value names (other than the fixed hop-by-hop ones, which
-/// [`strip_hop_by_hop`] removes itself). A name that is no valid header name names nothing.
-fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
+/// [`strip_hop_by_hop`] removes itself); whether one of them was there.
+/// A name that is no valid header name names nothing.
+fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) -> bool {
     // The usual value of an HTTP/1.1 upstream's answer names a fixed one, removed anyway.
     if connection.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
-        return;
+        return false;
     }
     let Ok(listed) = connection.to_str() else {
-        return;
+        return false;
     };
+    let mut removed = false;
     for name in listed.split(',').map(str::trim) {
         if !name.is_empty() && !is_listed_hop_by_hop(name) {
-            headers.remove(name);
+            removed |= headers.remove(name).is_some();
         }
     }
+    removed
 }
 
 /// The `Host` the upstream client would set on an HTTP/1.1 request to `route`'s upstream (its
@@ -945,6 +988,119 @@ mod tests {
         let found = scan(&h);
         strip_found(&mut h, found);
         assert_eq!(names(&h), ["link", "location"]);
+    }
+
+    #[test]
+    fn the_scan_tells_a_json_body_and_the_rate_limit_count_and_agrees_with_the_lookups() {
+        let bits = |pairs: &[(&'static str, &'static str)]| scan(&headers(pairs)) & !0xff;
+        assert_eq!(
+            bits(&[("content-type", "application/json")]),
+            FOUND_CONTENT_TYPE | FOUND_JSON
+        );
+        // The first Content-Type decides, as a lookup would.
+        assert_eq!(
+            bits(&[
+                ("content-type", "text/plain"),
+                ("content-type", "application/json")
+            ]),
+            FOUND_CONTENT_TYPE
+        );
+        assert_eq!(
+            bits(&[
+                ("content-encoding", " Identity "),
+                ("content-encoding", "gzip")
+            ]),
+            FOUND_ENCODED
+        );
+        assert_eq!(bits(&[("content-encoding", "identity")]), 0);
+        assert_eq!(
+            bits(&[("x-ratelimit-remaining", "0")]),
+            FOUND_RATELIMIT_REMAINING
+        );
+        // Names of the same lengths are not taken for them.
+        assert_eq!(
+            bits(&[
+                ("content-typo", "application/json"),
+                ("content-encodinx", "gzip"),
+                ("x-ratelimit-remainin9", "0"),
+            ]),
+            0
+        );
+        // What the scan says of a body is what `json_rewrite::applies` says, for every
+        // combination of these headers.
+        let types = [
+            None,
+            Some("application/json"),
+            Some("text/html"),
+            Some("a/b+json; x=1"),
+        ];
+        let encodings = [None, Some("identity"), Some("br"), Some("IDENTITY ")];
+        for ct in types {
+            for ce in encodings {
+                for second in [None, Some("gzip"), Some("identity")] {
+                    let mut pairs = vec![("date", "x")];
+                    pairs.extend(ct.map(|v| ("content-type", v)));
+                    pairs.extend(ce.map(|v| ("content-encoding", v)));
+                    pairs.extend(second.map(|v| ("content-encoding", v)));
+                    let h = headers(&pairs);
+                    let found = scan(&h);
+                    for (method, status) in [
+                        (Method::GET, http::StatusCode::OK),
+                        (Method::HEAD, http::StatusCode::OK),
+                        (Method::GET, http::StatusCode::NO_CONTENT),
+                        (Method::GET, http::StatusCode::NOT_MODIFIED),
+                        (Method::POST, http::StatusCode::NOT_FOUND),
+                    ] {
+                        assert_eq!(
+                            json_rewrite::applies_scanned(
+                                &method,
+                                status,
+                                found & FOUND_JSON != 0,
+                                found & FOUND_ENCODED != 0
+                            ),
+                            json_rewrite::applies(&method, status, &h),
+                            "{pairs:?} {method} {status}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stripping_says_whether_connection_listed_other_headers() {
+        let strip = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = headers(pairs);
+            let found = scan(&h);
+            let stripped = strip_found(&mut h, found);
+            (stripped, names(&h).join(","))
+        };
+        assert_eq!(
+            strip(&[("connection", "keep-alive"), ("content-type", "x")]),
+            (false, "content-type".to_string())
+        );
+        assert_eq!(
+            strip(&[("connection", "close, te"), ("content-type", "x")]),
+            (false, "content-type".to_string())
+        );
+        // Listed but absent: nothing else is gone.
+        assert_eq!(
+            strip(&[("connection", "x-absent"), ("content-type", "x")]),
+            (false, "content-type".to_string())
+        );
+        assert_eq!(
+            strip(&[("connection", "Content-Type"), ("content-type", "x")]),
+            (true, String::new())
+        );
+        assert_eq!(
+            strip(&[
+                ("connection", "close"),
+                ("connection", "x-a"),
+                ("x-a", "1"),
+                ("date", "d")
+            ]),
+            (true, "date".to_string())
+        );
     }
 
     #[test]

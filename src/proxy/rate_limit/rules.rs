@@ -155,6 +155,29 @@ pub fn learn(
     learn_at(provider, status, headers, || now_ms)
 }
 
+/// A status `provider` answers a rate limit with: GitHub's 403 and 429, Google's 429.
+fn limiting_status(provider: Provider, status: StatusCode) -> bool {
+    match provider {
+        Provider::GitHub => {
+            status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS
+        }
+        Provider::Google => status == StatusCode::TOO_MANY_REQUESTS,
+    }
+}
+
+/// Whether [`learn_at`] could learn anything from an answer with `status` whose headers do or
+/// do not carry `x-ratelimit-remaining` (`remaining`): a limiting status, or a GitHub answer
+/// with that header. For a caller that already knows the answer's header names, so that the
+/// common answer costs no lookup.
+pub(crate) fn may_learn(provider: Provider, status: StatusCode, remaining: bool) -> bool {
+    limiting_status(provider, status) || (provider == Provider::GitHub && remaining)
+}
+
+/// Whether `name` is `x-ratelimit-remaining`.
+pub(crate) fn is_remaining(name: &HeaderName) -> bool {
+    *name == REMAINING
+}
+
 /// [`learn`], reading the clock (`now_ms`) only for an answer that can carry a limit: most
 /// answers are neither a limiting status nor (GitHub) `x-ratelimit-remaining: 0`.
 pub(crate) fn learn_at(
@@ -163,12 +186,7 @@ pub(crate) fn learn_at(
     headers: &HeaderMap,
     now_ms: impl FnOnce() -> u64,
 ) -> Option<Learned> {
-    let limited_status = match provider {
-        Provider::GitHub => {
-            status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS
-        }
-        Provider::Google => status == StatusCode::TOO_MANY_REQUESTS,
-    };
+    let limited_status = limiting_status(provider, status);
     let exhausted = provider == Provider::GitHub
         && headers.get(&REMAINING).map(|v| v.as_bytes().trim_ascii()) == Some(b"0");
     if !(limited_status || exhausted) {
@@ -284,6 +302,48 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn may_learn_holds_whenever_learning_finds_something() {
+        let sets: [&[(&'static str, &'static str)]; 6] = [
+            &[],
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1700000060"),
+            ],
+            &[("x-ratelimit-remaining", "5")],
+            &[("retry-after", "30")],
+            &[("retry-after", "30"), ("x-ratelimit-remaining", "0")],
+            &[("x-ratelimit-reset", "1700000060")],
+        ];
+        for provider in [Provider::GitHub, Provider::Google] {
+            for status in [200, 201, 304, 401, 403, 404, 429, 500, 503] {
+                let status = StatusCode::from_u16(status).unwrap();
+                for pairs in sets {
+                    let h = headers(pairs);
+                    let remaining = h.contains_key(&REMAINING);
+                    if learn_at(provider, status, &h, || NOW).is_some() {
+                        assert!(
+                            may_learn(provider, status, remaining),
+                            "{provider} {status} {pairs:?}"
+                        );
+                    }
+                }
+                // Neither a limiting status nor the header: nothing to look at.
+                assert_eq!(
+                    may_learn(provider, status, false),
+                    status == StatusCode::TOO_MANY_REQUESTS
+                        || (provider == Provider::GitHub && status == StatusCode::FORBIDDEN)
+                );
+            }
+        }
+        assert!(may_learn(Provider::GitHub, StatusCode::OK, true));
+        assert!(!may_learn(Provider::Google, StatusCode::OK, true));
+        assert!(is_remaining(&HeaderName::from_static(
+            "x-ratelimit-remaining"
+        )));
+        assert!(!is_remaining(&HeaderName::from_static("x-ratelimit-reset")));
     }
 
     fn v(s: &'static str) -> HeaderValue {
