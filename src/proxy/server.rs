@@ -267,7 +267,14 @@ impl Proxy {
         let label = Label::Route(index);
         // The serving worker this runs on: its account slot, then its upstream service.
         let worker = super::workers::current();
-        let account = match req.headers().get(&X_OAUTH_ACCOUNT) {
+        // One pass over the request's headers finds its hop-by-hop ones and `x-oauth-account`:
+        // a request without it (most) costs no lookup of it, and no removal.
+        let present = scan(req.headers());
+        let named = match present & FOUND_OAUTH_ACCOUNT {
+            0 => None,
+            _ => req.headers().get(&X_OAUTH_ACCOUNT),
+        };
+        let account = match named {
             Some(v) => match v.to_str().map(str::trim) {
                 Ok(s) if !s.is_empty() => Some(state.named[worker % state.named.len()].account(s)),
                 _ => {
@@ -330,8 +337,10 @@ impl Proxy {
         // The caller's body fails with a BodyError when it stalls or its framing is bad: the
         // upstream attempt is aborted and the answer is 408 or 400 (errors::from_error).
         let body = IdleTimeout::new(body, self.body_read_timeout);
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(&X_OAUTH_ACCOUNT);
+        strip_found(&mut parts.headers, present);
+        if present & FOUND_OAUTH_ACCOUNT != 0 {
+            parts.headers.remove(&X_OAUTH_ACCOUNT);
+        }
         match &state.upstream_host {
             Some(host) => {
                 parts.headers.insert(header::HOST, host.clone());
@@ -706,11 +715,13 @@ const FOUND_JSON: u16 = 1 << 11;
 const FOUND_ENCODED: u16 = 1 << 12;
 /// [`scan`]'s bit for `x-ratelimit-remaining`.
 const FOUND_RATELIMIT_REMAINING: u16 = 1 << 13;
+/// [`scan`]'s bit for [`X_OAUTH_ACCOUNT`].
+const FOUND_OAUTH_ACCOUNT: u16 = 1 << 14;
 
 /// One pass over `headers`: bit `i` set when `HOP_BY_HOP[i]` is there, and the `FOUND_*` bits
-/// for what else an answer's handling looks for (`Location`, `Link`, whether the body is JSON
-/// and not encoded, GitHub's `x-ratelimit-remaining`), found in the same pass instead of a
-/// lookup each. Names are told apart by length first: most match none of the lengths.
+/// for what else the handling of a request (`x-oauth-account`) or an answer (`Location`,
+/// `Link`, whether the body is JSON and not encoded, GitHub's `x-ratelimit-remaining`) looks
+/// for, found in the same pass instead of a lookup each. Names are told apart by length first: most match none of the lengths.
 fn scan(headers: &HeaderMap) -> u16 {
     let mut present = 0u16;
     // Every value, in order: a name with several is visited once per value.
@@ -731,6 +742,7 @@ fn scan(headers: &HeaderMap) -> u16 {
                 }
             }
             21 if is_remaining(name) => present |= FOUND_RATELIMIT_REMAINING,
+            15 if *name == X_OAUTH_ACCOUNT => present |= FOUND_OAUTH_ACCOUNT,
             _ => {
                 if let Some(i) = hop_by_hop_index(name) {
                     present |= 1 << i;
@@ -742,6 +754,7 @@ fn scan(headers: &HeaderMap) -> u16 {
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and those `Connection` names).
+#[cfg(test)]
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip_found(headers, scan(headers));
 }
@@ -781,7 +794,7 @@ fn strip_found(headers: &mut HeaderMap, present: u16) -> bool {
 }
 
 /// Removes the headers a `Connection` value names (other than the fixed hop-by-hop ones, which
-/// [`strip_hop_by_hop`] removes itself); whether one of them was there.
+/// [`strip_found`] removes itself); whether one of them was there.
 /// A name that is no valid header name names nothing.
 fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) -> bool {
     // The usual value of an HTTP/1.1 upstream's answer names a fixed one, removed anyway.
@@ -991,7 +1004,8 @@ mod tests {
     }
 
     #[test]
-    fn the_scan_tells_a_json_body_and_the_rate_limit_count_and_agrees_with_the_lookups() {
+    fn the_scan_tells_a_json_body_the_rate_limit_count_and_the_account_and_agrees_with_the_lookups()
+    {
         let bits = |pairs: &[(&'static str, &'static str)]| scan(&headers(pairs)) & !0xff;
         assert_eq!(
             bits(&[("content-type", "application/json")]),
@@ -1017,9 +1031,11 @@ mod tests {
             bits(&[("x-ratelimit-remaining", "0")]),
             FOUND_RATELIMIT_REMAINING
         );
+        assert_eq!(bits(&[("x-oauth-account", "octo")]), FOUND_OAUTH_ACCOUNT);
         // Names of the same lengths are not taken for them.
         assert_eq!(
             bits(&[
+                ("x-oauth-accounx", "octo"),
                 ("content-typo", "application/json"),
                 ("content-encodinx", "gzip"),
                 ("x-ratelimit-remainin9", "0"),
