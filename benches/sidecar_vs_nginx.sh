@@ -264,6 +264,10 @@ declare -A RPS P50 P99
 for r in $(seq 1 "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "${URL[$t]}")
+    # A target answering errors is not measured: quick errors would pass for throughput.
+    if grep -q "Non-2xx" <<<"$out"; then echo "$t answered errors in round $r:"; echo "$out"; exit 1; fi
+    errors=$(awk '/Socket errors:/ {sub(/.*Socket errors: /, ""); print}' <<<"$out")
+    [ -z "$errors" ] || echo "round $r $t socket errors: $errors"
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
     p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")

@@ -23,7 +23,8 @@
 use std::convert::Infallible;
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
@@ -34,7 +35,7 @@ use hyper::client::conn::http1 as client;
 use hyper::server::conn::http1 as server;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 type Body = Either<Incoming, Empty<Bytes>>;
 
@@ -58,18 +59,26 @@ fn main() {
     for _ in 1..workers {
         listeners.push(listener(addr).expect("binding the listen address again (SO_REUSEPORT)"));
     }
+    // Announced once every worker listens (a listener needs its runtime to be made).
+    let listening = Arc::new(Barrier::new(listeners.len() + 1));
     let threads: Vec<_> = listeners
         .into_iter()
         .map(|socket| {
+            let listening = listening.clone();
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("a runtime");
-                runtime.block_on(serve(socket, upstream));
+                runtime.block_on(async move {
+                    let listener = socket.listen(1024).expect("listening");
+                    listening.wait();
+                    serve(listener, upstream).await
+                });
             })
         })
         .collect();
+    listening.wait();
     println!("floor listening on http://{addr}");
     // Runs until SIGTERM or Ctrl-C, then exits at once (a profiler gets its normal exit).
     let signals = tokio::runtime::Builder::new_current_thread()
@@ -100,10 +109,11 @@ fn listener(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-async fn serve(socket: TcpSocket, upstream: SocketAddr) {
-    let listener = socket.listen(1024).expect("listening");
+async fn serve(listener: TcpListener, upstream: SocketAddr) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors and the like: not again at once.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         tokio::spawn(async move {
@@ -151,17 +161,26 @@ async fn forward(
         .await
         .is_err()
     {
-        return Ok(status(StatusCode::BAD_GATEWAY));
+        return Ok(upstream_gone());
     }
     let sent = sender.lock().unwrap().send_request(req);
     match sent.await {
         Ok(res) => Ok(res.map(Either::Left)),
-        Err(_) => Ok(status(StatusCode::BAD_GATEWAY)),
+        Err(_) => Ok(upstream_gone()),
     }
 }
 
 fn status(code: StatusCode) -> Response<Body> {
     let mut res = Response::new(Either::Right(Empty::new()));
     *res.status_mut() = code;
+    res
+}
+
+/// 502, and the client connection closed after it: its one upstream connection is gone, so
+/// nothing more can be forwarded on it (and a run of quick 502s would pass for throughput).
+fn upstream_gone() -> Response<Body> {
+    let mut res = status(StatusCode::BAD_GATEWAY);
+    res.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     res
 }

@@ -986,7 +986,7 @@ async fn a_json_body_is_rewritten_by_what_its_headers_say_after_the_hop_by_hop_o
             Some("application/vnd.github+json"),
         ),
         (
-            "JSON with a charset, GitHub's remaining count",
+            "JSON with a charset, beside x-ratelimit-remaining",
             &rewritten,
             Some("application/json; charset=utf-8"),
         ),

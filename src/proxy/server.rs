@@ -269,7 +269,7 @@ impl Proxy {
         let worker = super::workers::current();
         // One pass over the request's headers finds its hop-by-hop ones and `x-oauth-account`:
         // a request without it (most) costs no lookup of it, and no removal.
-        let present = scan(req.headers());
+        let present = scan::<false>(req.headers());
         let named = match present & FOUND_OAUTH_ACCOUNT {
             0 => None,
             _ => req.headers().get(&X_OAUTH_ACCOUNT),
@@ -417,7 +417,7 @@ impl Proxy {
                 return Answer::Now(label, resp.map(Either::Right));
             }
         };
-        let present = scan(resp.headers());
+        let present = scan::<true>(resp.headers());
         state.limits.observe_scanned(
             after.account.as_str(),
             resp.status(),
@@ -721,22 +721,24 @@ const FOUND_OAUTH_ACCOUNT: u16 = 1 << 14;
 /// One pass over `headers`: bit `i` set when `HOP_BY_HOP[i]` is there, and the `FOUND_*` bits
 /// for what else the handling of a request (`x-oauth-account`) or an answer (`Location`,
 /// `Link`, whether the body is JSON and not encoded, GitHub's `x-ratelimit-remaining`) looks
-/// for, found in the same pass instead of a lookup each. Names are told apart by length first: most match none of the lengths.
-fn scan(headers: &HeaderMap) -> u16 {
+/// for, found in the same pass instead of a lookup each. Names are told apart by length first:
+/// most match none of the lengths. `ANSWER`: the headers are an answer's, whose body may be
+/// rewritten (a request's `Content-Type` and `Content-Encoding` are not looked at).
+fn scan<const ANSWER: bool>(headers: &HeaderMap) -> u16 {
     let mut present = 0u16;
     // Every value, in order: a name with several is visited once per value.
     for (name, value) in headers {
         match name.as_str().len() {
             8 if *name == header::LOCATION => present |= FOUND_LOCATION,
             4 if *name == header::LINK => present |= FOUND_LINK,
-            12 if *name == header::CONTENT_TYPE => {
+            12 if ANSWER && *name == header::CONTENT_TYPE => {
                 if present & FOUND_CONTENT_TYPE == 0 && json_rewrite::is_json_type(value.as_bytes())
                 {
                     present |= FOUND_JSON;
                 }
                 present |= FOUND_CONTENT_TYPE;
             }
-            16 if *name == header::CONTENT_ENCODING => {
+            16 if ANSWER && *name == header::CONTENT_ENCODING => {
                 if !json_rewrite::is_identity(value) {
                     present |= FOUND_ENCODED;
                 }
@@ -756,7 +758,7 @@ fn scan(headers: &HeaderMap) -> u16 {
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and those `Connection` names).
 #[cfg(test)]
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip_found(headers, scan(headers));
+    strip_found(headers, scan::<false>(headers));
 }
 
 /// Removes the hop-by-hop headers [`scan`] found (`present`) and the names `Connection` lists;
@@ -977,13 +979,16 @@ mod tests {
     #[test]
     fn one_scan_finds_hop_by_hop_location_and_link() {
         assert_eq!(HOP_BY_HOP[6], header::TRANSFER_ENCODING);
-        assert_eq!(scan(&headers(&[("date", "x"), ("content-length", "1")])), 0);
         assert_eq!(
-            scan(&headers(&[("transfer-encoding", "chunked"), ("date", "x")])),
+            scan::<true>(&headers(&[("date", "x"), ("content-length", "1")])),
+            0
+        );
+        assert_eq!(
+            scan::<true>(&headers(&[("transfer-encoding", "chunked"), ("date", "x")])),
             FOUND_TRANSFER_ENCODING
         );
         assert_eq!(
-            scan(&headers(&[
+            scan::<true>(&headers(&[
                 ("location", "/a"),
                 ("link", "<x>"),
                 ("te", "t")
@@ -991,14 +996,17 @@ mod tests {
             FOUND_LOCATION | FOUND_LINK | 1 << 4
         );
         // Names of the same lengths are not taken for them.
-        assert_eq!(scan(&headers(&[("x-locate", "1"), ("lynx", "2")])), 0);
+        assert_eq!(
+            scan::<true>(&headers(&[("x-locate", "1"), ("lynx", "2")])),
+            0
+        );
         // What was found is what is stripped; Location and Link stay.
         let mut h = headers(&[
             ("location", "/a"),
             ("keep-alive", "timeout=5"),
             ("link", "<x>"),
         ]);
-        let found = scan(&h);
+        let found = scan::<true>(&h);
         strip_found(&mut h, found);
         assert_eq!(names(&h), ["link", "location"]);
     }
@@ -1006,7 +1014,7 @@ mod tests {
     #[test]
     fn the_scan_tells_a_json_body_the_rate_limit_count_and_the_account_and_agrees_with_the_lookups()
     {
-        let bits = |pairs: &[(&'static str, &'static str)]| scan(&headers(pairs)) & !0xff;
+        let bits = |pairs: &[(&'static str, &'static str)]| scan::<true>(&headers(pairs)) & !0xff;
         assert_eq!(
             bits(&[("content-type", "application/json")]),
             FOUND_CONTENT_TYPE | FOUND_JSON
@@ -1032,6 +1040,15 @@ mod tests {
             FOUND_RATELIMIT_REMAINING
         );
         assert_eq!(bits(&[("x-oauth-account", "octo")]), FOUND_OAUTH_ACCOUNT);
+        // A request's body is never rewritten: its Content-Type is not looked at.
+        assert_eq!(
+            scan::<false>(&headers(&[
+                ("content-type", "application/json"),
+                ("content-encoding", "br"),
+                ("x-oauth-account", "octo")
+            ])),
+            FOUND_OAUTH_ACCOUNT
+        );
         // Names of the same lengths are not taken for them.
         assert_eq!(
             bits(&[
@@ -1059,7 +1076,7 @@ mod tests {
                     pairs.extend(ce.map(|v| ("content-encoding", v)));
                     pairs.extend(second.map(|v| ("content-encoding", v)));
                     let h = headers(&pairs);
-                    let found = scan(&h);
+                    let found = scan::<true>(&h);
                     for (method, status) in [
                         (Method::GET, http::StatusCode::OK),
                         (Method::HEAD, http::StatusCode::OK),
@@ -1087,7 +1104,7 @@ mod tests {
     fn stripping_says_whether_connection_listed_other_headers() {
         let strip = |pairs: &[(&'static str, &'static str)]| {
             let mut h = headers(pairs);
-            let found = scan(&h);
+            let found = scan::<true>(&h);
             let stripped = strip_found(&mut h, found);
             (stripped, names(&h).join(","))
         };
