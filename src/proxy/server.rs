@@ -755,12 +755,6 @@ fn scan<const ANSWER: bool>(headers: &HeaderMap) -> u16 {
     present
 }
 
-/// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and those `Connection` names).
-#[cfg(test)]
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip_found(headers, scan::<false>(headers));
-}
-
 /// Removes the hop-by-hop headers [`scan`] found (`present`) and the names `Connection` lists;
 /// whether one of those listed names was there (other headers than the fixed hop-by-hop ones
 /// are gone, so what `scan` found of them may no longer hold).
@@ -874,6 +868,12 @@ mod tests {
             h.append(*name, HeaderValue::from_static(value));
         }
         h
+    }
+
+    /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and those `Connection` names), as
+    /// the request path does.
+    fn strip_hop_by_hop(headers: &mut HeaderMap) {
+        strip_found(headers, scan::<false>(headers));
     }
 
     fn names(h: &HeaderMap) -> Vec<&str> {
